@@ -1,0 +1,2 @@
+"""Pure single-sample physics functions: optics, spectra, propagation, probe, scan, tomography,
+alignment. Batch them with ``jax.vmap``."""
