@@ -1,10 +1,11 @@
 """Array type aliases with shapes, shared by the whole package.
 
 Axes follow DESIGN.md: volumes are (z, y, x) with the rotation axis along y and the beam along z
-at θ = 0; projections are (angle, y, x); stacks lead with energy; scan positions are (n, 2) as (y, x).
+at θ = 0; projections are (angle, y, x); stacks lead with energy; scan positions are (n, 2)
+as (y, x).
 """
 
-from jaxtyping import Array, Complex, Float, Int, Shaped
+from jaxtyping import Array, Bool, Complex, Float, Int, Shaped
 
 Real = Float
 """Alias so signatures read ``Real[Array, "..."]`` for real-valued fields."""
@@ -22,6 +23,7 @@ Frames = Float[Array, "n fy fx"]
 
 __all__ = [
     "Array",
+    "Bool",
     "Complex",
     "Float",
     "Int",

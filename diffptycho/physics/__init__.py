@@ -1,2 +1,4 @@
-"""Pure single-sample physics functions: optics, spectra, propagation, probe, scan, tomography,
-alignment. Batch them with ``jax.vmap``."""
+"""Pure single-sample physics functions, batched with ``jax.vmap``.
+
+Optics, spectra, propagation, probe, scan, tomography and alignment.
+"""

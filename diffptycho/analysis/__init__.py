@@ -1,0 +1,1 @@
+"""Analysis of reconstructions: resolution, segmentation, particle statistics and figures."""

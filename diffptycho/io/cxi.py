@@ -1,0 +1,524 @@
+"""Ptychography scans in CXI (Coherent X-ray Imaging, HDF5) files.
+
+One ``entry_k`` (k = 1, 2, …) holds one scan at the standard CXI 1.5 paths; the tilt angle of
+each scan goes in our own field ``entry_k/sample_1/geometry_1/angle_deg`` and simulation ground
+truth in the separate top-level group ``diffptycho_truth/``. docs/file-formats.md is the full
+reference. Conversions at this boundary:
+
+- positions: our API uses (y, x) in m; CXI ``translation`` is (N, 3) with columns (x, y, z);
+- energy: our API uses eV; CXI ``source_1/energy`` is in joules;
+- mask: our API uses ``True`` = valid pixel; CXI ``detector_1/mask`` is nonzero = bad pixel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import h5py
+import numpy as np
+
+from diffptycho import __version__
+from diffptycho.io._atomic import atomic_h5_file, open_h5_readonly
+from diffptycho.physics.optics import EV_TO_J, ev_to_joule, joule_to_ev, wavelength
+
+__all__ = ["CXI_VERSION", "CXIFormatError", "PtychoScan", "read_cxi", "read_cxi_truth", "write_cxi"]
+
+CXI_VERSION = 150
+"""Value of the root ``cxi_version`` dataset we write (CXI format 1.5)."""
+
+# Paths inside one entry_k group.
+DATA = "data_1/data"
+DETECTOR_DATA = "instrument_1/detector_1/data"
+TRANSLATION = "sample_1/geometry_1/translation"
+ANGLE = "sample_1/geometry_1/angle_deg"
+ENERGY = "instrument_1/source_1/energy"
+ILLUMINATION = "instrument_1/source_1/illumination"
+DISTANCE = "instrument_1/detector_1/distance"
+X_PIXEL = "instrument_1/detector_1/x_pixel_size"
+Y_PIXEL = "instrument_1/detector_1/y_pixel_size"
+MASK = "instrument_1/detector_1/mask"
+TITLE = "title"
+TRUTH_GROUP = "diffptycho_truth"
+
+CXI_MASK_INVALID = 1
+"""CXI mask bit 0 (``0x1``): pixel is invalid. Any nonzero mask value marks a bad pixel."""
+MAX_ENERGY_J = 1e-12
+"""Stored energies above this (≈ 6 MeV) are taken to be eV written where joules belong."""
+
+_METRES = {"m", "meter", "meters", "metre", "metres"}
+_JOULES = {"j", "joule", "joules"}
+_ENTRY = re.compile(r"^entry_(\d+)$")
+
+
+class CXIFormatError(ValueError):
+    """A CXI file (or a scan to be written) violates the layout, units or value conventions."""
+
+
+class _FieldError(ValueError):
+    """Invalid :class:`PtychoScan` field; readers re-raise it naming the file and dataset."""
+
+    def __init__(self, field: str, problem: str, fix: str):
+        self.field, self.problem, self.fix = field, problem, fix
+        super().__init__(f"PtychoScan.{field}: {problem}; {fix}")
+
+
+def _finite_positive(field: str, value: float, unit: str) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise _FieldError(field, f"{value!r} is not a positive number", f"give it in {unit}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PtychoScan:
+    """One ptychographic scan: diffraction frames, positions and the geometry to interpret them.
+
+    Arrays are converted to NumPy on construction and validated (shapes, finite non-negative
+    counts, units that look right).
+
+    Attributes:
+        data: (N, ny, nx) float32 measured intensities in photon counts, fftshift-centred.
+        positions_m: (N, 2) float64 scan positions as (y, x) in m. For pixel-unit data (when
+            ``object_pixel_size_m`` is None) they are in object pixels instead.
+        energy_ev: photon energy in eV.
+        distance_m: sample–detector distance in m, or None for pixel-unit data.
+        pixel_size_m: detector pixel size (y, x) in m (a scalar means square pixels), or None.
+        mask: (ny, nx) bool detector mask, True = valid pixel; None means all pixels valid.
+        illumination: complex probe, (ny, nx) or (M, ny, nx) for M modes, at the sample plane;
+            None if unknown.
+        angle_deg: tilt angle of this scan in degrees (rotation about y, DESIGN.md axes).
+        name: free-form scan name.
+
+    Examples:
+        >>> import numpy as np
+        >>> scan = PtychoScan(np.ones((3, 64, 64)), np.zeros((3, 2)), energy_ev=708.2,
+        ...                   distance_m=0.1, pixel_size_m=(11e-6, 11e-6))
+        >>> [round(p * 1e9, 2) for p in scan.object_pixel_size_m]  # nm
+        [249.07, 249.07]
+    """
+
+    data: np.ndarray
+    positions_m: np.ndarray
+    energy_ev: float
+    distance_m: float | None = None
+    pixel_size_m: tuple[float, float] | None = None
+    mask: np.ndarray | None = None
+    illumination: np.ndarray | None = None
+    angle_deg: float = 0.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        def put(field: str, value: Any) -> None:
+            object.__setattr__(self, field, value)
+
+        data = np.asarray(self.data)
+        if data.ndim != 3:
+            raise _FieldError(
+                "data",
+                f"has shape {data.shape}, expected 3-D (N, ny, nx)",
+                "reshape to (N, ny, nx)",
+            )
+        if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+            raise _FieldError("data", f"has dtype {data.dtype}", "give real-valued counts")
+        data = data.astype(np.float32, copy=False)
+        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if n_bad:
+            raise _FieldError(
+                "data", f"contains {n_bad} NaN/inf values", "replace them and mask those pixels"
+            )
+        n_neg = int(np.count_nonzero(data < 0))
+        if n_neg:
+            raise _FieldError(
+                "data",
+                f"contains {n_neg} negative counts (min {float(data.min())!r})",
+                "store raw photon counts ≥ 0 (undo background subtraction or clip at 0)",
+            )
+        put("data", data)
+        n, ny, nx = data.shape
+
+        pos = np.asarray(self.positions_m, dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 2:
+            raise _FieldError(
+                "positions_m", f"has shape {pos.shape}, expected (N, 2) as (y, x)", "pass (N, 2)"
+            )
+        if pos.shape[0] != n:
+            raise _FieldError(
+                "positions_m",
+                f"has {pos.shape[0]} positions but data has {n} frames",
+                "give one (y, x) position per frame",
+            )
+        if not np.all(np.isfinite(pos)):
+            raise _FieldError("positions_m", "contains NaN/inf", "give finite positions")
+        put("positions_m", pos)
+
+        energy = _finite_positive("energy_ev", self.energy_ev, "eV")
+        if energy < 1e-9:
+            raise _FieldError(
+                "energy_ev", f"{energy!r} looks like joules", f"pass eV (divide by {EV_TO_J!r})"
+            )
+        put("energy_ev", energy)
+        if self.distance_m is not None:
+            put("distance_m", _finite_positive("distance_m", self.distance_m, "m"))
+        if self.pixel_size_m is not None:
+            size = np.broadcast_to(np.asarray(self.pixel_size_m, dtype=np.float64), (2,))
+            put("pixel_size_m", tuple(_finite_positive("pixel_size_m", p, "m") for p in size))
+
+        if self.mask is not None:
+            mask = np.asarray(self.mask)
+            if mask.dtype != np.bool_:
+                raise _FieldError(
+                    "mask",
+                    f"has dtype {mask.dtype}, expected bool with True = valid pixel",
+                    "convert explicitly, e.g. a CXI mask with `cxi_mask == 0`",
+                )
+            if mask.shape != (ny, nx):
+                raise _FieldError(
+                    "mask", f"has shape {mask.shape}, frames are {(ny, nx)}", "match the frames"
+                )
+            put("mask", mask)
+        if self.illumination is not None:
+            probe = np.asarray(self.illumination)
+            if not np.iscomplexobj(probe):
+                probe = probe.astype(np.result_type(probe.dtype, np.complex64))
+            if probe.ndim not in (2, 3) or probe.shape[-2:] != (ny, nx):
+                raise _FieldError(
+                    "illumination",
+                    f"has shape {probe.shape}, expected {(ny, nx)} or (M, {ny}, {nx})",
+                    "give the probe on the frame grid",
+                )
+            if not np.all(np.isfinite(probe)):
+                raise _FieldError("illumination", "contains NaN/inf", "give a finite probe")
+            put("illumination", probe)
+        angle = float(self.angle_deg)
+        if not math.isfinite(angle):
+            raise _FieldError("angle_deg", f"{angle!r} is not finite", "give degrees")
+        put("angle_deg", angle)
+        put("name", str(self.name))
+
+    @property
+    def object_pixel_size_m(self) -> tuple[float, float] | None:
+        """Object-plane pixel size (y, x) in m, λ·distance / (n·pixel) per axis; None if unknown."""
+        if self.distance_m is None or self.pixel_size_m is None:
+            return None
+        lam = float(wavelength(self.energy_ev))
+        _, ny, nx = self.data.shape
+        py, px = self.pixel_size_m
+        return lam * self.distance_m / (ny * py), lam * self.distance_m / (nx * px)
+
+    @property
+    def positions_px(self) -> np.ndarray:
+        """(N, 2) positions (y, x) in object pixels (as stored for pixel-unit data)."""
+        size = self.object_pixel_size_m
+        return self.positions_m if size is None else self.positions_m / np.asarray(size)
+
+
+def write_cxi(
+    path: str | os.PathLike[str],
+    scans: Sequence[PtychoScan] | PtychoScan,
+    truth: Mapping[str, Any] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> None:
+    """Write scans to a CXI file, one ``entry_k`` per scan, atomically.
+
+    Args:
+        path: destination file (conventionally ``*.cxi``); replaced only once complete.
+        scans: the scans, written as ``entry_1``, ``entry_2``, … in order.
+        truth: optional ground truth (simulations), written under ``diffptycho_truth/``;
+            names may contain ``/`` for nested groups. Never mixed with the measured data.
+        attrs: optional attributes for the file root (str, numbers or arrays).
+
+    Raises:
+        TypeError: ``scans`` holds something other than :class:`PtychoScan`, or a truth or
+            attribute value cannot be stored in HDF5 (``path`` is then left untouched).
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> scan = PtychoScan(np.ones((2, 8, 8)), [[0.0, 0.0], [0.0, 1e-7]], energy_ev=710.2)
+        >>> path = os.path.join(tempfile.mkdtemp(), "scan.cxi")
+        >>> write_cxi(path, [scan])
+        >>> read_cxi(path)[0].positions_m[1]
+        array([0.e+00, 1.e-07])
+    """
+    if isinstance(scans, PtychoScan):
+        scans = [scans]
+    scans = list(scans)
+    if not scans:
+        raise ValueError(f"{os.fspath(path)}: no scans to write; pass at least one PtychoScan")
+    for i, scan in enumerate(scans):
+        if not isinstance(scan, PtychoScan):
+            raise TypeError(f"scans[{i}] is a {type(scan).__name__}, expected PtychoScan")
+
+    with atomic_h5_file(path) as f:
+        f["cxi_version"] = CXI_VERSION
+        f.attrs["creator"] = f"diffptycho {__version__}"
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
+        for k, scan in enumerate(scans, start=1):
+            _write_entry(f.create_group(f"entry_{k}"), scan)
+        if truth:
+            group = f.create_group(TRUTH_GROUP)
+            for name, value in truth.items():
+                group[name] = np.asarray(value)
+
+
+def _write_entry(entry: h5py.Group, scan: PtychoScan) -> None:
+    def put(path: str, value: Any, units: str | None = None) -> None:
+        entry[path] = value
+        if units is not None:
+            entry[path].attrs["units"] = units
+
+    entry[TITLE] = scan.name
+    put(DATA, scan.data, "counts")
+    entry[DETECTOR_DATA] = h5py.SoftLink(entry[DATA].name)
+    pixel_units = scan.object_pixel_size_m is None
+    y, x = scan.positions_m.T
+    put(TRANSLATION, np.stack([x, y, np.zeros_like(x)], axis=1), "pixel" if pixel_units else "m")
+    put(ANGLE, scan.angle_deg, "degree")
+    put(ENERGY, ev_to_joule(scan.energy_ev), "J")
+    if scan.distance_m is not None:
+        put(DISTANCE, scan.distance_m, "m")
+    if scan.pixel_size_m is not None:
+        put(Y_PIXEL, scan.pixel_size_m[0], "m")
+        put(X_PIXEL, scan.pixel_size_m[1], "m")
+    if scan.mask is not None:
+        put(MASK, np.where(scan.mask, 0, CXI_MASK_INVALID).astype(np.uint32))
+        entry[MASK].attrs["comment"] = "CXI convention: nonzero = bad pixel"
+    if scan.illumination is not None:
+        put(ILLUMINATION, scan.illumination)
+
+
+def read_cxi(path: str | os.PathLike[str]) -> list[PtychoScan]:
+    """Read every scan (``entry_k`` group) of a CXI file.
+
+    Accepts files written by other programs: data at ``data_1/data`` or only at
+    ``instrument_1/detector_1/data`` (soft links are followed), (N, 3) or (N, 2) translations
+    in CXI (x, y[, z]) order, and missing optional fields (distance, pixel sizes, mask,
+    illumination, angle, title).
+
+    Args:
+        path: the CXI file.
+
+    Returns:
+        One :class:`PtychoScan` per entry, ordered by entry number.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CXIFormatError: not HDF5, a required dataset is missing, or a value breaks the
+            conventions; the message names the file, the dataset path and the fix.
+    """
+    path = os.fspath(path)
+    with open_h5_readonly(path, CXIFormatError, "a CXI file") as f:
+        names = sorted((int(m[1]), key) for key in f if (m := _ENTRY.match(key)))
+        if not names:
+            raise CXIFormatError(
+                f"{path}: no 'entry_1' group (found {sorted(f)}); a CXI file holds each scan in "
+                "a group entry_1, entry_2, …"
+            )
+        return [_read_entry(path, f[key]) for _, key in names]
+
+
+def read_cxi_truth(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read the ground truth stored by :func:`write_cxi` under ``diffptycho_truth/``.
+
+    Args:
+        path: the CXI file.
+
+    Returns:
+        ``{name: array}`` with nested names joined by ``/``; empty if the file has no truth.
+    """
+    with open_h5_readonly(path, CXIFormatError, "a CXI file") as f:
+        group = f.get(TRUTH_GROUP)
+        if group is None:
+            return {}
+        out: dict[str, np.ndarray] = {}
+        group.visititems(
+            lambda name, obj: (
+                out.__setitem__(name, np.asarray(obj[()]))
+                if isinstance(obj, h5py.Dataset)
+                else None
+            )
+        )
+        return out
+
+
+def _fail(path: str, dataset: str, problem: str, fix: str) -> CXIFormatError:
+    return CXIFormatError(f"{path}: dataset '{dataset}' {problem}; {fix}")
+
+
+def _get(path: str, entry: h5py.Group, name: str) -> h5py.Dataset | None:
+    """The dataset at ``entry/name`` (soft links followed) or None if absent."""
+    obj = entry.get(name)
+    if obj is None:
+        link = entry.get(name, getlink=True)
+        if isinstance(link, h5py.SoftLink | h5py.ExternalLink):
+            raise _fail(
+                path, f"{entry.name}/{name}", f"is a broken link ({link})", "fix the link target"
+            )
+        return None
+    if not isinstance(obj, h5py.Dataset):
+        raise _fail(path, obj.name, "is a group, expected a dataset", "store the array there")
+    return obj
+
+
+def _require(path: str, entry: h5py.Group, name: str, what: str) -> h5py.Dataset:
+    ds = _get(path, entry, name)
+    if ds is None:
+        raise _fail(path, f"{entry.name}/{name}", "is missing", f"write {what} there")
+    return ds
+
+
+def _check_units(path: str, ds: h5py.Dataset, allowed: set[str], fix: str) -> str | None:
+    units = ds.attrs.get("units")
+    if units is None:
+        return None
+    units = units.decode() if isinstance(units, bytes) else str(units)
+    if units.strip().lower() not in allowed:
+        raise _fail(path, ds.name, f"has units {units!r}", fix)
+    return units.strip().lower()
+
+
+def _scalar(path: str, ds: h5py.Dataset) -> float:
+    value = np.asarray(ds[()])
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+        raise _fail(path, ds.name, f"holds {value.shape} {value.dtype}", "store one number")
+    return float(value.reshape(-1)[0])
+
+
+def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
+    data_ds = _get(path, entry, DATA)
+    if data_ds is None:
+        data_ds = _get(path, entry, DETECTOR_DATA)
+    if data_ds is None:
+        raise _fail(
+            path,
+            f"{entry.name}/{DATA}",
+            f"is missing (and so is {entry.name}/{DETECTOR_DATA})",
+            "write the (N, ny, nx) diffraction frames in counts there",
+        )
+    data = np.asarray(data_ds[()])
+    if data.ndim != 3:
+        raise _fail(
+            path,
+            data_ds.name,
+            f"has shape {data.shape}, expected 3-D (N, ny, nx)",
+            "store frames as (N, ny, nx); flatten grid scans to one frame axis",
+        )
+
+    trans_ds = _require(path, entry, TRANSLATION, "the (N, 3) sample positions (x, y, z) in m")
+    trans = np.asarray(trans_ds[()], dtype=np.float64)
+    if trans.ndim != 2 or trans.shape[1] not in (2, 3):
+        raise _fail(
+            path,
+            trans_ds.name,
+            f"has shape {trans.shape}, expected (N, 3) or (N, 2)",
+            "store one row (x, y, z) in m per frame",
+        )
+    if trans.shape[0] != data.shape[0]:
+        raise _fail(
+            path,
+            trans_ds.name,
+            f"has {trans.shape[0]} positions but '{data_ds.name}' has {data.shape[0]} frames",
+            "store exactly one position per frame (drop the extra frames or positions)",
+        )
+    trans_units = _check_units(
+        path, trans_ds, _METRES | {"pixel"}, "CXI stores translations in m; convert to m"
+    )
+
+    energy_ds = _require(path, entry, ENERGY, "the photon energy in J")
+    if _check_units(path, energy_ds, _JOULES | {"ev"}, "CXI stores joules") == "ev":
+        raise _fail(
+            path,
+            energy_ds.name,
+            "has units 'eV'",
+            f"CXI stores joules: multiply by {EV_TO_J!r} and set units='J'",
+        )
+    energy_j = _scalar(path, energy_ds)
+    if not (math.isfinite(energy_j) and energy_j > 0):
+        raise _fail(path, energy_ds.name, f"is {energy_j!r}", "store a positive energy in J")
+    if energy_j > MAX_ENERGY_J:
+        raise _fail(
+            path,
+            energy_ds.name,
+            f"is {energy_j!r}, which looks like eV",
+            f"CXI stores joules: multiply by {EV_TO_J!r}",
+        )
+
+    geometry: dict[str, float | None] = {}
+    for key, name in (("distance", DISTANCE), ("y_pixel", Y_PIXEL), ("x_pixel", X_PIXEL)):
+        ds = _get(path, entry, name)
+        if ds is not None:
+            _check_units(path, ds, _METRES, "CXI stores lengths in m; convert to m")
+        geometry[key] = None if ds is None else _scalar(path, ds)
+    if (geometry["x_pixel"] is None) != (geometry["y_pixel"] is None):
+        missing = X_PIXEL if geometry["x_pixel"] is None else Y_PIXEL
+        raise _fail(
+            path,
+            f"{entry.name}/{missing}",
+            "is missing while the other pixel size is present",
+            "write both x_pixel_size and y_pixel_size in m (equal for square pixels)",
+        )
+    complete = geometry["distance"] is not None and geometry["x_pixel"] is not None
+    if complete and trans_units == "pixel":
+        raise _fail(
+            path,
+            trans_ds.name,
+            "is in pixels although the detector geometry is given",
+            "store translations in m (units='m')",
+        )
+    if not complete and trans_units != "pixel":
+        raise _fail(
+            path,
+            trans_ds.name,
+            "is in m but the detector distance or pixel size is missing, so positions cannot "
+            "be related to object pixels",
+            f"write {DISTANCE}, {X_PIXEL} and {Y_PIXEL} in m, or mark pixel-unit "
+            "translations with units='pixel'",
+        )
+
+    mask_ds = _get(path, entry, MASK)
+    mask = None if mask_ds is None else np.asarray(mask_ds[()]) == 0
+    probe_ds = _get(path, entry, ILLUMINATION)
+    angle_ds = _get(path, entry, ANGLE)
+    title_ds = _get(path, entry, TITLE)
+    pixel = None if geometry["y_pixel"] is None else (geometry["y_pixel"], geometry["x_pixel"])
+    fields = {
+        "data": data_ds.name,
+        "positions_m": trans_ds.name,
+        "energy_ev": energy_ds.name,
+        "distance_m": f"{entry.name}/{DISTANCE}",
+        "pixel_size_m": f"{entry.name}/{X_PIXEL}",
+        "mask": f"{entry.name}/{MASK}",
+        "illumination": f"{entry.name}/{ILLUMINATION}",
+        "angle_deg": f"{entry.name}/{ANGLE}",
+        "name": f"{entry.name}/{TITLE}",
+    }
+    try:
+        return PtychoScan(
+            data=data,
+            positions_m=trans[:, [1, 0]],  # CXI (x, y, z) → our (y, x)
+            energy_ev=float(joule_to_ev(energy_j)),
+            distance_m=geometry["distance"],
+            pixel_size_m=pixel,
+            mask=mask,
+            illumination=None if probe_ds is None else probe_ds[()],
+            angle_deg=0.0 if angle_ds is None else _scalar(path, angle_ds),
+            name=entry.name.lstrip("/") if title_ds is None else _string(title_ds),
+        )
+    except _FieldError as err:
+        raise _fail(path, fields[err.field], err.problem, err.fix) from None
+
+
+def _string(ds: h5py.Dataset) -> str:
+    value = ds[()]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(-1)[0]
+        return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+    return str(value)

@@ -1,0 +1,19 @@
+"""Equinox Modules that compose the pure physics functions into forward models.
+
+The unknowns of a reconstruction are the Modules' array leaves; configuration is static.
+"""
+
+from diffptycho.models.propagators import AbstractPropagator, FarField, NearField
+from diffptycho.models.ptycho import Ptycho2D, SpectroPtycho2D, scan_intensities
+from diffptycho.models.tomo import SpectroPtychoTomo, TomoProjections
+
+__all__ = [
+    "AbstractPropagator",
+    "FarField",
+    "NearField",
+    "Ptycho2D",
+    "SpectroPtycho2D",
+    "SpectroPtychoTomo",
+    "TomoProjections",
+    "scan_intensities",
+]

@@ -1,0 +1,295 @@
+"""Scan geometry: sub-pixel patch extraction from an object and its exact adjoint.
+
+Convention (promised by our output files, as in CXI/ptychography codes): a scan position
+``(y, x)`` in pixels places the patch's centre pixel, index ``(py // 2, px // 2)``, on the object
+index ``(H // 2 + y, W // 2 + x)``; position ``(0, 0)`` is the object array centre. Positive
+``y`` moves the patch towards larger row indices. Positions are float; the sub-pixel part is
+handled by bilinear interpolation, so :func:`extract_patch` is differentiable with respect to
+both the object and the position.
+
+``lax.dynamic_slice`` silently clamps out-of-range starts, so a patch that leaves the object
+would be read from the wrong place without any error. Validate positions once on the host with
+:func:`check_positions` (or size the object with :func:`object_shape_for`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from diffptycho._typing import Array, Float, Int, Positions, Shaped
+
+
+def _block_shape(
+    obj_shape: tuple[int, int], patch_shape: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Object shape padded so a ``(py + 1, px + 1)`` interpolation block always fits."""
+    (h, w), (py, px) = obj_shape, patch_shape
+    if py < 1 or px < 1:
+        raise ValueError(f"shape={patch_shape}: patch sides must be positive")
+    if py > h or px > w:
+        raise ValueError(f"patch shape {patch_shape} is larger than the object {obj_shape}")
+    return (max(h, py + 1), max(w, px + 1)), (py + 1, px + 1)
+
+
+def _corner_and_fraction(
+    position: Float[Array, " 2"],
+    obj_shape: tuple[int, int],
+    patch_shape: tuple[int, int],
+    padded_shape: tuple[int, int],
+    dtype,
+) -> tuple[Int[Array, " 2"], Float[Array, " 2"]]:
+    """Integer top-left corner of the interpolation block and the sub-pixel weights (y, x)."""
+    (h, w), (py, px), (hp, wp) = obj_shape, patch_shape, padded_shape
+    if not jnp.issubdtype(position.dtype, jnp.floating):
+        position = position.astype(dtype)
+    top_left = position + jnp.asarray([h // 2 - py // 2, w // 2 - px // 2], position.dtype)
+    # Clipping keeps the (py+1, px+1) block inside the array; at the last valid integer start
+    # the fraction then becomes exactly 1, which still reads the right pixels.
+    corner = jnp.clip(jnp.floor(top_left), 0, jnp.asarray([hp - py - 1, wp - px - 1]))
+    corner = lax.stop_gradient(corner)
+    return corner.astype(jnp.int32), (top_left - corner).astype(dtype)
+
+
+def _real_dtype(dtype):
+    return jnp.finfo(dtype).dtype
+
+
+def extract_patch(
+    obj: Shaped[Array, "H W"], position: Float[Array, " 2"], shape: tuple[int, int]
+) -> Shaped[Array, "py px"]:
+    """Bilinearly interpolated patch of the object at a sub-pixel scan position.
+
+    Args:
+        obj: object (transmission) array, complex or real, shape ``(H, W)``.
+        position: ``(y, x)`` in object pixels; ``(0, 0)`` puts the patch centre pixel
+            ``(py // 2, px // 2)`` on the object centre ``(H // 2, W // 2)``.
+        shape: patch shape ``(py, px)`` in pixels (static).
+
+    Returns:
+        The patch, shape ``(py, px)``, dtype of ``obj``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> obj = jnp.arange(36.0).reshape(6, 6)
+        >>> extract_patch(obj, jnp.array([0.0, 0.5]), (2, 2)).tolist()
+        [[14.5, 15.5], [20.5, 21.5]]
+    """
+    obj = jnp.asarray(obj)
+    if not jnp.issubdtype(obj.dtype, jnp.inexact):
+        obj = obj.astype(jnp.result_type(float))
+    obj_shape = obj.shape
+    shape = (int(shape[0]), int(shape[1]))
+    padded, block_shape = _block_shape(obj_shape, shape)
+    if padded != obj_shape:  # object exactly as large as the patch: one zero row/column
+        obj = jnp.pad(obj, ((0, padded[0] - obj_shape[0]), (0, padded[1] - obj_shape[1])))
+    corner, frac = _corner_and_fraction(
+        jnp.asarray(position), obj_shape, shape, padded, _real_dtype(obj.dtype)
+    )
+    block = lax.dynamic_slice(obj, (corner[0], corner[1]), block_shape)
+    fy, fx = frac[0], frac[1]
+    rows = block[:-1] * (1 - fy) + block[1:] * fy
+    return rows[:, :-1] * (1 - fx) + rows[:, 1:] * fx
+
+
+def extract_patches(
+    obj: Shaped[Array, "H W"], positions: Positions, shape: tuple[int, int]
+) -> Shaped[Array, "n py px"]:
+    """:func:`extract_patch` at every scan position (``vmap``).
+
+    Args:
+        obj: object array ``(H, W)``.
+        positions: ``(n, 2)`` scan positions ``(y, x)`` in pixels, see :func:`extract_patch`.
+        shape: patch shape ``(py, px)`` in pixels.
+
+    Returns:
+        Patches, shape ``(n, py, px)``.
+    """
+    return jax.vmap(extract_patch, in_axes=(None, 0, None))(obj, positions, shape)
+
+
+def insert_patches(
+    patches: Shaped[Array, "n py px"], positions: Positions, obj_shape: tuple[int, int]
+) -> Shaped[Array, "H W"]:
+    """Exact adjoint of :func:`extract_patches` with respect to the object.
+
+    Each patch is spread back with the same bilinear weights and overlapping contributions are
+    summed (one windowed scatter-add, no loop over positions). The weights are real, so this is
+    both the transpose and the Hermitian adjoint.
+
+    Args:
+        patches: ``(n, py, px)`` arrays living on the patch grid (e.g. gradients).
+        positions: ``(n, 2)`` scan positions ``(y, x)`` in pixels.
+        obj_shape: ``(H, W)`` of the object (static).
+
+    Returns:
+        ``(H, W)`` sum of the re-inserted patches.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> out = insert_patches(jnp.ones((2, 2, 2)), jnp.array([[0.0, 0.0], [0.0, 0.5]]), (4, 4))
+        >>> out[1:3].tolist()
+        [[0.0, 1.5, 2.0, 0.5], [0.0, 1.5, 2.0, 0.5]]
+    """
+    patches = jnp.asarray(patches)
+    if not jnp.issubdtype(patches.dtype, jnp.inexact):
+        patches = patches.astype(jnp.result_type(float))
+    obj_shape = (int(obj_shape[0]), int(obj_shape[1]))
+    shape = patches.shape[-2:]
+    padded, _ = _block_shape(obj_shape, shape)
+    rdt = _real_dtype(patches.dtype)
+    corners, frac = jax.vmap(
+        lambda p: _corner_and_fraction(p, obj_shape, shape, padded, rdt)
+    )(jnp.asarray(positions))
+    fy, fx = frac[:, 0, None, None], frac[:, 1, None, None]
+    # Transpose of the separable interpolation in extract_patch: x first, then y.
+    rows = _pad_last(patches * (1 - fx), -1, (0, 1)) + _pad_last(patches * fx, -1, (1, 0))
+    block = _pad_last(rows * (1 - fy), -2, (0, 1)) + _pad_last(rows * fy, -2, (1, 0))
+    dnums = lax.ScatterDimensionNumbers(
+        update_window_dims=(1, 2), inserted_window_dims=(), scatter_dims_to_operand_dims=(0, 1)
+    )
+    out = lax.scatter_add(
+        jnp.zeros(padded, patches.dtype),
+        corners,
+        block,
+        dnums,
+        mode=lax.GatherScatterMode.CLIP,
+    )
+    return out[: obj_shape[0], : obj_shape[1]]
+
+
+def _pad_last(x: Array, axis: int, widths: tuple[int, int]) -> Array:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = widths
+    return jnp.pad(x, pad)
+
+
+def illumination_map(
+    probe_intensity: Float[Array, "py px"], positions: Positions, obj_shape: tuple[int, int]
+) -> Float[Array, "H W"]:
+    """Total illumination Σ_j |P|²(r − r_j) of the object, for PIE/RAAR normalisation.
+
+    Args:
+        probe_intensity: |P|² summed over probe modes, shape ``(py, px)`` (photons or arbitrary
+            units per pixel).
+        positions: ``(n, 2)`` scan positions ``(y, x)`` in pixels.
+        obj_shape: ``(H, W)`` of the object.
+
+    Returns:
+        ``(H, W)`` illumination map (same units as ``probe_intensity``).
+    """
+    n = jnp.shape(positions)[0]
+    patches = jnp.broadcast_to(probe_intensity, (n, *jnp.shape(probe_intensity)))
+    return insert_patches(patches, positions, obj_shape)
+
+
+def _shape2(value, name: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}={value!r}: expected two integers (y, x)") from err
+    if a < 1 or b < 1:
+        raise ValueError(f"{name}={value!r}: expected positive sizes in pixels")
+    return a, b
+
+
+def check_positions(
+    positions,
+    obj_shape: tuple[int, int],
+    patch_shape: tuple[int, int],
+    name: str = "positions",
+) -> np.ndarray:
+    """Host-side validation of scan positions (call once, outside ``jit``).
+
+    Inside ``jit`` a patch that leaves the object is silently clamped to the border; this
+    function turns that into a clear error instead.
+
+    Args:
+        positions: ``(n, 2)`` scan positions ``(y, x)`` in pixels.
+        obj_shape: ``(H, W)`` of the object in pixels.
+        patch_shape: ``(py, px)`` of the patch (probe) in pixels.
+        name: argument name used in error messages.
+
+    Returns:
+        The positions as a float64 NumPy array.
+
+    Raises:
+        ValueError: wrong shape, non-finite values, or a patch outside the object.
+
+    Examples:
+        >>> check_positions([[0.0, 0.0]], (8, 8), (4, 4)).shape
+        (1, 2)
+    """
+    h, w = _shape2(obj_shape, "obj_shape")
+    py, px = _shape2(patch_shape, "patch_shape")
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        raise ValueError(f"{name}: expected shape (n, 2) as (y, x) in pixels, got {pos.shape}")
+    bad = ~np.isfinite(pos).all(axis=1)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        raise ValueError(
+            f"{name}: {idx.size} position(s) are not finite (NaN/inf), first at index {idx[0]}"
+        )
+    if py > h or px > w:
+        raise ValueError(f"patch_shape={(py, px)} is larger than obj_shape={(h, w)}")
+    lo = np.array([py // 2 - h // 2, px // 2 - w // 2], dtype=np.float64)
+    hi = np.array([h - py - h // 2 + py // 2, w - px - w // 2 + px // 2], dtype=np.float64)
+    outside = ((pos < lo) | (pos > hi)).any(axis=1)
+    if outside.any():
+        idx = np.flatnonzero(outside)
+        need = object_shape_for(pos, (py, px), margin=0)
+        raise ValueError(
+            f"{name}: {idx.size} patch(es) of shape {(py, px)} leave the object {(h, w)}; "
+            f"first at index {idx[0]}, (y, x) = {tuple(pos[idx[0]].tolist())} px. Allowed "
+            f"y in [{lo[0]:g}, {hi[0]:g}], x in [{lo[1]:g}, {hi[1]:g}] (position (0, 0) is the "
+            f"object centre). An object of shape {need} would hold every patch."
+        )
+    return pos
+
+
+def object_shape_for(positions, patch_shape: tuple[int, int], margin: int = 2) -> tuple[int, int]:
+    """Smallest even object shape that holds every patch (host side).
+
+    Args:
+        positions: ``(n, 2)`` scan positions ``(y, x)`` in pixels (centre convention of
+            :func:`extract_patch`).
+        patch_shape: ``(py, px)`` in pixels.
+        margin: extra pixels kept free on every side.
+
+    Returns:
+        ``(H, W)``, both even.
+
+    Examples:
+        >>> object_shape_for([[-3.0, 0.0], [3.0, 0.5]], (8, 8), margin=0)
+        (14, 10)
+    """
+    py, px = _shape2(patch_shape, "patch_shape")
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    if not np.isfinite(pos).all():
+        raise ValueError("positions: expected finite (y, x) values in pixels")
+    if margin < 0:
+        raise ValueError(f"margin={margin!r}: expected a non-negative number of pixels")
+    out = []
+    for axis, p in enumerate((py, px)):
+        # For even H the corner H/2 - p//2 + y must lie in [margin, H - p - margin].
+        half = max(
+            p // 2 - pos[:, axis].min() + margin,
+            p - p // 2 + pos[:, axis].max() + margin,
+        )
+        out.append(2 * max(math.ceil(half), 1))
+    return out[0], out[1]
+
+
+__all__ = [
+    "check_positions",
+    "extract_patch",
+    "extract_patches",
+    "illumination_map",
+    "insert_patches",
+    "object_shape_for",
+]

@@ -1,0 +1,1 @@
+"""Reconstruction: losses, the solve loop, and the classic and gradient solvers."""
