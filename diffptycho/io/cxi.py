@@ -12,7 +12,6 @@ reference. Conversions at this boundary:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -24,7 +23,8 @@ import numpy as np
 
 from diffptycho import __version__
 from diffptycho.io._atomic import atomic_h5_file, open_h5_readonly
-from diffptycho.physics.optics import EV_TO_J, ev_to_joule, joule_to_ev, wavelength
+from diffptycho.io.scan import CXIFormatError, PtychoScan, _FieldError
+from diffptycho.physics.optics import EV_TO_J, ev_to_joule, joule_to_ev
 
 __all__ = ["CXI_VERSION", "CXIFormatError", "PtychoScan", "read_cxi", "read_cxi_truth", "write_cxi"]
 
@@ -53,168 +53,6 @@ MAX_ENERGY_J = 1e-12
 _METRES = {"m", "meter", "meters", "metre", "metres"}
 _JOULES = {"j", "joule", "joules"}
 _ENTRY = re.compile(r"^entry_(\d+)$")
-
-
-class CXIFormatError(ValueError):
-    """A CXI file (or a scan to be written) violates the layout, units or value conventions."""
-
-
-class _FieldError(ValueError):
-    """Invalid :class:`PtychoScan` field; readers re-raise it naming the file and dataset."""
-
-    def __init__(self, field: str, problem: str, fix: str):
-        self.field, self.problem, self.fix = field, problem, fix
-        super().__init__(f"PtychoScan.{field}: {problem}; {fix}")
-
-
-def _finite_positive(field: str, value: float, unit: str) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise _FieldError(field, f"{value!r} is not a positive number", f"give it in {unit}")
-    return value
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class PtychoScan:
-    """One ptychographic scan: diffraction frames, positions and the geometry to interpret them.
-
-    Arrays are converted to NumPy on construction and validated (shapes, finite non-negative
-    counts, units that look right).
-
-    Attributes:
-        data: (N, ny, nx) float32 measured intensities in photon counts, fftshift-centred.
-        positions_m: (N, 2) float64 scan positions as (y, x) in m. For pixel-unit data (when
-            ``object_pixel_size_m`` is None) they are in object pixels instead.
-        energy_ev: photon energy in eV.
-        distance_m: sample–detector distance in m, or None for pixel-unit data.
-        pixel_size_m: detector pixel size (y, x) in m (a scalar means square pixels), or None.
-        mask: (ny, nx) bool detector mask, True = valid pixel; None means all pixels valid.
-        illumination: complex probe, (ny, nx) or (M, ny, nx) for M modes, at the sample plane;
-            None if unknown.
-        angle_deg: tilt angle of this scan in degrees (rotation about y, DESIGN.md axes).
-        name: free-form scan name.
-
-    Examples:
-        >>> import numpy as np
-        >>> scan = PtychoScan(np.ones((3, 64, 64)), np.zeros((3, 2)), energy_ev=708.2,
-        ...                   distance_m=0.1, pixel_size_m=(11e-6, 11e-6))
-        >>> [round(p * 1e9, 2) for p in scan.object_pixel_size_m]  # nm
-        [249.07, 249.07]
-    """
-
-    data: np.ndarray
-    positions_m: np.ndarray
-    energy_ev: float
-    distance_m: float | None = None
-    pixel_size_m: tuple[float, float] | None = None
-    mask: np.ndarray | None = None
-    illumination: np.ndarray | None = None
-    angle_deg: float = 0.0
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        def put(field: str, value: Any) -> None:
-            object.__setattr__(self, field, value)
-
-        data = np.asarray(self.data)
-        if data.ndim != 3:
-            raise _FieldError(
-                "data",
-                f"has shape {data.shape}, expected 3-D (N, ny, nx)",
-                "reshape to (N, ny, nx)",
-            )
-        if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
-            raise _FieldError("data", f"has dtype {data.dtype}", "give real-valued counts")
-        data = data.astype(np.float32, copy=False)
-        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        if n_bad:
-            raise _FieldError(
-                "data", f"contains {n_bad} NaN/inf values", "replace them and mask those pixels"
-            )
-        n_neg = int(np.count_nonzero(data < 0))
-        if n_neg:
-            raise _FieldError(
-                "data",
-                f"contains {n_neg} negative counts (min {float(data.min())!r})",
-                "store raw photon counts ≥ 0 (undo background subtraction or clip at 0)",
-            )
-        put("data", data)
-        n, ny, nx = data.shape
-
-        pos = np.asarray(self.positions_m, dtype=np.float64)
-        if pos.ndim != 2 or pos.shape[1] != 2:
-            raise _FieldError(
-                "positions_m", f"has shape {pos.shape}, expected (N, 2) as (y, x)", "pass (N, 2)"
-            )
-        if pos.shape[0] != n:
-            raise _FieldError(
-                "positions_m",
-                f"has {pos.shape[0]} positions but data has {n} frames",
-                "give one (y, x) position per frame",
-            )
-        if not np.all(np.isfinite(pos)):
-            raise _FieldError("positions_m", "contains NaN/inf", "give finite positions")
-        put("positions_m", pos)
-
-        energy = _finite_positive("energy_ev", self.energy_ev, "eV")
-        if energy < 1e-9:
-            raise _FieldError(
-                "energy_ev", f"{energy!r} looks like joules", f"pass eV (divide by {EV_TO_J!r})"
-            )
-        put("energy_ev", energy)
-        if self.distance_m is not None:
-            put("distance_m", _finite_positive("distance_m", self.distance_m, "m"))
-        if self.pixel_size_m is not None:
-            size = np.broadcast_to(np.asarray(self.pixel_size_m, dtype=np.float64), (2,))
-            put("pixel_size_m", tuple(_finite_positive("pixel_size_m", p, "m") for p in size))
-
-        if self.mask is not None:
-            mask = np.asarray(self.mask)
-            if mask.dtype != np.bool_:
-                raise _FieldError(
-                    "mask",
-                    f"has dtype {mask.dtype}, expected bool with True = valid pixel",
-                    "convert explicitly, e.g. a CXI mask with `cxi_mask == 0`",
-                )
-            if mask.shape != (ny, nx):
-                raise _FieldError(
-                    "mask", f"has shape {mask.shape}, frames are {(ny, nx)}", "match the frames"
-                )
-            put("mask", mask)
-        if self.illumination is not None:
-            probe = np.asarray(self.illumination)
-            if not np.iscomplexobj(probe):
-                probe = probe.astype(np.result_type(probe.dtype, np.complex64))
-            if probe.ndim not in (2, 3) or probe.shape[-2:] != (ny, nx):
-                raise _FieldError(
-                    "illumination",
-                    f"has shape {probe.shape}, expected {(ny, nx)} or (M, {ny}, {nx})",
-                    "give the probe on the frame grid",
-                )
-            if not np.all(np.isfinite(probe)):
-                raise _FieldError("illumination", "contains NaN/inf", "give a finite probe")
-            put("illumination", probe)
-        angle = float(self.angle_deg)
-        if not math.isfinite(angle):
-            raise _FieldError("angle_deg", f"{angle!r} is not finite", "give degrees")
-        put("angle_deg", angle)
-        put("name", str(self.name))
-
-    @property
-    def object_pixel_size_m(self) -> tuple[float, float] | None:
-        """Object-plane pixel size (y, x) in m, λ·distance / (n·pixel) per axis; None if unknown."""
-        if self.distance_m is None or self.pixel_size_m is None:
-            return None
-        lam = float(wavelength(self.energy_ev))
-        _, ny, nx = self.data.shape
-        py, px = self.pixel_size_m
-        return lam * self.distance_m / (ny * py), lam * self.distance_m / (nx * px)
-
-    @property
-    def positions_px(self) -> np.ndarray:
-        """(N, 2) positions (y, x) in object pixels (as stored for pixel-unit data)."""
-        size = self.object_pixel_size_m
-        return self.positions_m if size is None else self.positions_m / np.asarray(size)
 
 
 def write_cxi(
@@ -337,13 +175,12 @@ def read_cxi_truth(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         if group is None:
             return {}
         out: dict[str, np.ndarray] = {}
-        group.visititems(
-            lambda name, obj: (
-                out.__setitem__(name, np.asarray(obj[()]))
-                if isinstance(obj, h5py.Dataset)
-                else None
-            )
-        )
+
+        def collect(name: str, obj: h5py.HLObject) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out[name] = np.asarray(obj[()])
+
+        group.visititems(collect)
         return out
 
 

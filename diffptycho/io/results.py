@@ -130,6 +130,14 @@ def write_results(
             raise ValueError(
                 f"dataset name {name!r} is empty or reserved ({', '.join(RESERVED)}); rename it"
             )
+    clean = {name.strip("/") for name in datasets}
+    for name in clean:
+        parents = ["/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1)]
+        clash = [parent for parent in parents if parent in clean]
+        if clash:
+            raise ValueError(
+                f"dataset name {name!r} would nest inside dataset {clash[0]!r}; rename one"
+            )
     known = set(datasets) | {f"history/{name}" for name in history}
     unknown = sorted(set(units) - known)
     if unknown:
