@@ -142,9 +142,9 @@ def insert_patches(
     shape = patches.shape[-2:]
     padded, _ = _block_shape(obj_shape, shape)
     rdt = _real_dtype(patches.dtype)
-    corners, frac = jax.vmap(
-        lambda p: _corner_and_fraction(p, obj_shape, shape, padded, rdt)
-    )(jnp.asarray(positions))
+    corners, frac = jax.vmap(lambda p: _corner_and_fraction(p, obj_shape, shape, padded, rdt))(
+        jnp.asarray(positions)
+    )
     fy, fx = frac[:, 0, None, None], frac[:, 1, None, None]
     # Transpose of the separable interpolation in extract_patch: x first, then y.
     rows = _pad_last(patches * (1 - fx), -1, (0, 1)) + _pad_last(patches * fx, -1, (1, 0))
