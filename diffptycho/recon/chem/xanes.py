@@ -1,0 +1,251 @@
+"""Per-pixel XANES curve fitting and its chemical descriptors, vectorised over all pixels.
+
+Each pixel's μt(E) (an optical density, OD = −ln|T|²) is fitted with the erf-edge +
+two-Lorentzian model of :mod:`~diffptycho.recon.chem.xanes_model`. Descriptors: edge jump
+Δμt = b1, edge energy b2, pre-edge intensity PE = π c11 c13 and PE/Δμt. The noise σ comes from
+the flat pre-edge points; pixels with Δμt < σ are missing data (NaN).
+
+The fit is optimistix's Levenberg–Marquardt, vmapped over pixels (``lax.map`` over batches to
+bound memory) inside one JIT. Bounds are a smooth reparametrisation p = lo + (hi − lo)·sigmoid(u)
+(the background is affine, a = a₀ + R·u), so LM runs unconstrained; the damped normal equations
+JᵀJ + λI of the 10 parameters are solved by Cholesky (``lineax.Normal``), ~25 % faster than the
+default QR here. Under ``vmap`` a batch's while loop runs until its slowest pixel stops, so
+``max_steps`` bounds the time and moderate batches (2048) stop earlier than one huge batch. A
+hand-written fixed-iteration LM measured within 20 % of this speed, so optimistix is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import optimistix as optx
+
+from diffptycho._typing import Array, Bool, Float
+from diffptycho.recon.chem.xanes_model import (
+    PARAMETER_NAMES,
+    SIGMA_FLOOR,
+    XanesWindows,
+    amplitude_scale,
+    check_energies,
+    default_windows,
+    erf_edge,
+    initial_parameters,
+    lorentzian,
+    lorentzian_area,
+    noise_sigma,
+    xanes_model,
+)
+
+__all__ = [
+    "PARAMETER_NAMES",
+    "XanesFit",
+    "XanesWindows",
+    "default_windows",
+    "erf_edge",
+    "fit_xanes",
+    "initial_parameters",
+    "lorentzian",
+    "lorentzian_area",
+    "noise_sigma",
+    "xanes_model",
+]
+
+_ENERGY = (2, 5, 8)  # centres, fitted relative to the grid mid-point (float32 precision)
+_AMPLITUDE = (1, 4, 7)
+
+
+def _to_params(u, lo, hi, a0, scale):
+    p = lo + (hi - lo) * jax.nn.sigmoid(u)
+    return p.at[..., 0].set(a0 + scale * u[..., 0])
+
+
+def _to_unconstrained(p, lo, hi, a0, scale):
+    t = jnp.clip((p - lo) / (hi - lo), 1e-3, 1.0 - 1e-3)
+    u = jnp.log(t) - jnp.log1p(-t)
+    return u.at[..., 0].set((p[..., 0] - a0) / scale)
+
+
+def _residuals(u, args):
+    lo, hi, a0, scale, y, e = args
+    return (xanes_model(_to_params(u, lo, hi, a0, scale), e) - y) / scale
+
+
+@functools.partial(jax.jit, static_argnames=("max_steps", "rtol", "atol", "batch_size"))
+def _solve(u0, lo, hi, a0, scale, y, e, *, max_steps, rtol, atol, batch_size):
+    solver = optx.LevenbergMarquardt(rtol=rtol, atol=atol, linear_solver=lx.Normal(lx.Cholesky()))
+
+    def one(inputs):
+        u0, lo, hi, a0, scale, y = inputs
+        args = (lo, hi, a0, scale, y, e)
+        sol = optx.least_squares(_residuals, solver, u0, args, max_steps=max_steps, throw=False)
+        rms = scale * jnp.sqrt(jnp.mean(_residuals(sol.value, args) ** 2))
+        ok = sol.result == optx.RESULTS.successful
+        return _to_params(sol.value, lo, hi, a0, scale), rms, sol.stats["num_steps"], ok
+
+    return jax.lax.map(one, (u0, lo, hi, a0, scale, y), batch_size=batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class XanesFit:
+    """Result of :func:`fit_xanes` (spatial shape ``…`` of the input stack).
+
+    Attributes:
+        params: fitted parameters (10, …) in the order of :data:`PARAMETER_NAMES`, energies in
+            eV; NaN where not fitted (masked or non-finite input).
+        noise_sigma: pre-edge noise σ (…) in μt units.
+        residual_rms: RMS fit residual (…) in μt units.
+        num_steps: LM steps taken (…).
+        converged: LM met its tolerance within ``max_steps`` (…).
+        valid: Δμt ≥ σ and the fit is finite (…); descriptors are NaN elsewhere.
+        windows: the bounds used.
+    """
+
+    params: Float[Array, " 10 *spatial"]
+    noise_sigma: Float[Array, "*spatial"]
+    residual_rms: Float[Array, "*spatial"]
+    num_steps: Array
+    converged: Bool[Array, "*spatial"]
+    valid: Bool[Array, "*spatial"]
+    windows: XanesWindows
+
+    def descriptors(self) -> dict[str, np.ndarray]:
+        """Chemical descriptors per pixel (NaN where not :attr:`valid`).
+
+        Returns:
+            ``edge_jump`` Δμt = b1 (μt), ``edge_energy_ev`` b2 (eV), ``edge_width_ev`` b3 (eV),
+            ``pre_edge_intensity`` PE = π c11 c13 (μt·eV), ``pre_edge_ratio`` PE/Δμt (eV),
+            ``pre_edge_energy_ev`` c12, ``pre_edge_fwhm_ev`` 2 c13, ``main_peak_energy_ev`` c22,
+            ``main_peak_fwhm_ev`` 2 c23 (eV), each of the spatial shape.
+        """
+        p = np.asarray(self.params, dtype=np.float64)
+        pe = np.asarray(lorentzian_area(p[4], p[6]))
+        out = {
+            "edge_jump": p[1],
+            "edge_energy_ev": p[2],
+            "edge_width_ev": p[3],
+            "pre_edge_intensity": pe,
+            "pre_edge_ratio": pe / np.where(p[1] > 0, p[1], np.nan),
+            "pre_edge_energy_ev": p[5],
+            "pre_edge_fwhm_ev": 2.0 * p[6],
+            "main_peak_energy_ev": p[8],
+            "main_peak_fwhm_ev": 2.0 * p[9],
+        }
+        valid = np.asarray(self.valid)
+        return {k: np.where(valid, v, np.nan) for k, v in out.items()}
+
+    def model(self, energies_ev) -> Float[Array, " energy *spatial"]:
+        """The fitted spectra μt(E) (energy, …) at ``energies_ev`` (eV)."""
+        e = jnp.asarray(energies_ev)
+        p = jnp.moveaxis(jnp.asarray(self.params), 0, -1)
+        return jnp.moveaxis(
+            jax.vmap(lambda q: xanes_model(q, e))(p.reshape(-1, 10)), 0, -1
+        ).reshape(e.shape + p.shape[:-1])
+
+
+def fit_xanes(
+    stack: Float[Array, " energy *spatial"],
+    energies_ev,
+    windows: XanesWindows | None = None,
+    *,
+    mask: Bool[Array, "*spatial"] | None = None,
+    max_steps: int = 64,
+    rtol: float = 1e-4,
+    atol: float = 1e-4,
+    batch_size: int = 16384,
+) -> XanesFit:
+    """Fit the erf + 2-Lorentzian XANES model to every pixel (optimistix LM, vmapped).
+
+    Args:
+        stack: μt (optical density) spectra (energy, …), e.g. (energy, y, x).
+        energies_ev: photon energies in eV, shape (energy,), increasing.
+        windows: fit bounds; default :func:`default_windows` of the data.
+        mask: pixels to fit (…); others, and pixels with non-finite values, are NaN.
+        max_steps: LM steps at most (bounds the run time: a batch runs until its slowest pixel).
+        rtol: relative tolerance of LM (on the unconstrained parameters and the cost).
+        atol: absolute tolerance of LM.
+        batch_size: pixels solved together (bounds memory).
+
+    Returns:
+        :class:`XanesFit`.
+
+    Raises:
+        ValueError: wrong shapes or energies, no pixels, or bad ``max_steps``/``batch_size``.
+
+    Examples:
+        >>> e = np.linspace(5420.0, 5540.0, 40)
+        >>> truth = np.array([0.1, 1.0, 5480.0, 3.0, 0.3, 5469.0, 1.0, 0.4, 5490.0, 4.0])
+        >>> y = np.asarray(xanes_model(truth, e))[:, None]
+        >>> fit = fit_xanes(y, e)
+        >>> round(float(fit.descriptors()["edge_energy_ev"][0]), 1)
+        5480.0
+    """
+    e = check_energies(energies_ev)
+    data = jnp.asarray(stack)
+    if not jnp.issubdtype(data.dtype, jnp.floating):
+        data = data.astype(jnp.result_type(float))
+    if data.ndim < 1 or data.shape[0] != e.size:
+        raise ValueError(
+            f"stack: expected {e.size} energies (as energies_ev) on the first axis, got shape "
+            f"{data.shape}"
+        )
+    spatial = data.shape[1:]
+    n = int(np.prod(spatial))
+    if n == 0:
+        raise ValueError(f"stack: no pixels (shape {data.shape})")
+    if int(max_steps) < 1 or int(batch_size) < 1:
+        raise ValueError(f"max_steps={max_steps}, batch_size={batch_size}: expected ≥ 1")
+    windows = (
+        default_windows(e, np.asarray(data).reshape(e.size, -1).T) if windows is None else windows
+    )
+    y = data.reshape(e.size, n).T
+    keep = jnp.all(jnp.isfinite(y), axis=1)
+    if mask is not None:
+        if tuple(np.shape(mask)) != spatial:
+            raise ValueError(f"mask: expected shape {spatial}, got {np.shape(mask)}")
+        keep = keep & jnp.asarray(mask, bool).reshape(n)
+    y = jnp.where(keep[:, None], y, 0.0)
+
+    e_mid = float(0.5 * (e[0] + e[-1]))  # fit energies as offsets: float32 keeps 1e-3 eV
+    shift = np.zeros(10)
+    shift[list(_ENERGY)] = e_mid
+    lo_np, hi_np = windows.bounds()
+    ej = jnp.asarray(e - e_mid, y.dtype)
+    scale = amplitude_scale(y)
+    lo = jnp.broadcast_to(jnp.asarray(lo_np - shift, y.dtype), (n, 10))
+    hi = jnp.broadcast_to(jnp.asarray(hi_np - shift, y.dtype), (n, 10))
+    amp = jnp.asarray(np.isin(np.arange(10), _AMPLITUDE))
+    hi = jnp.where(amp, 3.0 * scale[:, None], hi)
+    p0 = initial_parameters(y, e, windows) - jnp.asarray(shift, y.dtype)
+    a0 = p0[:, 0]
+    u0 = _to_unconstrained(p0, lo, hi, a0, scale)
+    p, rms, steps, ok = _solve(
+        u0,
+        lo,
+        hi,
+        a0,
+        scale,
+        y,
+        ej,
+        max_steps=int(max_steps),
+        rtol=float(rtol),
+        atol=float(atol),
+        batch_size=min(int(batch_size), n),
+    )
+    p = p + jnp.asarray(shift, p.dtype)
+    sigma = jnp.maximum(noise_sigma(y, e, windows.pre_edge_max_ev), SIGMA_FLOOR)
+    valid = keep & (p[:, 1] >= sigma) & jnp.all(jnp.isfinite(p), axis=1)
+    nan = jnp.asarray(jnp.nan, p.dtype)
+    return XanesFit(
+        params=jnp.where(keep[:, None], p, nan).T.reshape(10, *spatial),
+        noise_sigma=jnp.where(keep, sigma, nan).reshape(spatial),
+        residual_rms=jnp.where(keep, rms, nan).reshape(spatial),
+        num_steps=steps.reshape(spatial),
+        converged=(ok & keep).reshape(spatial),
+        valid=valid.reshape(spatial),
+        windows=windows,
+    )

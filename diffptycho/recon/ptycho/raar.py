@@ -1,0 +1,159 @@
+"""RAAR (Luke 2005) and the difference map (Thibault et al. 2008/2009) on exit waves.
+
+With P_O the overlap projection (exit waves of the best object and probe for the current
+waves) and P_F the Fourier-magnitude projection, one RAAR iteration is
+
+    ψ ← β [ψ + P_F(2 P_O ψ − ψ) − P_O ψ] + (1 − β) P_O ψ,
+
+Luke's (β/2)(R_F R_O + I) + (1 − β) P_O. β = 1 is exactly the difference map
+ψ ← ψ + P_F(2 P_O ψ − ψ) − P_O ψ. The model always holds the overlap projection of the current
+waves, so P_O ψ_j = P · O_j is one patch product and the reported loss is the model's.
+
+The waves are stored in the detector plane, Ψ_j = F ψ_j: the propagator is linear, so
+F(2 P_O ψ − ψ) = 2 F P_O ψ − Ψ and an iteration costs one forward and one inverse propagation
+per mode and position. The overlap projection is a simultaneous least-squares update of object
+and probe from the new waves, written as a correction by χ_j = ψ_j − P·O_j:
+
+    O ← O + Σ_j Σ_m P_m* χ_jm / (Σ_j Σ_m |P_m|² + δ_O),
+    P_m ← P_m + Σ_j O_j* χ_jm / (Σ_j |O_j|² + δ_P),
+
+with δ = ``regularization`` × the maximum of the denominator (and patches placed at their
+positions). At integer positions the object line is the exact projection
+(Σ P*ψ + δ O)/(Σ|P|² + δ); at sub-pixel positions the bilinear extraction couples neighbouring
+pixels and the line is one step of a convergent preconditioned iteration towards it, which keeps
+consistent waves a fixed point (the plain ratio would not be).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from diffptycho._typing import Array, Complex, Int, Positions
+from diffptycho.recon.ptycho import projections as proj
+from diffptycho.recon.ptycho.constraints import Refinement, end_of_iteration, refine_positions
+from diffptycho.recon.ptycho.data import PtychoData, batch_indices, frame_losses
+from diffptycho.recon.solve import AbstractSolver
+
+
+class RAARState(eqx.Module):
+    """Detector-plane exit waves of every position, reference positions, iteration counter."""
+
+    waves: Complex[Array, "n mode fy fx"]
+    positions0: Positions
+    iteration: Int[Array, ""]
+
+
+class RAAR(AbstractSolver):
+    """Relaxed averaged alternating reflections; ``beta=1`` is the difference map.
+
+    Memory holds one exit wave per position and mode (the method's state); everything else is
+    bounded by ``batch_size``.
+
+    Attributes:
+        beta: relaxation β in (0, 1]; 1 is DM.
+        batch_size: positions per minibatch (memory bound only: results do not depend on it).
+        regularization: δ / max(denominator) in the overlap projection.
+        refinement: probe, background, positions and constraints.
+        loss: noise model of the reported loss (``"poisson"`` or ``"amplitude"``).
+
+    Examples:
+        >>> RAAR(beta=0.8).beta
+        0.8
+    """
+
+    beta: float = 0.8
+    batch_size: int = eqx.field(static=True, default=64)
+    regularization: float = 1e-3
+    refinement: Refinement = eqx.field(default_factory=Refinement)
+    loss: str = eqx.field(static=True, default="poisson")
+
+    def __check_init__(self):
+        if not 0 < self.beta <= 1:
+            raise ValueError(f"beta={self.beta}: expected 0 < β ≤ 1")
+
+    def init(self, model) -> RAARState:
+        """Waves = the model's own exit waves (already consistent with the overlap)."""
+        idx, _ = batch_indices(model.positions.shape[0], self.batch_size)
+
+        def one(i):
+            _, z = proj.exit_waves(model.object, model.probe, model.positions[i])
+            return model.propagator(z)
+
+        waves = jax.lax.map(one, idx)
+        waves = waves.reshape(-1, *waves.shape[2:])[: model.positions.shape[0]]
+        return RAARState(waves, model.positions, jnp.asarray(0))
+
+    def step(self, model, state: RAARState, data: PtychoData):
+        """One RAAR iteration over all positions; returns the model, state and mean loss."""
+        n = model.positions.shape[0]
+        idx, valid = batch_indices(n, self.batch_size)
+        it, ref = state.iteration, self.refinement
+        obj, probe, bg, prop = model.object, model.probe, model.background, model.propagator
+        shape, real, beta = obj.shape, obj.real.dtype, self.beta
+
+        def body(carry, xs):
+            waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = carry
+            i, v = xs
+            w = v.astype(real)
+            frames, mask = data.take(i)
+            patches, z = proj.exit_waves(obj, probe, model.positions[i])
+            fz = prop(z)
+            psi = waves[i]
+            intensity = proj.model_intensity(fz, bg)
+            loss_sum = loss_sum + jnp.sum(w * frame_losses(intensity, frames, mask, self.loss))
+            ratio = proj.intensity_ratio(intensity, frames, mask)
+            ratio_sum = ratio_sum + jnp.sum(w[:, None, None] * ratio, axis=0)
+            y = proj.fourier_projection(2 * fz - psi, frames, mask, bg)
+            new = beta * (psi + y - fz) + (1 - beta) * fz
+            waves = waves.at[i].set(jnp.where(v[:, None, None, None], new, psi))
+            chi = prop.adjoint(new - fz) * w[:, None, None, None]
+            obj_num = obj_num + proj.object_numerator(chi, probe, model.positions[i], shape)
+            probe_num = probe_num + proj.probe_numerator(chi, patches)
+            probe_den = probe_den + proj.probe_denominator(patches, w)
+            new_pos = refine_positions(obj, probe, pos[i], chi, w, ref.positions, it)
+            pos = pos.at[i].set(new_pos)
+            return (waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum), None
+
+        init = (
+            state.waves,
+            jnp.zeros_like(obj),
+            jnp.zeros_like(probe),
+            jnp.zeros(probe.shape[-2:], real),
+            model.positions,
+            jnp.zeros(data.frames.shape[-2:], real),
+            jnp.zeros((), real),
+        )
+        carry, _ = jax.lax.scan(body, init, (idx, valid))
+        waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = carry
+        obj_den = proj.illumination(probe, model.positions, shape)
+        new_obj = obj + proj.regularized_division(
+            obj_num, obj_den, jnp.zeros_like(obj), self.regularization
+        )
+        new_probe = probe + proj.regularized_division(
+            probe_num, probe_den[None], jnp.zeros_like(probe), self.regularization
+        )
+        probe_on = jnp.asarray(ref.probe) & (it >= ref.probe_start)
+        new_probe = jnp.where(probe_on, new_probe, probe)
+        model = eqx.tree_at(
+            lambda m: (m.object, m.probe, m.positions), model, (new_obj, new_probe, pos)
+        )
+        model, mixing = end_of_iteration(model, ref, it, state.positions0, ratio_sum / n)
+        if probe.shape[0] > 1 and ref.orthogonalize_every > 0:
+            waves = jnp.einsum("mk,nkyx->nmyx", mixing, waves)
+        state = RAARState(waves, state.positions0, it + 1)
+        return model, state, loss_sum / n
+
+
+def raar(beta: float = 0.8, **options) -> RAAR:
+    """RAAR with relaxation ``beta`` (Luke 2005; the battery study's engine)."""
+    return RAAR(beta=beta, **options)
+
+
+def difference_map(**options) -> RAAR:
+    """The difference map (Thibault et al. 2008): RAAR with β = 1."""
+    return RAAR(beta=1.0, **options)
+
+
+__all__ = ["RAAR", "RAARState", "difference_map", "raar"]

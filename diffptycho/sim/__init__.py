@@ -1,0 +1,1 @@
+"""Simulation: ground-truth phantoms, scan patterns and datasets with their ground truth."""
