@@ -50,6 +50,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from diffptycho.sim import datasets
 
     geometry = datasets.ScanGeometry(photons_per_frame=args.photons)
+    geometry = geometry.fitted_to((args.size, args.size))
     if args.kind == "lfp":
         ds = datasets.simulate_lfp_tomo(
             volume_shape=(args.size,) * 3,

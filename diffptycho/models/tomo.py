@@ -15,11 +15,12 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffptycho._typing import Array, Complex, Float, Int, Shaped
 from diffptycho.models.propagators import AbstractPropagator, FarField
 from diffptycho.models.ptycho import scan_intensities
-from diffptycho.physics import alignment, optics, tomography
+from diffptycho.physics import alignment, optics, scan, tomography
 
 
 class TomoProjections(eqx.Module):
@@ -93,6 +94,20 @@ class SpectroPtychoTomo(eqx.Module):
             )
         if self.probe.shape[0] != n_e:
             raise ValueError(f"probe: leading axis {self.probe.shape[0]} != {n_e} energies")
+
+    def check_scan_geometry(self) -> None:
+        """Host-side check that every probe patch lies inside the projections.
+
+        Inside ``jit`` a patch that leaves the object would be clamped silently; call this
+        once (outside ``jit``) wherever positions enter from a file or a user.
+
+        Raises:
+            ValueError: naming ``positions`` and the object shape that would hold them.
+        """
+        obj_shape = (self.composition.shape[2], self.composition.shape[3])
+        scan.check_positions(
+            np.asarray(self.positions).reshape(-1, 2), obj_shape, self.probe.shape[-2:]
+        )
 
     def projected_index(self) -> Complex[Array, "energy angle y x"]:
         """Aligned ∫(δ + iβ) dz in m at every energy and angle.

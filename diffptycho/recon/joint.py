@@ -101,6 +101,7 @@ def joint_reconstruct(
             f"frames: leading axes {frames.shape[:2]} != (energy, angle) "
             f"{model.positions.shape[:2]} of the model"
         )
+    model.check_scan_geometry()
     selectors = [TRAINABLE[name] for name in refine]
     solver = OptaxSolver(
         loss=joint_loss(loss, None if mask is None else jnp.asarray(mask)),

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffptycho.models import SpectroPtycho2D, SpectroPtychoTomo
-from diffptycho.physics import optics, probe, spectra
+from diffptycho.physics import optics, probe, scan, spectra
 from diffptycho.sim import patterns, phantoms
 
 
@@ -51,6 +51,19 @@ class ScanGeometry:
     central_stop_diameter_m: float = 90e-6
     defocus_m: float = 0.6e-6
     photons_per_frame: float = 1e5
+
+    def fitted_to(self, object_shape: tuple[int, int]) -> ScanGeometry:
+        """The same geometry with the largest raster (≤ the current one) that fits the object.
+
+        Args:
+            object_shape: (H, W) of the object (or projections) in pixels.
+        """
+        margin = 2 + 2 * self.jitter_px  # bilinear interpolation needs one extra pixel
+        fit = [
+            max(1, min(n, int((size - probe - margin) // self.step_px) + 1))
+            for n, size, probe in zip(self.scan_shape, object_shape, self.probe_shape, strict=True)
+        ]
+        return dataclasses.replace(self, scan_shape=(fit[0], fit[1]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +173,7 @@ def simulate_lfp_tomo(
         positions=jnp.asarray(pos),
         voxel_size_m=voxel_size_m,
     )
+    model.check_scan_geometry()
     expected = jax.jit(SpectroPtychoTomo.all_intensities)(model)
     truth = {
         "composition": field.composition,
@@ -215,6 +229,7 @@ def simulate_vanadium_2d(
         probe=jnp.asarray(probes),
         positions=jnp.asarray(pos[:, 0]),
     )
+    scan.check_positions(pos.reshape(-1, 2), image_shape, geometry.probe_shape)
     expected = np.asarray(jax.jit(SpectroPtycho2D.__call__)(model))[:, None]
     truth = {
         "thickness": field.thickness,
