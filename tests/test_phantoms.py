@@ -24,7 +24,7 @@ def test_lfp_fractions_are_volume_fractions(field):
     c = field.composition
     assert c.shape == (2,) + field.labels.shape
     assert c.min() >= 0 and c.sum(0).max() <= 1 + 1e-12
-    near = ndimage.binary_dilation(field.labels > 0, iterations=1)
+    near = ndimage.binary_dilation(field.labels > 0, structure=np.ones((3, 3, 3)))
     assert np.all(c[:, ~near] == 0)  # nothing outside the particles (and their surface voxels)
     assert np.all(c.sum(0)[field.labels > 0] >= 0.5)
     assert field.species == ("LiFePO4", "FePO4")
@@ -68,10 +68,12 @@ def test_lfp_plate_geometry(field):
 
 
 def test_lfp_stays_in_the_rotation_cylinder(field):
-    nz, _, nx = field.labels.shape
+    # Plates stay inside the cylinder about y inscribed in (z, x): in view at every angle.
+    occ = field.composition.sum(0)
+    nz, _, nx = occ.shape
     zz, xx = np.meshgrid(np.arange(nz) - (nz - 1) / 2, np.arange(nx) - (nx - 1) / 2, indexing="ij")
     outside = zz**2 + xx**2 > (min(nz, nx) / 2) ** 2
-    assert np.all(field.composition.sum(0)[:, :, :][outside[:, None, :].repeat(64, 1)] == 0)
+    assert np.all(occ[np.broadcast_to(outside[:, None, :], occ.shape)] == 0)
 
 
 def test_lfp_chemistry_truth(field):

@@ -15,6 +15,8 @@ localised inside the grid (see the pitfall in :mod:`diffptycho.physics.spectra`)
 from __future__ import annotations
 
 import numpy as np
+from jaxtyping import Float
+from numpy.typing import ArrayLike
 
 __all__ = ["kk_f_matrix", "kk_matrix"]
 
@@ -65,7 +67,7 @@ def _segment_weights(x: np.ndarray, a: np.ndarray, b: np.ndarray):
     return np.where(outside, wa_out, wa_in), np.where(outside, wb_out, wb_in)
 
 
-def kk_f_matrix(eval_ev, nodes_ev) -> np.ndarray:
+def kk_f_matrix(eval_ev: ArrayLike, nodes_ev: ArrayLike) -> Float[np.ndarray, "eval node"]:
     """Kramers–Kronig operator in f-space from grid nodes to arbitrary energies.
 
     Args:
@@ -91,7 +93,7 @@ def kk_f_matrix(eval_ev, nodes_ev) -> np.ndarray:
     return k / np.pi
 
 
-def kk_matrix(energies_ev) -> np.ndarray:
+def kk_matrix(energies_ev: ArrayLike) -> Float[np.ndarray, "energy energy"]:
     """Linear Kramers–Kronig operator mapping a localised Δβ on a grid to Δδ.
 
     KK is done in f-space: Δf2 ∝ E²·Δβ (since β = r_e λ² n f2 / 2π and λ ∝ 1/E), then

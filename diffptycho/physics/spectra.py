@@ -13,15 +13,19 @@ numerical operator of :func:`kk_matrix`.
 Pitfall: KK applied to a *non-localised* β known only on a truncated window (e.g. the full β over
 the 40 energies of an experiment) is dominated by the missing spectrum outside the window: a
 constant Δf2 = c on [a, b] yields Δf1 = (c/π) ln|(E − a)/(E − b)| + …, i.e. a spurious dispersion
-of order c itself (tens of percent of δ) that has nothing to do with the sample. Only apply KK to
+of order c itself that has nothing to do with the sample. For LiFePO4 over 690–730 eV, KK of the
+full tabulated β gets the variation of δ wrong by ~5× (tests/test_spectra.py). Only apply KK to
 changes that vanish at both ends of the grid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from jaxtyping import Complex, Float
+from numpy.typing import ArrayLike
 from scipy.special import erf
 
 from diffptycho.physics.kramers_kronig import kk_f_matrix, kk_matrix
@@ -66,7 +70,9 @@ def _energies(energies_ev, name: str = "energies_ev") -> np.ndarray:
     return e
 
 
-def lorentzian_line(energies_ev, center_ev: float, fwhm_ev: float, area: float) -> np.ndarray:
+def lorentzian_line(
+    energies_ev: ArrayLike, center_ev: float, fwhm_ev: float, area: float
+) -> Complex[np.ndarray, " energy"]:
     """A white line Δf = Δf1 + iΔf2 in f-space with its exact Kramers–Kronig partner.
 
     Δf2 is the odd-extended Lorentzian pair (peak at +E₀ minus its image at −E₀, so that the
@@ -97,7 +103,9 @@ def lorentzian_line(energies_ev, center_ev: float, fwhm_ev: float, area: float) 
     return area / np.pi * (1.0 / (e - center_ev - 1j * g) - 1.0 / (e + center_ev - 1j * g))
 
 
-def edge_step_f2(energies_ev, edge_ev: float, width_ev: float, height: float) -> np.ndarray:
+def edge_step_f2(
+    energies_ev: ArrayLike, edge_ev: float, width_ev: float, height: float
+) -> Float[np.ndarray, " energy"]:
     """An absorption edge in f2: an error-function step.
 
     f2(E) = (height/2)·[1 + erf((E − E_edge) / (√2 σ))], i.e. the integral of a Gaussian of
@@ -217,14 +225,14 @@ def _edge_shift_df(element, edge, shift_ev, width_ev, energies):
 def species_spectrum(
     formula: str,
     density_g_cm3: float,
-    energies_ev,
-    lines=(),
+    energies_ev: ArrayLike,
+    lines: Sequence[tuple[float, float, float]] = (),
     *,
     absorber: str | None = None,
     edge: str | None = None,
     edge_shift_ev: float = 0.0,
     edge_width_ev: float | None = None,
-) -> np.ndarray:
+) -> Complex[np.ndarray, " energy"]:
     """δ + iβ of a compound: tabulated continuum plus KK-consistent near-edge structure.
 
     The continuum is :func:`~diffptycho.physics.optics.delta_beta`. White lines (Lorentzians with
@@ -279,7 +287,7 @@ def species_spectrum(
 def calibrate_line_area(
     formula: str,
     density_g_cm3: float,
-    lines,
+    lines: Sequence[tuple[float, float, float]],
     free_line: tuple[float, float],
     od_ratio: float,
     e1_ev: float,
@@ -318,7 +326,7 @@ def _peak_area(peak: float, fwhm_ev: float) -> float:
     return peak * np.pi * 0.5 * fwhm_ev
 
 
-def lfp_reference_spectra(energies_ev) -> dict[str, np.ndarray]:
+def lfp_reference_spectra(energies_ev: ArrayLike) -> dict[str, Complex[np.ndarray, " energy"]]:
     """LiFePO4 and FePO4 at the Fe L3 edge, calibrated to the published OD ratios.
 
     Each end member has its main white line (Fe²⁺ at 708.2 eV, Fe³⁺ at 710.2 eV, FWHM 1 eV) and a
@@ -364,14 +372,14 @@ VANADIUM_SPECIES = {
 
 
 def vanadium_reference_spectra(
-    energies_ev,
+    energies_ev: ArrayLike,
     *,
     pre_edge_ev: float = 5469.0,
     pre_edge_fwhm_ev: float = 2.0,
     edge_width_ev: float = 2.0,
     main_offset_ev: float = 10.0,
     main_fwhm_ev: float = 8.0,
-) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
+) -> tuple[dict[str, Complex[np.ndarray, " energy"]], dict[str, dict[str, float]]]:
     """Vanadium oxides at the V K edge (5420–5540 eV), with their true XANES descriptors.
 
     Each species of :data:`VANADIUM_SPECIES` has its tabulated V K edge moved to its own edge

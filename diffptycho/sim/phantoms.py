@@ -157,8 +157,12 @@ def lfp_field(
     rng = np.random.default_rng(seed)
     radius = 0.5 * min(shape[0], shape[2]) - 1.0  # cylinder about y, in voxels
     mean[:2] = np.minimum(mean[:2], 0.6 * min(radius, 0.5 * shape[1] - 1.0))
-    mean[2] = max(mean[2], 1.5)
-    mean[2] = min(mean[2], mean[1])
+    mean[2] = min(max(mean[2], 1.5), mean[1])
+    if n_particles * np.prod(mean) > 0.3 * np.pi * radius**2 * shape[1]:
+        raise ValueError(
+            f"n_particles={n_particles}: {n_particles} plates of {mean * vox} m fill more than "
+            f"30 % of the rotation cylinder of shape={shape}"
+        )
 
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
     centre_vol = (np.array(shape) - 1) / 2.0
@@ -179,6 +183,7 @@ def lfp_field(
                 f"{mean * vox} m fit in shape={shape}"
             )
         size = mean * rng.uniform(0.9, 1.1, 3)
+        size[2] = max(size[2], 1.5)
         frame = _random_frame(rng)
         half_diag = 0.5 * np.linalg.norm(size)
         r = max(radius - half_diag, 0.0) * np.sqrt(rng.uniform())  # uniform over the disc
