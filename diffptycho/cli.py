@@ -29,6 +29,7 @@ def _add_simulate(sub) -> None:
     p.add_argument("--photons", type=float, default=1e5, help="incident photons per frame")
     p.add_argument("--pixel-nm", type=float, default=None, help="voxel/pixel size in nm")
     p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(_run=cmd_simulate)
 
 
 def _add_demo(sub) -> None:
@@ -41,8 +42,9 @@ def _add_demo(sub) -> None:
         "table and writes HDF5 results and PNG figures.",
     )
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    p.add_argument("--iterations", type=int, default=150, help="joint-reconstruction steps")
+    p.add_argument("--iterations", type=int, default=400, help="joint-reconstruction steps")
     p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(_run=cmd_demo)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -82,11 +84,8 @@ def _table(rows: Sequence[tuple[str, str]]) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``diffptycho demo``: simulate, reconstruct jointly, report, save."""
-    import jax.numpy as jnp
-
     from diffptycho.analysis import figures
     from diffptycho.io.results import write_results
-    from diffptycho.models import SpectroPtychoTomo
     from diffptycho.recon.joint import joint_reconstruct
     from diffptycho.sim import datasets
 
@@ -97,18 +96,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t_sim = time.perf_counter() - t0
 
     truth = ds.truth["composition"]
-    start = SpectroPtychoTomo(
-        composition=jnp.zeros_like(jnp.asarray(truth)),
-        spectra=jnp.asarray(ds.truth["spectra"]),
-        energies_ev=jnp.asarray(ds.energies_ev),
-        angles_rad=jnp.asarray(np.deg2rad(ds.angles_deg)),
-        alignment=jnp.zeros((ds.angles_deg.size, 4)),
-        probe=jnp.asarray(ds.probe),
-        positions=jnp.asarray(ds.positions_px),
-        voxel_size_m=ds.pixel_size_m,
-    )
+    start = ds.tomo_model()
     t1 = time.perf_counter()
-    model, history = joint_reconstruct(start, ds.frames, args.iterations, learning_rate=0.02)
+    model, history = joint_reconstruct(start, ds.frames, args.iterations, learning_rate=0.1)
     t_joint = time.perf_counter() - t1
 
     comp = np.asarray(model.composition)
@@ -191,17 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
     _add_demo(sub)
+    for module in _subcommand_modules():
+        module.add_parser(sub).set_defaults(_run=module.run)
     return parser
 
 
-COMMANDS = {"simulate": cmd_simulate, "demo": cmd_demo}
+def _subcommand_modules() -> list:
+    """Modules that each add one sub-command: ``add_parser(subparsers)`` and ``run(args)``."""
+    from diffptycho import cli_chem
+
+    return [cli_chem]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diffptycho`` command."""
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return args._run(args)
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"diffptycho {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from diffptycho.analysis import segmentation as sg
 from diffptycho.io.results import write_results
 from diffptycho.physics import optics
 from diffptycho.physics.spectra import LFP_E1_EV, LFP_E2_EV, lfp_reference_spectra
+from diffptycho.recon.chem import lcf
 from diffptycho.recon.chem import two_energy as te
 from diffptycho.sim.phantoms import lfp_field
 
@@ -199,6 +200,45 @@ def report(out, args) -> None:
         )
 
 
+def validate_projection(field, conc, noise_od: float, rng, out_dir: str) -> dict:
+    """The projected 3-D chemical map against a 2-D LCF of a full spectrum (beam along z).
+
+    The 2-D stack is the projection of the true composition at 81 energies (700–720 eV), blurred
+    to 11 nm and with Gaussian noise ``noise_od`` (OD); LCF weights are projected thicknesses in
+    voxels of each end member, as is the z-sum of the 3-D two-energy map.
+    """
+    energies = np.linspace(700.0, 720.0, 81)
+    refs = od_per_voxel(energies).T  # (species, energy), OD per voxel
+    sigma_vox = RESOLUTION_M / (2 * np.sqrt(2 * np.log(2))) / VOXEL_M
+    proj_true = ndimage.gaussian_filter(field.composition.sum(axis=1), (0, sigma_vox, sigma_vox))
+    stack = np.einsum("se,syx->eyx", refs, proj_true)
+    stack = stack + rng.normal(0.0, noise_od, stack.shape)
+    proj_3d = conc.sum(axis=1)  # (species, y, x) in voxels
+    mask = proj_true.sum(0) > 3.0  # at least one plate thickness of material
+    fit = lcf.linear_combination_fit(stack, refs, mask=mask)
+    w, r = np.asarray(fit.weights), np.asarray(fit.r_factor)
+    share_lcf = w[1] / np.where(w.sum(0) > 0, w.sum(0), np.nan)
+    share_3d = proj_3d[1] / np.where(proj_3d.sum(0) > 0, proj_3d.sum(0), np.nan)
+    ok = mask & np.isfinite(share_lcf) & np.isfinite(share_3d)
+    chem_figures.agreement_plot(
+        share_lcf,
+        share_3d,
+        os.path.join(out_dir, "projection_vs_lcf.png"),
+        mask=ok,
+        labels=("FePO4 share, 2-D LCF (81 energies)", "FePO4 share, projected 3-D map"),
+    )
+    chem_figures.lcf_maps_plot(
+        w, r, ["LiFePO4 (voxels)", "FePO4 (voxels)"], os.path.join(out_dir, "lcf_2d.png")
+    )
+    return {
+        "pixels": int(ok.sum()),
+        "pearson_share": float(np.corrcoef(share_lcf[ok], share_3d[ok])[0, 1]),
+        "pearson_amount": [float(np.corrcoef(w[s][ok], proj_3d[s][ok])[0, 1]) for s in (0, 1)],
+        "rms_share": float(np.sqrt(np.mean((share_lcf - share_3d)[ok] ** 2))),
+        "r_factor_percentiles": np.percentile(r[ok], [5, 50, 95]),
+    }
+
+
 def save(out, args) -> None:
     key = (args.nominal, args.smooth)
     m, field = out["matrix"], out["fields"][0]
@@ -216,19 +256,37 @@ def save(out, args) -> None:
     y = int(np.argmax((field.labels > 0).sum((0, 2))))
     truth = truth_classes(field)
     chem_figures.phase_map_plot(
-        {f"truth z={z}": truth[z], f"estimate z={z}": r0["classes"][z],
-         f"truth y={y}": truth[:, y], f"estimate y={y}": r0["classes"][:, y]},
-        path("phases.png"), names=("LiFePO4-rich", "mixed", "FePO4-rich"), columns=2,
-    )  # fmt: skip
+        {
+            f"truth z={z}": truth[z],
+            f"estimate z={z}": r0["classes"][z],
+            f"truth y={y}": truth[:, y],
+            f"estimate y={y}": r0["classes"][:, y],
+        },
+        path("phases.png"),
+        names=("LiFePO4-rich", "mixed", "FePO4-rich"),
+        columns=2,
+    )
     tables = [r["table"] for r in res]
     fields_ = [f.name for f in pa.ParticleTable.__dataclass_fields__.values()]
     pooled = pa.ParticleTable(*[np.concatenate([getattr(t, f) for t in tables]) for f in fields_])
     chem_figures.activity_plot(pooled, path("activity.png"))
     figures.image_grid(
-        {"FePO4 share, truth": np.where(field.labels[z] > 0, truth_share(field)[z], np.nan),
-         "FePO4 share, estimate": np.where(r0["mask"][z], 1 - r0["frac"][z], np.nan)},
-        path("share_slices.png"), columns=2, shared_range=(0, 1), cmap="coolwarm",
-    )  # fmt: skip
+        {
+            "FePO4 share, truth": np.where(field.labels[z] > 0, truth_share(field)[z], np.nan),
+            "FePO4 share, estimate": np.where(r0["mask"][z], 1 - r0["frac"][z], np.nan),
+        },
+        path("share_slices.png"),
+        columns=2,
+        shared_range=(0, 1),
+        cmap="coolwarm",
+    )
+    val = validate_projection(field, r0["conc"], 0.02, np.random.default_rng(7), args.out)
+    print(
+        f"projected 3-D map vs 2-D LCF ({val['pixels']} pixels, noise 0.02 OD): FePO4 share "
+        f"r = {val['pearson_share']:.3f}, RMS {val['rms_share']:.3f}; projected amounts r = "
+        f"{val['pearson_amount'][0]:.3f} (LiFePO4), {val['pearson_amount'][1]:.3f} (FePO4); "
+        f"LCF R-factor 5/50/95 % = {np.round(val['r_factor_percentiles'], 4).tolist()}"
+    )
     # inputs for `diffptycho chem two-energy od.h5 --references LiFePO4.txt FePO4.txt …`
     write_results(path("od.h5"), {"od": od}, units={"od": "OD per voxel"}, config=vars(args))
     grid = np.linspace(700.0, 720.0, 201)
@@ -240,11 +298,14 @@ def save(out, args) -> None:
     data = {}
     for (noise, smooth), row in out["rows"].items():
         k = f"noise_{noise:.2f}_smooth_{smooth:.1f}"
-        data |= {f"{k}/rmse_share": row["rmse_share"], f"{k}/rmse_conc": row["rmse_conc"],
-                 f"{k}/dice": [row["dice"].get(c, np.nan) for c in (0, 1, 2)],
-                 f"{k}/dice_phase_only": [row["dice_phase_only"].get(c, np.nan) for c in (0, 1, 2)],
-                 f"{k}/thickness_err_vox": row["thickness_err_vox"],
-                 **row["fit"].as_datasets(f"{k}/gaussian_fit")}  # fmt: skip
+        data |= {
+            f"{k}/rmse_share": row["rmse_share"],
+            f"{k}/rmse_conc": row["rmse_conc"],
+            f"{k}/dice": [row["dice"].get(c, np.nan) for c in (0, 1, 2)],
+            f"{k}/dice_phase_only": [row["dice_phase_only"].get(c, np.nan) for c in (0, 1, 2)],
+            f"{k}/thickness_err_vox": row["thickness_err_vox"],
+            **row["fit"].as_datasets(f"{k}/gaussian_fit"),
+        }
     write_results(path("lfp_chemistry.h5"), data, config=vars(args))
 
 

@@ -122,3 +122,15 @@ def test_calibrated_lfp_spectra_give_the_published_polar_angles():
     m = te.reference_matrix(od["LiFePO4"], od["FePO4"])
     angles = np.degrees(np.arctan2(m[1], m[0]))
     np.testing.assert_allclose(angles, [27.47, 64.95], atol=0.02)
+
+
+def test_smoothing_inside_the_mask_keeps_constants_and_leaves_outside(rng):
+    c = np.zeros((2, 10, 10, 10))
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:8, 3:7, 1:9] = True
+    c[0][mask], c[1][mask] = 0.7, 0.3
+    c_out = rng.normal(size=c.shape) * ~mask
+    smooth = te.smooth_concentrations(c + c_out, mask, 1.0)
+    np.testing.assert_allclose(smooth[:, mask], c[:, mask], atol=1e-12)  # empty space ignored
+    np.testing.assert_array_equal(smooth[:, ~mask], c_out[:, ~mask])
+    np.testing.assert_array_equal(te.smooth_concentrations(c, mask, 0.0), c)

@@ -89,3 +89,36 @@ def test_lcf_shape_errors():
         lcf.linear_combination_fit(np.ones((2, 3)), np.array([[1.0, np.nan]]))
     with pytest.raises(ValueError, match="mask"):
         lcf.linear_combination_fit(np.ones((2, 3)), np.ones((1, 2)), mask=np.ones(4, bool))
+
+
+@pytest.mark.slow
+def test_lcf_and_two_energy_maps_agree_on_the_measured_stack(shared_data):
+    import os
+
+    from diffptycho.io import stxm
+    from diffptycho.recon.chem import two_energy as te
+
+    d = os.path.join(shared_data, "stxm_fe_l3")
+    st = stxm.read_stxm_stack(os.path.join(d, "71214078.hdr"), os.path.join(d, "i0.xsp"))
+    e = st.energies_ev
+    refs = np.stack(
+        [stxm.reference_on_grid(os.path.join(d, n), e) for n in ("reduced.r", "oxidized.r")]
+    )
+    pre = e <= 705.5
+    net, rnet = st.od - st.od[pre].mean(0), refs - refs[:, pre].mean(1, keepdims=True)
+    mask = net[(e >= 707.5) & (e <= 711)].mean(0) > 0.1
+    res = lcf.linear_combination_fit(net, rnet, mask=mask)
+    share_lcf = np.asarray(res.fractions())[0]
+
+    def at(energy):  # linear interpolation of the stack between its two nearest energies
+        k = np.searchsorted(e, energy)
+        t = (energy - e[k - 1]) / (e[k] - e[k - 1])
+        return (1 - t) * net[k - 1] + t * net[k]
+
+    od2 = np.stack([at(708.2), at(710.2)])
+    m = te.reference_matrix(*[np.interp([708.2, 710.2], e, r) for r in rnet])
+    share_2e = np.asarray(te.fraction_first(te.unmix_two_energy(od2, m)))
+    ok = mask & np.isfinite(share_lcf) & np.isfinite(share_2e)
+    assert ok.sum() > 3000
+    assert np.corrcoef(share_lcf[ok], share_2e[ok])[0, 1] > 0.75
+    assert np.median(np.asarray(res.r_factor)[ok]) < 0.1

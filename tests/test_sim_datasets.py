@@ -81,7 +81,9 @@ def test_vanadium_stack_spans_the_edge():
 def test_patches_outside_the_projection_are_refused():
     with pytest.raises(ValueError, match="positions"):
         datasets.simulate_lfp_tomo(
-            volume_shape=(24, 16, 24), angles_deg=np.array([0.0]), geometry=SMALL
+            volume_shape=(24, 16, 24),
+            angles_deg=np.array([0.0]),
+            geometry=datasets.ScanGeometry(scan_shape=(9, 9), step_px=3.0),
         )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "lcf_maps_plot",
     "phase_map_plot",
     "polar_histogram_plot",
+    "spectra_plot",
 ]
 
 PHASE_COLOURS = {-1: "#ffffff", 0: "#d62728", 1: "#2ca02c", 2: "#1f77b4"}
@@ -79,7 +80,7 @@ def correlation_plot(
     top = float(np.percentile(np.concatenate([a, b]), 99.9)) * 1.1 if a.size else 1.0
     if a.size:
         h = ax.hist2d(a, b, bins=150, range=[[0, top], [0, top]], norm=LogNorm(), cmap="viridis")
-        fig.colorbar(h[3], ax=ax, label="voxels")
+        fig.colorbar(h[3], ax=ax, label="voxels (pixels)")
     line = np.array([0.0, top])
     if matrix is not None:
         m = np.asarray(matrix, float)
@@ -308,7 +309,7 @@ def agreement_plot(
     if mask is not None:
         keep &= np.asarray(mask, bool)
     r = np.corrcoef(a[keep], b[keep])[0, 1] if keep.sum() > 1 else np.nan
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.3))
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.4), layout="constrained")
     for ax, img, label in zip(axes[:2], (a, b), labels, strict=True):
         im = ax.imshow(np.where(keep, img, np.nan), cmap="coolwarm_r", vmin=0, vmax=1)
         ax.set_title(label, fontsize=9)
@@ -330,4 +331,47 @@ def agreement_plot(
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
     ax.set_title(f"Pearson r = {r:.3f} ({int(keep.sum())} pixels)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def spectra_plot(
+    energies_ev,
+    curves: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    *,
+    bands: Mapping[str, np.ndarray] | None = None,
+    markers_ev: Sequence[float] = (),
+    ylabel: str = "OD",
+    title: str | None = None,
+) -> str:
+    """Spectra (references, cluster means, fits) against energy, with optional ±1σ bands.
+
+    Args:
+        energies_ev: energies in eV (E,).
+        curves: label → spectrum (E,); labels starting with "fit" are drawn dashed.
+        path: PNG to write.
+        bands: label → standard deviation (E,) shaded around the curve of the same label.
+        markers_ev: energies marked by vertical dotted lines (e.g. the two-energy pair), eV.
+        ylabel: y-axis label.
+        title: figure title.
+
+    Returns:
+        The written path.
+    """
+    plt = _pyplot()
+    e = np.asarray(energies_ev, float)
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for label, y in curves.items():
+        y = np.asarray(y, float)
+        (line,) = ax.plot(e, y, "--" if label.startswith("fit") else "-", lw=1.2, label=label)
+        if bands and label in bands:
+            sd = np.asarray(bands[label], float)
+            ax.fill_between(e, y - sd, y + sd, color=line.get_color(), alpha=0.15, lw=0)
+    for x in markers_ev:
+        ax.axvline(x, color="0.5", ls=":", lw=0.8)
+    ax.set_xlabel("energy (eV)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
     return save_figure(fig, path)

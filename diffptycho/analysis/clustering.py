@@ -345,7 +345,7 @@ class ClusterAnalysis:
     """Result of :func:`cluster_descriptors`.
 
     Attributes:
-        labels: cluster map (…), −1 where masked.
+        labels: cluster map (…), −1 where masked or not clustered.
         k: number of clusters.
         ks: k values of the elbow curve (empty if k was given).
         inertias: W(k) of the elbow curve, standardised-feature units.
@@ -370,6 +370,7 @@ def cluster_descriptors(
     k: int | None = None,
     k_max: int = 8,
     weights=None,
+    mask=None,
     n_init: int = 10,
     seed: int = 0,
 ) -> ClusterAnalysis:
@@ -381,6 +382,8 @@ def cluster_descriptors(
         k: number of clusters; None chooses it by :func:`elbow_k` over 1 … ``k_max``.
         k_max: largest k of the elbow curve.
         weights: map (…) weighting the fractions (e.g. N_V in atoms/m²); None counts pixels.
+        mask: map (…) of pixels to cluster (e.g. Δμt ≥ 5σ: k-means is not robust to the
+            unstable ratios of barely-valid pixels); None clusters every finite pixel.
         n_init: k-means restarts.
         seed: random seed.
 
@@ -392,6 +395,10 @@ def cluster_descriptors(
         raise ValueError(f"features: {missing or 'none'} not among {sorted(descriptors)}")
     maps = np.stack([np.asarray(descriptors[f], float) for f in features], axis=-1)
     use = np.all(np.isfinite(maps), axis=-1)
+    if mask is not None:
+        if np.shape(mask) != use.shape:
+            raise ValueError(f"mask: expected the maps' shape {use.shape}, got {np.shape(mask)}")
+        use &= np.asarray(mask, bool)
     if not use.any():
         raise ValueError("descriptors: every pixel is masked (NaN); nothing to cluster")
     z, mean, std = standardize(maps[use])

@@ -200,33 +200,32 @@ def _wrap(phase: np.ndarray) -> np.ndarray:
     return (phase + np.pi) % (2 * np.pi) - np.pi
 
 
-def _dct_poisson(rho: np.ndarray) -> np.ndarray:
-    """Solve the 5-point Laplacian = ρ with Neumann boundaries (mean-zero solution)."""
-    h, w = rho.shape
-    coeffs = sfft.dctn(rho, type=2, norm="ortho")
-    ky = 2 * np.cos(np.pi * np.arange(h) / h)[:, None]
-    kx = 2 * np.cos(np.pi * np.arange(w) / w)[None, :]
-    denom = ky + kx - 4.0
+def _dct_solve(rhs: np.ndarray) -> np.ndarray:
+    """Solve DᵀD φ = rhs (D: forward differences, Neumann borders) by DCT; mean-zero φ."""
+    h, w = rhs.shape
+    coeffs = sfft.dctn(rhs, type=2, norm="ortho")
+    ky = 2.0 - 2.0 * np.cos(np.pi * np.arange(h) / h)[:, None]
+    kx = 2.0 - 2.0 * np.cos(np.pi * np.arange(w) / w)[None, :]
+    denom = ky + kx
     denom[0, 0] = 1.0
     coeffs = coeffs / denom
     coeffs[0, 0] = 0.0
     return sfft.idctn(coeffs, type=2, norm="ortho")
 
 
-def _divergence(gy: np.ndarray, gx: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Adjoint-consistent divergence of forward differences (zero flux at the borders)."""
-    div = np.zeros(shape)
-    div[:-1] += gy
-    div[1:] -= gy
-    div[:, :-1] += gx
-    div[:, 1:] -= gx
-    return -div
+def _diff_adjoint(gy: np.ndarray, gx: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Dᵀ(g_y, g_x): adjoint of the forward differences along y and x."""
+    out = np.zeros(shape)
+    out[:-1] -= gy
+    out[1:] += gy
+    out[:, :-1] -= gx
+    out[:, 1:] += gx
+    return out
 
 
-def _weighted_laplacian(phi, wy, wx):
-    gy = wy * np.diff(phi, axis=0)
-    gx = wx * np.diff(phi, axis=1)
-    return _divergence(gy, gx, phi.shape)
+def _normal_operator(phi: np.ndarray, wy: np.ndarray, wx: np.ndarray) -> np.ndarray:
+    """DᵀWD φ, the (positive semi-definite) weighted least-squares normal operator."""
+    return _diff_adjoint(wy * np.diff(phi, axis=0), wx * np.diff(phi, axis=1), phi.shape)
 
 
 def unwrap_phase(
@@ -263,52 +262,48 @@ def unwrap_phase(
         >>> bool(np.allclose(out, truth + 2 * np.pi * k))
         True
     """
-    psi = _image(phase, "phase").astype(np.float64)
+    psi = _image(phase, "phase")
     if np.iscomplexobj(psi) or not np.all(np.isfinite(psi)):
         raise ValueError("phase: expected a finite real phase image in rad (use np.angle(T))")
-    psi = _wrap(psi)
+    psi = _wrap(psi.astype(np.float64))
     dy = _wrap(np.diff(psi, axis=0))
     dx = _wrap(np.diff(psi, axis=1))
     if weights is None:
-        phi = _dct_poisson(_divergence(dy, dx, psi.shape))
+        phi = _dct_solve(_diff_adjoint(dy, dx, psi.shape))
         valid = np.ones(psi.shape, bool)
     else:
         w = _weights(psi, weights)
         valid = w > 0
         wy = np.sqrt(w[:-1] * w[1:])
         wx = np.sqrt(w[:, :-1] * w[:, 1:])
-        rhs = _divergence(wy * dy, wx * dx, psi.shape)
-        phi = _pcg(lambda v: _weighted_laplacian(v, wy, wx), rhs, iterations, tolerance)
+        rhs = _diff_adjoint(wy * dy, wx * dx, psi.shape)
+        phi = _pcg(lambda v: _normal_operator(v, wy, wx), rhs, iterations, tolerance)
     offset = np.mean((psi - phi)[valid])
     phi = phi + offset
     return psi + 2 * np.pi * np.round((phi - psi) / (2 * np.pi))
 
 
-def _pcg(apply, rhs, iterations: int, tolerance: float) -> np.ndarray:
-    """Conjugate gradients on the weighted Laplacian, DCT Poisson solve as preconditioner.
-
-    Both operators are negative semi-definite with the constants as null space; CG runs on
-    their negatives.
-    """
+def _pcg(apply, rhs: np.ndarray, iterations: int, tolerance: float) -> np.ndarray:
+    """Conjugate gradients for DᵀWD φ = rhs, preconditioned by the unweighted DCT solve."""
     x = np.zeros_like(rhs)
-    r = -rhs.copy()
+    r = rhs.copy()
     norm0 = np.linalg.norm(r)
     if norm0 == 0:
         return x
-    z = _dct_poisson(-r) * -1.0
+    z = _dct_solve(r)
     p = z.copy()
     rz = np.vdot(r, z)
     for _ in range(iterations):
-        ap = -apply(p)
-        denom = np.vdot(p, ap)
-        if denom <= 0:
+        ap = apply(p)
+        curvature = np.vdot(p, ap)
+        if curvature <= 0:
             break
-        alpha = rz / denom
+        alpha = rz / curvature
         x += alpha * p
         r -= alpha * ap
         if np.linalg.norm(r) < tolerance * norm0:
             break
-        z = -_dct_poisson(r)
+        z = _dct_solve(r)
         rz_new = np.vdot(r, z)
         p = z + (rz_new / rz) * p
         rz = rz_new

@@ -7,8 +7,10 @@
   split on the distance transform (depth below the surface). Markers are the "cores" of each
   component, the voxels deeper than ``marker_fraction`` × the component's largest depth; two plates
   joined by a neck thinner than that have two cores, and every voxel joins its nearest core, which
-  cuts the neck in its middle (a watershed whose basins are the cores' Voronoi cells). Plates
-  meeting face-on or in a T-junction are as thick at the contact as inside and stay merged.
+  cuts the neck in its middle (a watershed whose basins are the cores' Voronoi cells). Pieces of
+  one thin plate (whose deepest sheet the voxel grid breaks up) are merged back when their union
+  is as flat as they are and they touch over a wide contact. Plates meeting face-on or in a
+  T-junction are as thick at the contact as inside and stay merged.
 - :func:`dice` and :func:`dice_per_class` score a segmentation against the truth.
 """
 
@@ -116,14 +118,71 @@ def dice_per_class(prediction, truth, classes=(FIRST_RICH, MIXED, SECOND_RICH)) 
     return {int(c): dice(p == c, t == c) for c in classes if np.any(t == c)}
 
 
+def _thin_stds(coords: np.ndarray) -> np.ndarray | None:
+    """Principal standard deviations (ascending) of a point cloud; None if too few points."""
+    if coords.shape[0] <= coords.shape[1]:
+        return None
+    return np.sqrt(np.clip(np.linalg.eigvalsh(np.cov(coords.T)), 0.0, None))
+
+
+def _contacts(regions: np.ndarray, spacing: np.ndarray) -> dict[tuple[int, int], float]:
+    """Contact area between every pair of face-adjacent regions (unit of spacing²)."""
+    out: dict[tuple[int, int], float] = {}
+    for axis in range(regions.ndim):
+        a = np.moveaxis(regions, axis, 0)
+        lo, hi = a[:-1].ravel(), a[1:].ravel()
+        sel = (lo > 0) & (hi > 0) & (lo != hi)
+        pairs = np.stack([np.minimum(lo[sel], hi[sel]), np.maximum(lo[sel], hi[sel])], axis=1)
+        face = float(np.prod(np.delete(spacing, axis)))
+        for (p, q), n in zip(*np.unique(pairs, axis=0, return_counts=True), strict=True):
+            out[int(p), int(q)] = out.get((int(p), int(q)), 0.0) + n * face
+    return out
+
+
+def _merge_plate_fragments(
+    regions: np.ndarray, spacing: np.ndarray, flat_ratio: float, neck_fraction: float
+) -> tuple[np.ndarray, int]:
+    """Merge adjacent pieces that are parts of one plate rather than plates joined by a neck.
+
+    In a thin, tilted plate the deepest voxels form a sheet that the voxel grid breaks into
+    several cores. Two pieces are merged when their union is as flat as the pieces (thinnest
+    principal width ≤ ``flat_ratio`` × the pieces') and they touch over a wide contact
+    (≥ ``neck_fraction`` × thickness × width of the smaller piece), unlike a neck.
+    """
+    sqrt12 = np.sqrt(12.0)  # principal std → full width of a uniform slab
+    while True:
+        ids = [k for k in np.unique(regions) if k > 0]
+        coords = {k: np.argwhere(regions == k) * spacing for k in ids}
+        merged = False
+        for (p, q), area in sorted(_contacts(regions, spacing).items(), key=lambda kv: -kv[1]):
+            sp, sq = _thin_stds(coords[p]), _thin_stds(coords[q])
+            su = _thin_stds(np.concatenate([coords[p], coords[q]]))
+            if sp is not None and sq is not None:
+                small = sp if coords[p].shape[0] <= coords[q].shape[0] else sq
+                cross = np.prod(sqrt12 * small[: regions.ndim - 1])
+                if su[0] > flat_ratio * max(sp[0], sq[0]) or area < neck_fraction * cross:
+                    continue
+            regions = np.where(regions == q, p, regions)
+            merged = True
+            break
+        if not merged:
+            break
+    ids = np.unique(regions[regions > 0])
+    relabel = np.zeros(int(regions.max()) + 1, dtype=np.int32)
+    relabel[ids] = np.arange(1, ids.size + 1)
+    return relabel[regions], int(ids.size)
+
+
 def _split_component(
     component: np.ndarray,
     depth: np.ndarray,
     marker_fraction: float,
     min_marker_voxels: int,
-    spacing,
+    spacing: np.ndarray,
+    flat_ratio: float,
+    neck_fraction: float,
 ) -> tuple[np.ndarray, int]:
-    """Watershed split of one connected component (cropped to its bounding box)."""
+    """Split one connected component (cropped to its bounding box) at its necks."""
     core = component & (depth > marker_fraction * depth[component].max())
     markers, n = ndimage.label(core)
     if n > 1 and min_marker_voxels > 1:
@@ -137,7 +196,8 @@ def _split_component(
     # (An IFT watershed on the inverted depth ties on the depth plateaus of flat plates and
     # then leaks through the neck; the nearest-core rule cuts a neck in its middle.)
     _, nearest = ndimage.distance_transform_edt(markers == 0, sampling=spacing, return_indices=True)
-    return np.where(component, markers[tuple(nearest)], 0).astype(np.int32), n
+    regions = np.where(component, markers[tuple(nearest)], 0).astype(np.int32)
+    return _merge_plate_fragments(regions, spacing, flat_ratio, neck_fraction)
 
 
 def label_particles(
@@ -147,6 +207,8 @@ def label_particles(
     marker_fraction: float = 0.6,
     min_voxels: int = 8,
     min_marker_voxels: int = 4,
+    flat_ratio: float = 1.5,
+    neck_fraction: float = 0.25,
     spacing=None,
 ) -> tuple[np.ndarray, int]:
     """Label particles: connected components, touching ones split by a distance watershed.
@@ -157,6 +219,10 @@ def label_particles(
         marker_fraction: a core is deeper than this fraction of its component's largest depth.
         min_voxels: particles smaller than this are dropped (noise specks).
         min_marker_voxels: cores smaller than this do not start a particle.
+        flat_ratio: pieces whose union is at most this much thicker than they are, and that
+            touch over a wide contact, are one plate and are merged back.
+        neck_fraction: a contact narrower than this fraction of the smaller piece's
+            cross-section (thickness × width) is a neck.
         spacing: voxel size per axis for the distance transform (any unit; default 1).
 
     Returns:
@@ -174,7 +240,8 @@ def label_particles(
     if n == 0:
         return labels.astype(np.int32), 0
     out = np.zeros(m.shape, dtype=np.int32)
-    depth = ndimage.distance_transform_edt(m, sampling=spacing) if split else None
+    sampling = np.broadcast_to(np.asarray(1.0 if spacing is None else spacing, float), (m.ndim,))
+    depth = ndimage.distance_transform_edt(m, sampling=sampling) if split else None
     next_label = 1
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         component = labels[box] == index
@@ -182,7 +249,13 @@ def label_particles(
             continue
         if split:
             pieces, k = _split_component(
-                component, depth[box], marker_fraction, min_marker_voxels, spacing
+                component,
+                depth[box],
+                marker_fraction,
+                min_marker_voxels,
+                sampling,
+                flat_ratio,
+                neck_fraction,
             )
         else:
             pieces, k = component.astype(np.int32), 1

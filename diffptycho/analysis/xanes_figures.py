@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from diffptycho.analysis.clustering import ClusterAnalysis, PCAResult, descriptor_densities
-from diffptycho.analysis.figures import _pyplot, image_grid, save_figure
+from diffptycho.analysis.figures import _pyplot, save_figure
 
 __all__ = [
     "DESCRIPTOR_LABELS",
@@ -41,12 +41,22 @@ def _colors(k: int):
     return plt.get_cmap("tab10")(np.arange(k) % 10)
 
 
+def _robust_range(img) -> tuple[float, float]:
+    """1st–99th percentile of the finite values, so that a few outliers do not wash out a map."""
+    v = np.asarray(img, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(v, [1, 99])
+    return (float(lo), float(hi)) if hi > lo else (float(lo) - 0.5, float(hi) + 0.5)
+
+
 def descriptor_maps(
     descriptors: Mapping[str, np.ndarray],
     path: str | os.PathLike,
     names: Sequence[str] = tuple(DESCRIPTOR_LABELS),
 ) -> str:
-    """Maps of the chosen descriptors (those present), one panel each.
+    """Maps of the chosen descriptors (those present), one panel each, 1–99 % colour range.
 
     Args:
         descriptors: ``{name: map (y, x)}``, NaN where masked.
@@ -56,10 +66,26 @@ def descriptor_maps(
     Returns:
         The written path.
     """
+    plt = _pyplot()
     panels = {DESCRIPTOR_LABELS.get(n, n): descriptors[n] for n in names if n in descriptors}
     if not panels:
         raise ValueError(f"names: none of {list(names)} in descriptors {sorted(descriptors)}")
-    return image_grid(panels, path, columns=3, title="XANES descriptors (white: masked)")
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.axis("off")
+    for ax, (title, img) in zip(axes.ravel(), panels.items(), strict=False):
+        vmin, vmax = _robust_range(img)
+        im = ax.imshow(np.asarray(img, float), vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        bar.formatter.set_useOffset(False)
+        bar.update_ticks()
+    fig.suptitle("XANES descriptors (white: masked)")
+    return save_figure(fig, path)
 
 
 def cluster_map(
@@ -174,14 +200,22 @@ def descriptor_density_plot(
         The written path.
     """
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     names = [n for n in names if n in descriptors]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
-        centres, dens = descriptor_densities(descriptors[name], labels, k)
+        v = np.asarray(descriptors[name], float)
+        inside = v[np.isfinite(v) & (np.asarray(labels) >= 0)]
+        span = tuple(np.percentile(inside, [0.5, 99.5])) if inside.size else None
+        span = span if span is not None and span[1] > span[0] else None
+        centres, dens = descriptor_densities(v, labels, k, value_range=span)
         for j, c in enumerate(_colors(k)):
             ax.plot(centres, dens[j], color=c, label=f"cluster {j}")
         ax.set_xlabel(DESCRIPTOR_LABELS.get(name, name))
         ax.set_ylabel("probability density")
+        ax.ticklabel_format(axis="x", useOffset=False)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
     axes[0, 0].legend(fontsize=7)
     return save_figure(fig, path)
 

@@ -68,6 +68,9 @@ class SpectroPtychoTomo(eqx.Module):
         background: background per energy (energy, py, px) or None.
         voxel_size_m: voxel size in m (static); object pixels equal voxels.
         propagator: far field by default.
+        padding_px: vacuum (T = 1) added around each projection, in pixels (static), so the
+            probe can scan the edges of the field of view: the probe window must lie inside
+            the object array, the sample need not fill it.
     """
 
     composition: Float[Array, "species z y x"]
@@ -80,8 +83,11 @@ class SpectroPtychoTomo(eqx.Module):
     background: Float[Array, "energy py px"] | None = None
     voxel_size_m: float = eqx.field(static=True, default=1.0)
     propagator: AbstractPropagator = FarField()
+    padding_px: int = eqx.field(static=True, default=0)
 
     def __check_init__(self):
+        if self.padding_px < 0:
+            raise ValueError(f"padding_px={self.padding_px}: expected ≥ 0 pixels")
         n_e, n_s = self.spectra.shape
         n_a = self.angles_rad.shape[0]
         if self.composition.ndim != 4 or self.composition.shape[0] != n_s:
@@ -104,13 +110,13 @@ class SpectroPtychoTomo(eqx.Module):
         Raises:
             ValueError: naming ``positions`` and the object shape that would hold them.
         """
-        obj_shape = (self.composition.shape[2], self.composition.shape[3])
+        obj_shape = tuple(n + 2 * self.padding_px for n in self.composition.shape[2:4])
         scan.check_positions(
             np.asarray(self.positions).reshape(-1, 2), obj_shape, self.probe.shape[-2:]
         )
 
     def projected_index(self) -> Complex[Array, "energy angle y x"]:
-        """Aligned ∫(δ + iβ) dz in m at every energy and angle.
+        """Aligned ∫(δ + iβ) dz in m at every energy and angle, vacuum-padded.
 
         The projector is linear, so the species are projected once each and mixed per energy
         afterwards: S real projections instead of E complex ones.
@@ -119,6 +125,8 @@ class SpectroPtychoTomo(eqx.Module):
         per_species = jax.vmap(lambda p: alignment.align_projections(p, self.alignment))(
             per_species
         )
+        p = self.padding_px
+        per_species = jnp.pad(per_species, ((0, 0), (0, 0), (p, p), (p, p)))
         return self.voxel_size_m * jnp.einsum(
             "es,sayx->eayx", self.spectra, per_species.astype(self.spectra.dtype)
         )

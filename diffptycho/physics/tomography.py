@@ -25,21 +25,29 @@ gather would produce one, measured 5x slower than the forward on CPU (DESIGN.md)
 Differentiation. :func:`project` and :func:`backproject` are ``jax.custom_jvp`` functions whose
 tangent w.r.t. the data is a ``linear_call`` to the other operator, so reverse mode transposes
 to the hand-written gather instead of a scatter. Angles may be traced (jit leaves); their
-tangent is the exact (almost everywhere) derivative of the kernel above, for angle refinement.
-Second derivatives that involve the angles are not supported.
+tangent is the exact (almost everywhere) derivative of the kernel above, for angle refinement;
+it costs one more projection, so keep angles that are data out of the differentiated leaves
+(``lax.stop_gradient`` or an equinox filter). Second derivatives that involve the angles are not
+supported. Importing this module gives ``linear_call`` a batching rule (JAX 0.10 has none), so
+``vmap`` (e.g. over energies) composes with these derivatives.
+
+The kernel is the one of ASTRA's CPU ``'linear'`` parallel projector at ASTRA angle φ = −θ
+(ASTRA's detector coordinate is x cos φ − z sin φ): they agree to float32 rounding
+(``experiments/benchmarks/bench_projector.py``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero, linear_call
 
-from diffptycho._typing import Angles, Array, Projections, Shaped, Volume
+from diffptycho._typing import Angles, Array, Shaped, Volume
 
 __all__ = ["project", "backproject"]
 
@@ -54,7 +62,7 @@ chunks of the sum. 4 MiB was fastest for 128³ × 158 views here (1–16 MiB wit
 
 def project(
     volume: Shaped[Array, "z y x"], angles_rad: Angles, *, n_det: int | None = None
-) -> Projections:
+) -> Shaped[Array, "angle y t"]:
     """Parallel-beam projections (line integrals) of a volume rotating about y.
 
     Args:
@@ -137,9 +145,13 @@ def _check_angles(angles_rad: Array, dtype: jnp.dtype) -> Array:
 
 
 def _check_size(n: int, name: str) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    try:
+        value = operator.index(n)
+    except TypeError:
+        value = 0
+    if isinstance(n, bool) or value < 1:
         raise ValueError(f"`{name}` must be a positive int, got {n!r}")
-    return n
+    return value
 
 
 # ----------------------------------------------------------------------------- autodiff
@@ -160,13 +172,15 @@ def _project_jvp(n_det, primals, tangents):
     d_volume, d_angles = tangents
     n_z, _, n_x = volume.shape
     out = _project(volume, angles, n_det)
-    d_out = jnp.zeros_like(out)
+    terms = []
     if not isinstance(d_volume, SymbolicZero):
-        d_out += linear_call(
-            lambda a, v: _project_impl(v, a, n_det, derivative=False),
-            lambda a, p: _backproject_impl(p, a, n_z, n_x, derivative=False),
-            angles,
-            d_volume,
+        terms.append(
+            linear_call(
+                lambda a, v: _project_impl(v, a, n_det, derivative=False),
+                lambda a, p: _backproject_impl(p, a, n_z, n_x, derivative=False),
+                angles,
+                d_volume,
+            )
         )
     if not isinstance(d_angles, SymbolicZero):
         # ∂P/∂θ f is one projection with differentiated weights; its transpose w.r.t. the real
@@ -179,8 +193,8 @@ def _project_jvp(n_det, primals, tangents):
             vol, theta = res
             return _pair(ct, _project_impl(vol, theta, n_det, derivative=True), theta.dtype)
 
-        d_out += linear_call(fun, fun_t, (volume, angles), d_angles)
-    return out, d_out
+        terms.append(linear_call(fun, fun_t, (volume, angles), d_angles))
+    return out, _sum_terms(terms, out)
 
 
 def _backproject_jvp(n_z, n_x, primals, tangents):
@@ -188,13 +202,15 @@ def _backproject_jvp(n_z, n_x, primals, tangents):
     d_projections, d_angles = tangents
     n_det = projections.shape[2]
     out = _backproject(projections, angles, n_z, n_x)
-    d_out = jnp.zeros_like(out)
+    terms = []
     if not isinstance(d_projections, SymbolicZero):
-        d_out += linear_call(
-            lambda a, p: _backproject_impl(p, a, n_z, n_x, derivative=False),
-            lambda a, v: _project_impl(v, a, n_det, derivative=False),
-            angles,
-            d_projections,
+        terms.append(
+            linear_call(
+                lambda a, p: _backproject_impl(p, a, n_z, n_x, derivative=False),
+                lambda a, v: _project_impl(v, a, n_det, derivative=False),
+                angles,
+                d_projections,
+            )
         )
     if not isinstance(d_angles, SymbolicZero):
 
@@ -207,12 +223,16 @@ def _backproject_jvp(n_z, n_x, primals, tangents):
             proj, theta = res
             return _pair(proj, _project_impl(ct, theta, n_det, derivative=True), theta.dtype)
 
-        d_out += linear_call(fun, fun_t, (projections, angles), d_angles)
-    return out, d_out
+        terms.append(linear_call(fun, fun_t, (projections, angles), d_angles))
+    return out, _sum_terms(terms, out)
 
 
 _project.defjvp(_project_jvp, symbolic_zeros=True)
 _backproject.defjvp(_backproject_jvp, symbolic_zeros=True)
+
+
+def _sum_terms(terms: list[Array], like: Array) -> Array:
+    return functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(like)
 
 
 def _pair(a: Array, b: Array, dtype: jnp.dtype) -> Array:
@@ -442,12 +462,16 @@ def _register_linear_call_batching() -> None:
     """
     try:
         from jax._src.custom_derivatives import linear_call_p
-        from jax.extend.core import jaxpr_as_fun
         from jax.interpreters import batching
     except ImportError:  # pragma: no cover - a newer JAX reorganised its internals
         return
-    if linear_call_p in getattr(batching, "fancy_primitive_batchers", {}):
-        return
+    tables = [getattr(batching, "fancy_primitive_batchers", {}), batching.primitive_batchers]
+    if any(isinstance(t, dict) and linear_call_p in t for t in tables):
+        return  # JAX has its own rule
+    try:
+        from jax.extend.core import jaxpr_as_fun
+    except ImportError:  # pragma: no cover - older JAX
+        from jax.core import jaxpr_as_fun
 
     def rule(args, dims, *, callee, transpose_thunk, num_callee_consts, num_res):
         size = next(x.shape[d] for x, d in zip(args, dims, strict=True) if d is not None)

@@ -40,8 +40,10 @@ def poisson_nll(
     Returns:
         Scalar loss (mean over frames of the sum over valid pixels).
     """
-    n = measured
-    per_pixel = predicted - n * jnp.log(predicted + eps) + n * jnp.log(n + eps) - n
+    # counts often arrive as float32: promote them, or the data-only terms n·log n (≈ 1e5 per
+    # pixel) cancel in float32 and swamp a loss of order 1 per pixel
+    n = jnp.asarray(measured).astype(jnp.result_type(predicted, measured))
+    per_pixel = predicted - n + n * (jnp.log(n + eps) - jnp.log(predicted + eps))
     return _masked_sum(per_pixel, mask)
 
 
@@ -62,7 +64,8 @@ def amplitude_gaussian(
     Returns:
         Scalar loss (mean over frames of the sum over valid pixels).
     """
-    per_pixel = (jnp.sqrt(predicted + eps) - jnp.sqrt(measured)) ** 2
+    n = jnp.asarray(measured).astype(jnp.result_type(predicted, measured))
+    per_pixel = (jnp.sqrt(predicted + eps) - jnp.sqrt(n)) ** 2
     return _masked_sum(per_pixel, mask)
 
 

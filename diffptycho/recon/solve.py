@@ -101,7 +101,17 @@ class OptaxSolver(AbstractSolver):
 
         value, grads = eqx.filter_value_and_grad(objective)(params)
         grads = _conjugate(grads)
-        updates, state = self.optimizer.update(grads, state, eqx.filter(params, eqx.is_array))
+        # extra arguments feed line searches (optax.lbfgs); other transformations ignore them
+        updates, state = optax.with_extra_args_support(self.optimizer).update(
+            grads,
+            state,
+            eqx.filter(params, eqx.is_array),
+            value=value,
+            grad=grads,
+            value_fn=lambda p: objective(
+                eqx.combine(p, eqx.filter(params, eqx.is_array, inverse=True))
+            ),
+        )
         model = eqx.combine(eqx.apply_updates(params, updates), static)
         if self.constraint is not None:
             model = self.constraint(model)

@@ -29,7 +29,8 @@ class ScanGeometry:
     """Far-field geometry shared by the simulated scans.
 
     Attributes:
-        probe_shape: detector frame / probe array shape in pixels.
+        probe_shape: detector frame / probe array shape in pixels; the projections are padded
+            with vacuum by half of it, so the probe can scan the edges of the field.
         scan_shape: raster of positions (rows, columns).
         step_px: raster step in object pixels.
         jitter_px: random offset of each raster point in pixels.
@@ -42,7 +43,7 @@ class ScanGeometry:
     """
 
     probe_shape: tuple[int, int] = (16, 16)
-    scan_shape: tuple[int, int] = (5, 5)
+    scan_shape: tuple[int, int] = (9, 9)
     step_px: float = 3.0
     jitter_px: float = 0.4
     distance_m: float = 0.1
@@ -52,15 +53,20 @@ class ScanGeometry:
     defocus_m: float = 0.6e-6
     photons_per_frame: float = 1e5
 
+    @property
+    def padding_px(self) -> int:
+        """Vacuum margin around the projections, in pixels (half the probe window)."""
+        return max(self.probe_shape) // 2
+
     def fitted_to(self, object_shape: tuple[int, int]) -> ScanGeometry:
         """The same geometry with the largest raster (≤ the current one) that fits the object.
 
         Args:
-            object_shape: (H, W) of the object (or projections) in pixels.
+            object_shape: (H, W) of the object (or projections, before padding) in pixels.
         """
         margin = 2 + 2 * self.jitter_px  # bilinear interpolation needs one extra pixel
         fit = [
-            max(1, min(n, int((size - probe - margin) // self.step_px) + 1))
+            max(1, min(n, int((size + 2 * self.padding_px - probe - margin) // self.step_px) + 1))
             for n, size, probe in zip(self.scan_shape, object_shape, self.probe_shape, strict=True)
         ]
         return dataclasses.replace(self, scan_shape=(fit[0], fit[1]))
@@ -73,6 +79,7 @@ class SimulatedDataset:
     Attributes:
         frames: photon counts (energy, angle, n, fy, fx); angle axis has length 1 in 2-D.
         positions_px: scan positions (energy, angle, n, 2) in object pixels (y, x).
+        padding_px: vacuum margin around each projection in pixels (see ScanGeometry).
         energies_ev: photon energies in eV.
         angles_deg: rotation angles in degrees (0 only for 2-D data).
         pixel_size_m: object pixel (= voxel) size in m.
@@ -83,12 +90,35 @@ class SimulatedDataset:
 
     frames: np.ndarray
     positions_px: np.ndarray
+    padding_px: int
     energies_ev: np.ndarray
     angles_deg: np.ndarray
     pixel_size_m: float
     distance_m: float
     probe: np.ndarray
     truth: dict[str, np.ndarray]
+
+    def tomo_model(self, composition: np.ndarray | None = None) -> SpectroPtychoTomo:
+        """The full-chain model of this dataset's geometry (known probe, positions, spectra).
+
+        Args:
+            composition: (species, z, y, x) volume fractions; zeros (a blank start for a
+                reconstruction) when None.
+        """
+        if "composition" not in self.truth:
+            raise ValueError("tomo_model: this dataset has no volume (it is 2-D)")
+        comp = np.zeros_like(self.truth["composition"]) if composition is None else composition
+        return SpectroPtychoTomo(
+            composition=jnp.asarray(comp),
+            spectra=jnp.asarray(self.truth["spectra"]),
+            energies_ev=jnp.asarray(self.energies_ev),
+            angles_rad=jnp.asarray(np.deg2rad(self.angles_deg)),
+            alignment=jnp.zeros((self.angles_deg.size, 4)),
+            probe=jnp.asarray(self.probe),
+            positions=jnp.asarray(self.positions_px),
+            voxel_size_m=self.pixel_size_m,
+            padding_px=self.padding_px,
+        )
 
     def detector_pixel_size_m(self) -> np.ndarray:
         """Detector pixel per energy (m) for which object pixels equal ``pixel_size_m``.
@@ -172,6 +202,7 @@ def simulate_lfp_tomo(
         probe=jnp.asarray(probes),
         positions=jnp.asarray(pos),
         voxel_size_m=voxel_size_m,
+        padding_px=geometry.padding_px,
     )
     model.check_scan_geometry()
     expected = jax.jit(SpectroPtychoTomo.all_intensities)(model)
@@ -186,6 +217,7 @@ def simulate_lfp_tomo(
     return SimulatedDataset(
         frames=_poisson(expected, seed + 1),
         positions_px=pos,
+        padding_px=geometry.padding_px,
         energies_ev=energies,
         angles_deg=angles_deg,
         pixel_size_m=voxel_size_m,
@@ -243,6 +275,7 @@ def simulate_vanadium_2d(
     return SimulatedDataset(
         frames=_poisson(expected, seed + 1),
         positions_px=pos,
+        padding_px=0,
         energies_ev=energies,
         angles_deg=np.zeros(1),
         pixel_size_m=pixel_size_m,
@@ -280,4 +313,5 @@ def write_dataset(path, dataset: SimulatedDataset) -> None:
             )
     truth = dict(dataset.truth)
     truth["pixel_size_m"] = np.asarray(dataset.pixel_size_m)
+    truth["padding_px"] = np.asarray(dataset.padding_px)
     write_cxi(path, scans, truth=truth)

@@ -70,7 +70,7 @@ def r_factor(data, fit, axis: int = 0):
         Dimensionless R-factor with ``axis`` removed.
 
     Examples:
-        >>> float(r_factor(jnp.asarray([1.0, 2.0]), jnp.asarray([1.0, 1.0])))
+        >>> round(float(r_factor(jnp.asarray([1.0, 2.0]), jnp.asarray([1.0, 1.0]))), 6)
         0.2
     """
     data, fit = jnp.asarray(data), jnp.asarray(fit)
@@ -79,20 +79,29 @@ def r_factor(data, fit, axis: int = 0):
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
 
 
-def _support_pinvs(gram: np.ndarray) -> np.ndarray:
-    """Pseudo-inverse of G restricted to each non-empty support (K = 2ᴿ − 1, R, R)."""
-    masks = [np.asarray(s) for s in itertools.product((0.0, 1.0), repeat=gram.shape[0]) if any(s)]
-    return np.stack([np.linalg.pinv(gram * np.outer(s, s)) * np.outer(s, s) for s in masks])
+def _support_pinvs(a: np.ndarray) -> np.ndarray:
+    """Pseudo-inverse of A restricted to each non-empty support, (K = 2ᴿ − 1, R, E).
+
+    Applying pinv(A_S) to the data, rather than solving the normal equations, keeps the error at
+    cond(A)·ε instead of cond(A)²·ε: references that share a large baseline are nearly collinear,
+    and float32 would otherwise lose the weights' per-mille accuracy.
+    """
+    r = a.shape[1]
+    masks = [np.asarray(s, bool) for s in itertools.product((0, 1), repeat=r) if any(s)]
+    out = np.zeros((len(masks), r, a.shape[0]))
+    for k, s in enumerate(masks):
+        out[k, s] = np.linalg.pinv(a[:, s])
+    return out
 
 
-def _nnls_exact(pinvs, b):
-    """NNLS from the normal equations for one pixel: b = Aᵀd (R,)."""
-    w = jnp.einsum("krs,s->kr", pinvs, b)  # LS solution on each support, zero outside it
+def _nnls_exact(a, pinvs, d):
+    """NNLS for one pixel's spectrum d (E,) by enumerating the supports."""
+    w = jnp.einsum("kre,e->kr", pinvs, d)  # LS solution on each support, zero outside it
     # rounding can leave a component that is truly zero slightly negative; the smaller support
     # without it reaches the same residual, so a relative slack only avoids ties flipping
     slack = 1e-6 * jnp.max(jnp.abs(w), axis=1, keepdims=True)
     feasible = jnp.all(w >= -slack, axis=1)
-    gain = jnp.einsum("kr,r->k", w, b)  # ‖d‖² − ‖d − A w‖² for a support's LS solution
+    gain = jnp.einsum("kr,r->k", w, a.T @ d)  # ‖d‖² − ‖d − A w‖² for a support's LS solution
     best = jnp.argmax(jnp.where(feasible, gain, -jnp.inf))
     w_best = jnp.clip(w[best], 0.0, None)
     return jnp.where(jnp.any(feasible) & (gain[best] > 0), w_best, jnp.zeros_like(w_best))
@@ -120,7 +129,7 @@ def _prepare(a_np: np.ndarray, method: str) -> tuple[str, np.ndarray | None]:
     if method == "exact":
         if n_ref > MAX_EXACT_REFERENCES:
             raise ValueError(f"nnls: exact method takes ≤ {MAX_EXACT_REFERENCES} references")
-        return method, _support_pinvs(a_np.T @ a_np)
+        return method, _support_pinvs(a_np)
     if method != "fista":
         raise ValueError(f"method={method!r}: expected 'auto', 'exact' or 'fista'")
     return method, None
@@ -128,19 +137,18 @@ def _prepare(a_np: np.ndarray, method: str) -> tuple[str, np.ndarray | None]:
 
 def _solve(a, d, pinvs, method: str, iterations: int, batch_size: int):
     """W (R, n) for data d (E, n); traced inside the callers' JIT."""
-    b = (a.T @ d).T  # (n, R)
     if method == "exact":
 
-        def solve(bi):
-            return _nnls_exact(pinvs, bi)
+        def solve(di):
+            return _nnls_exact(a, pinvs, di)
 
-    else:
-        gram = a.T @ a
+        return jax.lax.map(solve, d.T, batch_size=batch_size).T
+    gram = a.T @ a
 
-        def solve(bi):
-            return _nnls_fista(gram, bi, iterations)
+    def solve_fista(bi):
+        return _nnls_fista(gram, bi, iterations)
 
-    return jax.lax.map(solve, b, batch_size=batch_size).T
+    return jax.lax.map(solve_fista, (a.T @ d).T, batch_size=batch_size).T
 
 
 _solve_jit = jax.jit(_solve, static_argnames=("method", "iterations", "batch_size"))

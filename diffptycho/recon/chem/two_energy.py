@@ -329,9 +329,15 @@ def fit_polar_histogram(
         mu0 = np.percentile(a, [25.0, 75.0])
     lo, hi = range_deg
     mu0 = np.clip(np.sort(mu0), lo + width, hi - width)
-    amp0 = np.maximum(counts[np.clip(np.searchsorted(x, mu0), 0, bins - 1)], 1.0)
-    s0 = max(2.0 * width, 0.02 * (hi - lo))
-    p0 = [amp0[0], mu0[0], s0, amp0[1], mu0[1], s0]
+    # start each Gaussian on the highest bin near its expected centre, as wide as that peak
+    window = max(3.0 * width, 0.05 * (hi - lo))
+    p0 = []
+    for mu in mu0:
+        near = np.nonzero(np.abs(x - mu) <= window)[0]
+        top = near[np.argmax(counts[near])] if near.size else int(np.argmin(np.abs(x - mu)))
+        above = np.abs(x[counts >= 0.5 * counts[top]] - x[top])
+        half = above[above <= window].max() if counts[top] > 0 else window
+        p0 += [max(float(counts[top]), 1.0), float(x[top]), max((half + width / 2) / 1.18, width)]
     lower = [0.0, lo, width / 4, 0.0, lo, width / 4]
     upper = [np.inf, hi, hi - lo, np.inf, hi, hi - lo]
     try:

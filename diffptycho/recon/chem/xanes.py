@@ -10,8 +10,11 @@ bound memory) inside one JIT. Bounds are a smooth reparametrisation p = lo + (hi
 (the background is affine, a = a₀ + R·u), so LM runs unconstrained; the damped normal equations
 JᵀJ + λI of the 10 parameters are solved by Cholesky (``lineax.Normal``), ~25 % faster than the
 default QR here. Under ``vmap`` a batch's while loop runs until its slowest pixel stops, so
-``max_steps`` bounds the time and moderate batches (2048) stop earlier than one huge batch. A
-hand-written fixed-iteration LM measured within 20 % of this speed, so optimistix is used.
+``max_steps`` bounds the time (≈ 4 µs per pixel and step on 2 CPU cores). With the default
+tolerances (10⁻³ on the unconstrained parameters and on the cost) > 99 % of noisy V K-edge pixels
+converge within 200 steps and ~90 % within the default 100; the others are left within a few %
+of their minimum cost. A hand-written fixed-iteration vmapped LM measured within 20 % of this
+speed, so optimistix is used rather than a private solver.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import lineax as lx
 import numpy as np
 import optimistix as optx
 
-from diffptycho._typing import Array, Bool, Float
+from diffptycho._typing import Array, Bool, Float, Int
 from diffptycho.recon.chem.xanes_model import (
     PARAMETER_NAMES,
     SIGMA_FLOOR,
@@ -75,7 +78,6 @@ def _residuals(u, args):
     return (xanes_model(_to_params(u, lo, hi, a0, scale), e) - y) / scale
 
 
-@functools.partial(jax.jit, static_argnames=("max_steps", "rtol", "atol", "batch_size"))
 def _solve(u0, lo, hi, a0, scale, y, e, *, max_steps, rtol, atol, batch_size):
     solver = optx.LevenbergMarquardt(rtol=rtol, atol=atol, linear_solver=lx.Normal(lx.Cholesky()))
 
@@ -88,6 +90,41 @@ def _solve(u0, lo, hi, a0, scale, y, e, *, max_steps, rtol, atol, batch_size):
         return _to_params(sol.value, lo, hi, a0, scale), rms, sol.stats["num_steps"], ok
 
     return jax.lax.map(one, (u0, lo, hi, a0, scale, y), batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("max_steps", "rtol", "atol", "batch_size"))
+def _fit_padded(y, energies, offsets, e_mid, windows, *, max_steps, rtol, atol, batch_size):
+    """Bounds, starting values, LM and noise of (n, E) spectra in one compiled program.
+
+    Energies enter twice: absolute (eV, for windows and starting values) and as offsets from
+    ``e_mid`` computed in float64 on the host, so that float32 fits keep 10⁻⁴ eV resolution.
+    Returned parameters hold energies as offsets from ``e_mid``.
+    """
+    shift = jnp.zeros(10, y.dtype).at[jnp.asarray(_ENERGY)].set(e_mid)
+    lo, hi = windows.bounds()
+    n = y.shape[0]
+    scale = amplitude_scale(y)
+    lo = jnp.broadcast_to((lo - shift).astype(y.dtype), (n, 10))
+    hi = jnp.broadcast_to((hi - shift).astype(y.dtype), (n, 10))
+    hi = jnp.where(jnp.asarray(np.isin(np.arange(10), _AMPLITUDE)), 3.0 * scale[:, None], hi)
+    p0 = initial_parameters(y, energies, windows) - shift
+    a0 = p0[:, 0]
+    u0 = _to_unconstrained(p0, lo, hi, a0, scale)
+    p, rms, steps, ok = _solve(
+        u0,
+        lo,
+        hi,
+        a0,
+        scale,
+        y,
+        offsets,
+        max_steps=max_steps,
+        rtol=rtol,
+        atol=atol,
+        batch_size=batch_size,
+    )
+    sigma = jnp.maximum(noise_sigma(y, energies, windows.pre_edge_max_ev), SIGMA_FLOOR)
+    return p, sigma, rms, steps, ok
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +142,12 @@ class XanesFit:
         windows: the bounds used.
     """
 
-    params: Float[Array, " 10 *spatial"]
-    noise_sigma: Float[Array, "*spatial"]
-    residual_rms: Float[Array, "*spatial"]
-    num_steps: Array
-    converged: Bool[Array, "*spatial"]
-    valid: Bool[Array, "*spatial"]
+    params: Float[np.ndarray, " 10 *spatial"]
+    noise_sigma: Float[np.ndarray, "*spatial"]
+    residual_rms: Float[np.ndarray, "*spatial"]
+    num_steps: Int[np.ndarray, "*spatial"]
+    converged: Bool[np.ndarray, "*spatial"]
+    valid: Bool[np.ndarray, "*spatial"]
     windows: XanesWindows
 
     def descriptors(self) -> dict[str, np.ndarray]:
@@ -153,10 +190,11 @@ def fit_xanes(
     windows: XanesWindows | None = None,
     *,
     mask: Bool[Array, "*spatial"] | None = None,
-    max_steps: int = 64,
-    rtol: float = 1e-4,
-    atol: float = 1e-4,
-    batch_size: int = 16384,
+    max_steps: int = 100,
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+    batch_size: int = 2048,
+    min_snr: float = 1.0,
 ) -> XanesFit:
     """Fit the erf + 2-Lorentzian XANES model to every pixel (optimistix LM, vmapped).
 
@@ -168,7 +206,11 @@ def fit_xanes(
         max_steps: LM steps at most (bounds the run time: a batch runs until its slowest pixel).
         rtol: relative tolerance of LM (on the unconstrained parameters and the cost).
         atol: absolute tolerance of LM.
-        batch_size: pixels solved together (bounds memory).
+        batch_size: pixels solved together (bounds memory). Pixel counts are padded to a power
+            of two (or a multiple of ``batch_size``) so that images of similar size share one
+            compilation.
+        min_snr: pixels with Δμt < ``min_snr``·σ are masked (1 as published; pure-noise pixels
+            pass at 1 in ~15 % of cases, at 3 in < 1 %).
 
     Returns:
         :class:`XanesFit`.
@@ -185,9 +227,9 @@ def fit_xanes(
         5480.0
     """
     e = check_energies(energies_ev)
-    data = jnp.asarray(stack)
-    if not jnp.issubdtype(data.dtype, jnp.floating):
-        data = data.astype(jnp.result_type(float))
+    data = np.asarray(stack)
+    if not np.issubdtype(data.dtype, np.floating):
+        data = data.astype(np.float64)
     if data.ndim < 1 or data.shape[0] != e.size:
         raise ValueError(
             f"stack: expected {e.size} energies (as energies_ev) on the first axis, got shape "
@@ -199,51 +241,39 @@ def fit_xanes(
         raise ValueError(f"stack: no pixels (shape {data.shape})")
     if int(max_steps) < 1 or int(batch_size) < 1:
         raise ValueError(f"max_steps={max_steps}, batch_size={batch_size}: expected ≥ 1")
-    windows = (
-        default_windows(e, np.asarray(data).reshape(e.size, -1).T) if windows is None else windows
-    )
     y = data.reshape(e.size, n).T
-    keep = jnp.all(jnp.isfinite(y), axis=1)
+    windows = default_windows(e, y) if windows is None else windows
+    keep = np.all(np.isfinite(y), axis=1)
     if mask is not None:
         if tuple(np.shape(mask)) != spatial:
             raise ValueError(f"mask: expected shape {spatial}, got {np.shape(mask)}")
-        keep = keep & jnp.asarray(mask, bool).reshape(n)
-    y = jnp.where(keep[:, None], y, 0.0)
-
-    e_mid = float(0.5 * (e[0] + e[-1]))  # fit energies as offsets: float32 keeps 1e-3 eV
-    shift = np.zeros(10)
-    shift[list(_ENERGY)] = e_mid
-    lo_np, hi_np = windows.bounds()
-    ej = jnp.asarray(e - e_mid, y.dtype)
-    scale = amplitude_scale(y)
-    lo = jnp.broadcast_to(jnp.asarray(lo_np - shift, y.dtype), (n, 10))
-    hi = jnp.broadcast_to(jnp.asarray(hi_np - shift, y.dtype), (n, 10))
-    amp = jnp.asarray(np.isin(np.arange(10), _AMPLITUDE))
-    hi = jnp.where(amp, 3.0 * scale[:, None], hi)
-    p0 = initial_parameters(y, e, windows) - jnp.asarray(shift, y.dtype)
-    a0 = p0[:, 0]
-    u0 = _to_unconstrained(p0, lo, hi, a0, scale)
-    p, rms, steps, ok = _solve(
-        u0,
-        lo,
-        hi,
-        a0,
-        scale,
-        y,
-        ej,
+        keep &= np.asarray(mask, bool).reshape(n)
+    size = int(batch_size)
+    padded = max(8, 1 << (n - 1).bit_length()) if n <= size else -(-n // size) * size
+    y = np.pad(np.where(keep[:, None], y, 0.0), ((0, padded - n), (0, 0)))
+    # float32 unless x64 is on; then float64 throughout, as optimistix's LM state is float64
+    dtype = jnp.result_type(float)
+    e_mid = float(0.5 * (e[0] + e[-1]))
+    out = _fit_padded(
+        jnp.asarray(y, dtype),
+        jnp.asarray(e, dtype),
+        jnp.asarray(e - e_mid, dtype),
+        jnp.asarray(e_mid, dtype),
+        jax.tree.map(lambda v: jnp.asarray(v, dtype), windows),
         max_steps=int(max_steps),
         rtol=float(rtol),
         atol=float(atol),
-        batch_size=min(int(batch_size), n),
+        batch_size=min(size, padded),
     )
-    p = p + jnp.asarray(shift, p.dtype)
-    sigma = jnp.maximum(noise_sigma(y, e, windows.pre_edge_max_ev), SIGMA_FLOOR)
-    valid = keep & (p[:, 1] >= sigma) & jnp.all(jnp.isfinite(p), axis=1)
-    nan = jnp.asarray(jnp.nan, p.dtype)
+    p, sigma, rms, steps, ok = (np.asarray(v)[:n] for v in out)
+    p = p.astype(np.float64)
+    p[:, list(_ENERGY)] += e_mid
+    valid = keep & (p[:, 1] >= min_snr * sigma) & np.all(np.isfinite(p), axis=1)
+    nan = np.asarray(np.nan, p.dtype)
     return XanesFit(
-        params=jnp.where(keep[:, None], p, nan).T.reshape(10, *spatial),
-        noise_sigma=jnp.where(keep, sigma, nan).reshape(spatial),
-        residual_rms=jnp.where(keep, rms, nan).reshape(spatial),
+        params=np.where(keep[:, None], p, nan).T.reshape(10, *spatial),
+        noise_sigma=np.where(keep, sigma, nan).reshape(spatial),
+        residual_rms=np.where(keep, rms, nan).reshape(spatial),
         num_steps=steps.reshape(spatial),
         converged=(ok & keep).reshape(spatial),
         valid=valid.reshape(spatial),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
@@ -103,9 +104,10 @@ def xanes_model(
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class XanesWindows:
+class XanesWindows(eqx.Module):
     """Energy windows (eV) bounding the fit and selecting the pre-/post-edge points.
+
+    A pytree: under ``jax.jit`` its numbers are traced, so new windows do not recompile.
 
     Attributes:
         edge_ev: bounds of the edge energy b2.
@@ -127,7 +129,7 @@ class XanesWindows:
     pre_edge_max_ev: float
     post_edge_min_ev: float
 
-    def __post_init__(self):
+    def __check_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, tuple) and not (len(value) == 2 and value[0] < value[1]):
@@ -135,23 +137,23 @@ class XanesWindows:
         if self.edge_width_ev[0] <= 0 or min(self.pre_edge_hwhm_ev + self.main_hwhm_ev) <= 0:
             raise ValueError("XanesWindows: widths must have positive lower bounds (eV)")
 
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Lower and upper bounds of (b2, b3, c12, c13, c22, c23) as arrays of 10 (eV)."""
-        lo, hi = np.zeros(10), np.ones(10)
-        for i, (a, b) in zip(
-            (2, 3, 5, 6, 8, 9),
-            (
-                self.edge_ev,
-                self.edge_width_ev,
-                self.pre_edge_ev,
-                self.pre_edge_hwhm_ev,
-                self.main_peak_ev,
-                self.main_hwhm_ev,
-            ),
-            strict=True,
-        ):
-            lo[i], hi[i] = a, b
-        return lo, hi
+    def bounds(self) -> tuple[Float[Array, " 10"], Float[Array, " 10"]]:
+        """Lower and upper bounds (10,) in eV; amplitudes and a get placeholders (0, 1)."""
+        pairs = (
+            (0.0, 1.0),
+            (0.0, 1.0),
+            self.edge_ev,
+            self.edge_width_ev,
+            (0.0, 1.0),
+            self.pre_edge_ev,
+            self.pre_edge_hwhm_ev,
+            (0.0, 1.0),
+            self.main_peak_ev,
+            self.main_hwhm_ev,
+        )
+        return jnp.stack([jnp.asarray(a) for a, _ in pairs]), jnp.stack(
+            [jnp.asarray(b) for _, b in pairs]
+        )
 
 
 def check_energies(energies_ev) -> np.ndarray:
@@ -208,12 +210,15 @@ def amplitude_scale(y: Float[Array, "n energy"]) -> Float[Array, " n"]:
     return jnp.maximum(jnp.max(y, axis=1) - jnp.min(y, axis=1), SIGMA_FLOOR)
 
 
-def _region(e: np.ndarray, select: np.ndarray, fallback: slice) -> np.ndarray:
-    if select.sum() >= 4:
-        return select
-    out = np.zeros(e.size, bool)
-    out[fallback] = True
-    return out
+def _region(e, select, fallback: slice):
+    """``select`` if it holds ≥ 4 energies, else the ``fallback`` slice (trace-friendly)."""
+    backup = np.zeros(np.shape(e), bool)
+    backup[fallback] = True
+    return jnp.where(jnp.sum(select) >= 4, select, jnp.asarray(backup))
+
+
+def _masked_mean(y, m):
+    return jnp.sum(jnp.where(m, y, 0.0), axis=-1) / jnp.sum(m)
 
 
 def noise_sigma(
@@ -229,14 +234,14 @@ def noise_sigma(
     Returns:
         σ (n,) in μt units, with n_pre − 2 degrees of freedom.
     """
-    e = check_energies(energies_ev)
-    pre = _region(e, e < pre_edge_max_ev, slice(0, max(4, e.size // 4)))
-    x = e[pre] - e[pre].mean()
-    design = np.stack([np.ones_like(x), x], axis=1)
-    hat = design @ np.linalg.pinv(design)  # projection onto lines
-    y = jnp.asarray(spectra)[:, pre]
-    r = y - y @ jnp.asarray(hat.T, y.dtype)
-    return jnp.sqrt(jnp.sum(r**2, axis=1) / max(int(pre.sum()) - 2, 1))
+    y = jnp.asarray(spectra)
+    e = jnp.asarray(energies_ev, y.dtype)
+    w = _region(e, e < pre_edge_max_ev, slice(0, max(4, e.size // 4))).astype(y.dtype)
+    x = jnp.where(w > 0, e - jnp.sum(w * e) / jnp.sum(w), 0.0)
+    design = jnp.stack([w, w * x], axis=1)  # weighted line fit: rows outside the region vanish
+    hat = design @ jnp.linalg.pinv(design)
+    r = w * (y - y @ hat.T)
+    return jnp.sqrt(jnp.sum(r**2, axis=1) / jnp.maximum(jnp.sum(w) - 2.0, 1.0))
 
 
 def initial_parameters(
@@ -256,24 +261,24 @@ def initial_parameters(
     Returns:
         Parameters (n, 10) inside the bounds, energies in eV.
     """
-    e = check_energies(energies_ev)
     y = jnp.asarray(spectra)
-    ej = jnp.asarray(e, y.dtype)
-    pre = _region(e, e < windows.pre_edge_max_ev, slice(0, max(4, e.size // 4)))
-    post = _region(e, e > windows.post_edge_min_ev, slice(-max(4, e.size // 4), None))
+    ej = jnp.asarray(energies_ev, y.dtype)
+    quarter = max(4, ej.size // 4)
+    pre = _region(ej, ej < windows.pre_edge_max_ev, slice(0, quarter))
+    post = _region(ej, ej > windows.post_edge_min_ev, slice(-quarter, None))
     scale = amplitude_scale(y)
-    a0 = y[:, pre].mean(axis=1)
-    b1 = jnp.clip(y[:, post].mean(axis=1) - a0, 0.05 * scale, 2.5 * scale)
+    a0 = _masked_mean(y, pre)
+    b1 = jnp.clip(_masked_mean(y, post) - a0, 0.05 * scale, 2.5 * scale)
     grad = jnp.pad(jnp.gradient(y, ej, axis=1), ((0, 0), (1, 1)), mode="edge")
     grad = grad[:, :-2] + 2.0 * grad[:, 1:-1] + grad[:, 2:]  # 3-point smoothing against noise
-    in_edge = (e >= windows.edge_ev[0]) & (e <= windows.edge_ev[1])
+    in_edge = (ej >= windows.edge_ev[0]) & (ej <= windows.edge_ev[1])
     b2 = ej[jnp.argmax(jnp.where(in_edge, grad, -jnp.inf), axis=1)]
-    b3 = jnp.full_like(a0, np.sqrt(np.prod(windows.edge_width_ev)))
+    b3 = jnp.full_like(a0, jnp.sqrt(windows.edge_width_ev[0] * windows.edge_width_ev[1]))
     excess = y - a0[:, None] - erf_edge(ej, b1[:, None], b2[:, None], b3[:, None])
 
     def peak(window, above):
-        inside = (e >= window[0]) & (e <= window[1])
-        allowed = jnp.asarray(inside)[None] & ((ej[None] > b2[:, None]) | (not above))
+        inside = (ej >= window[0]) & (ej <= window[1])
+        allowed = inside[None] & ((ej[None] > b2[:, None]) | (not above))
         masked = jnp.where(allowed, excess, -jnp.inf)
         i = jnp.argmax(masked, axis=1)
         height = jnp.take_along_axis(excess, i[:, None], axis=1)[:, 0]
@@ -282,6 +287,6 @@ def initial_parameters(
 
     c11, c12 = peak(windows.pre_edge_ev, above=False)
     c21, c22 = peak(windows.main_peak_ev, above=True)
-    c13 = jnp.full_like(a0, np.sqrt(np.prod(windows.pre_edge_hwhm_ev)))
-    c23 = jnp.full_like(a0, np.sqrt(np.prod(windows.main_hwhm_ev)))
+    c13 = jnp.full_like(a0, jnp.sqrt(windows.pre_edge_hwhm_ev[0] * windows.pre_edge_hwhm_ev[1]))
+    c23 = jnp.full_like(a0, jnp.sqrt(windows.main_hwhm_ev[0] * windows.main_hwhm_ev[1]))
     return jnp.stack([a0, b1, b2, b3, c11, c12, c13, c21, c22, c23], axis=1)

@@ -9,6 +9,10 @@ Luke's (β/2)(R_F R_O + I) + (1 − β) P_O. β = 1 is exactly the difference ma
 ψ ← ψ + P_F(2 P_O ψ − ψ) − P_O ψ. The model always holds the overlap projection of the current
 waves, so P_O ψ_j = P · O_j is one patch product and the reported loss is the model's.
 
+With Poisson noise the constraints have no common point and the pure difference map wanders
+(Douglas–Rachford iterates of an inconsistent problem drift). As PtychoShelves does, P_F can be
+relaxed to (1 − r) P_F + r I (``fourier_relaxation`` r), which keeps it stable.
+
 The waves are stored in the detector plane, Ψ_j = F ψ_j: the propagator is linear, so
 F(2 P_O ψ − ψ) = 2 F P_O ψ − Ψ and an iteration costs one forward and one inverse propagation
 per mode and position. The overlap projection is a simultaneous least-squares update of object
@@ -53,6 +57,7 @@ class RAAR(AbstractSolver):
 
     Attributes:
         beta: relaxation β in (0, 1]; 1 is DM.
+        fourier_relaxation: r in [0, 1): P_F is replaced by (1 − r) P_F + r I.
         batch_size: positions per minibatch (memory bound only: results do not depend on it).
         regularization: δ / max(denominator) in the overlap projection.
         refinement: probe, background, positions and constraints.
@@ -64,6 +69,7 @@ class RAAR(AbstractSolver):
     """
 
     beta: float = 0.8
+    fourier_relaxation: float = 0.0
     batch_size: int = eqx.field(static=True, default=64)
     regularization: float = 1e-3
     refinement: Refinement = eqx.field(default_factory=Refinement)
@@ -72,6 +78,8 @@ class RAAR(AbstractSolver):
     def __check_init__(self):
         if not 0 < self.beta <= 1:
             raise ValueError(f"beta={self.beta}: expected 0 < β ≤ 1")
+        if not 0 <= self.fourier_relaxation < 1:
+            raise ValueError(f"fourier_relaxation={self.fourier_relaxation}: expected 0 ≤ r < 1")
 
     def init(self, model) -> RAARState:
         """Waves = the model's own exit waves (already consistent with the overlap)."""
@@ -105,7 +113,9 @@ class RAAR(AbstractSolver):
             loss_sum = loss_sum + jnp.sum(w * frame_losses(intensity, frames, mask, self.loss))
             ratio = proj.intensity_ratio(intensity, frames, mask)
             ratio_sum = ratio_sum + jnp.sum(w[:, None, None] * ratio, axis=0)
-            y = proj.fourier_projection(2 * fz - psi, frames, mask, bg)
+            reflected = 2 * fz - psi
+            y = proj.fourier_projection(reflected, frames, mask, bg)
+            y = y + self.fourier_relaxation * (reflected - y)
             new = beta * (psi + y - fz) + (1 - beta) * fz
             waves = waves.at[i].set(jnp.where(v[:, None, None, None], new, psi))
             chi = prop.adjoint(new - fz) * w[:, None, None, None]
@@ -151,9 +161,13 @@ def raar(beta: float = 0.8, **options) -> RAAR:
     return RAAR(beta=beta, **options)
 
 
-def difference_map(**options) -> RAAR:
-    """The difference map (Thibault et al. 2008): RAAR with β = 1."""
-    return RAAR(beta=1.0, **options)
+def difference_map(fourier_relaxation: float = 0.1, **options) -> RAAR:
+    """The difference map (Thibault et al. 2008): RAAR with β = 1.
+
+    The Fourier projection is relaxed by default (``fourier_relaxation``, as PtychoShelves'
+    ``pfft_relaxation``): the pure map (0) does not settle with Poisson-noisy data.
+    """
+    return RAAR(beta=1.0, fourier_relaxation=fourier_relaxation, **options)
 
 
 __all__ = ["RAAR", "RAARState", "difference_map", "raar"]

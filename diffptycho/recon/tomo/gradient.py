@@ -154,6 +154,11 @@ def gradient_reconstruct(
         constraint if nonnegative or support is not None else None,
     )
     return solve(
-        model, solver, p, iterations, progress=progress, description=description,
+        model,
+        solver,
+        p,
+        iterations,
+        progress=progress,
+        description=description,
         callback=callback,
     )

@@ -203,7 +203,6 @@ def check_data(projections: Projections, angles_rad: Angles, n_det: int, n_y: in
         )
 
 
-
 def model_data(model, projections: Projections, apply_alignment: bool) -> Projections:
     """Measured projections of a :class:`~diffptycho.models.tomo.TomoProjections` model, brought
     to the solvers' frame: divided by the voxel size (volume units × voxels) and, when

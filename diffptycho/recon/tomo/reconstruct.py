@@ -246,7 +246,12 @@ def reconstruct(
                     if state is None or algorithm == "cgls":
                         state = solver.init(model)
                     model, history = solve(
-                        model, solver, data, iterations, state=state, progress=False,
+                        model,
+                        solver,
+                        data,
+                        iterations,
+                        state=state,
+                        progress=False,
                         callback=tick,
                     )
                 volume = model.volume
@@ -257,17 +262,29 @@ def reconstruct(
         if bar is not None:
             bar.close()
     config = dict(
-        algorithm=algorithm, iterations=n_steps, voxel_size_m=voxel_size_m, shape=[n_z, n_x],
-        rows=[rows.start, rows.stop], slab_size=slab, relaxation=relaxation, order=order,
-        nonnegative=nonnegative, seed=seed, filter=filter, cutoff=cutoff,
-        learning_rate=learning_rate, tv_weight=tv_weight, dtype=str(np.dtype(work)),
-        aligned=alignment is not None, support=support is not None,
+        algorithm=algorithm,
+        iterations=n_steps,
+        voxel_size_m=voxel_size_m,
+        shape=[n_z, n_x],
+        rows=[rows.start, rows.stop],
+        slab_size=slab,
+        relaxation=relaxation,
+        order=order,
+        nonnegative=nonnegative,
+        seed=seed,
+        filter=filter,
+        cutoff=cutoff,
+        learning_rate=learning_rate,
+        tv_weight=tv_weight,
+        dtype=str(np.dtype(work)),
+        aligned=alignment is not None,
+        support=support is not None,
     )
     return TomoResult(
         volume=out,
-        loss=np.asarray(losses, dtype=float).reshape(len(losses), -1) if losses else np.zeros(
-            (len(starts), 0)
-        ),
+        loss=np.asarray(losses, dtype=float).reshape(len(losses), -1)
+        if losses
+        else np.zeros((len(starts), 0)),
         seconds=time.perf_counter() - t_start,
         compile_seconds=compile_s,
         config=config,

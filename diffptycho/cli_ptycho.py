@@ -1,0 +1,347 @@
+"""``diffptycho ptycho``: reconstruct one CXI scan with any ptychography engine.
+
+::
+
+    diffptycho ptycho DATA.cxi --algorithm raar --iterations 500 --output OUT.h5
+        [--probe-modes M] [--refine-positions] [--background] [--batch-size B] [--entry K]
+
+The starting model is built from the file alone: the object is ones on the smallest grid that
+holds every probe patch (:func:`~diffptycho.physics.scan.object_shape_for`), the probe is the
+file's illumination or, without one, the back-propagated square root of the mean diffraction
+pattern, scaled to the photon count of the brightest frames, and extended to M incoherent
+modes. Metre geometry (distance, detector pixel, energy in J) and pixel-unit files (positions
+in object pixels, no geometry) both work. ``OUT.h5`` holds ``object`` (complex; array centre =
+scan position (0, 0)), ``probe`` (modes, ny, nx), ``positions_px``, ``object_pixel_size_m``
+(NaN for pixel-unit data), ``history/loss`` and provenance; ``OUT.png`` beside it shows the
+amplitude and the phase with the linear ramp removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+ALGORITHMS = ("raar", "dm", "epie", "rpie", "mpie", "lsqml", "adam", "lbfgs")
+"""Engine names the command accepts (keys of ``diffptycho.recon.ptycho.ENGINES``)."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``ptycho`` sub-command on an ``argparse`` sub-parser set."""
+    p = subparsers.add_parser(
+        "ptycho",
+        help="reconstruct a CXI ptychography scan (object, probe, positions)",
+        description="Reconstruct one scan (entry) of a CXI file with a classic or gradient "
+        "engine; writes an HDF5 results file with provenance and a PNG figure beside it.",
+    )
+    p.add_argument("data", help="CXI file (one entry_k group per scan)")
+    p.add_argument("--algorithm", "-a", choices=ALGORITHMS, default="raar", help="engine")
+    p.add_argument("--iterations", "-n", type=_positive_int, default=100, help="iterations")
+    p.add_argument("--output", "-o", required=True, help="results HDF5 file to write")
+    p.add_argument("--probe-modes", type=_positive_int, default=1, help="incoherent modes M")
+    p.add_argument("--refine-positions", action="store_true", help="refine scan positions")
+    p.add_argument("--background", action="store_true", help="retrieve incoherent background")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="positions per batch")
+    p.add_argument("--entry", type=_positive_int, default=1, help="scan: entry_K (default 1)")
+    p.add_argument(
+        "--loss",
+        choices=("poisson", "amplitude"),
+        default=None,
+        help="noise model (default: the engine's own)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-figure", action="store_true", help="do not write OUT.png")
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be ≥ 1")
+    return value
+
+
+def read_scan(path: str, entry: int = 1):
+    """The scan ``entry_<entry>`` of a CXI file (1-based), with a clear error if absent."""
+    from diffptycho.io.cxi import read_cxi
+
+    scans = read_cxi(path)
+    if not 1 <= entry <= len(scans):
+        raise ValueError(
+            f"{path}: --entry {entry} does not exist; the file holds {len(scans)} scan(s) "
+            f"(entry_1 … entry_{len(scans)})"
+        )
+    return scans[entry - 1]
+
+
+def probe_guess(frames: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Probe guess (py, px) from the mean diffraction pattern: F⁻¹ √⟨I⟩ with zero phase.
+
+    Its far-field intensity is the mean pattern, so it has the right size in reciprocal
+    space; its real-space support is then refined by the engine.
+
+    Args:
+        frames: (n, fy, fx) centred frames in photons.
+        mask: valid pixels (True) or None; masked pixels take the mean of the valid ones.
+
+    Returns:
+        Complex probe (fy, fx) with Σ|P|² = mean photons per frame.
+    """
+    mean = np.mean(np.asarray(frames, dtype=np.float64), axis=0)
+    if mask is not None:
+        mean = np.where(mask, mean, mean[np.asarray(mask)].mean())
+    amp = np.sqrt(np.clip(mean, 0.0, None))
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(amp), norm="ortho"))
+
+
+def starting_model(scan, probe_modes: int = 1, background: bool = False):
+    """The starting :class:`~diffptycho.models.Ptycho2D` for a scan (see the module docstring).
+
+    Args:
+        scan: a :class:`~diffptycho.io.scan.PtychoScan`.
+        probe_modes: number of incoherent probe modes M.
+        background: start an incoherent background (1 % of the mean count per pixel) to be
+            retrieved; None otherwise.
+
+    Returns:
+        The model (object complex64 ones, probe (M, ny, nx), positions (n, 2) in px).
+    """
+    import jax.numpy as jnp
+
+    from diffptycho.models import Ptycho2D
+    from diffptycho.physics import probe as probes
+    from diffptycho.physics import scan as scans
+    from diffptycho.recon.ptycho.constraints import probe_power_from_frames
+
+    frames, positions = scan.data, scan.positions_px
+    shape = frames.shape[-2:]
+    start = scan.illumination if scan.illumination is not None else probe_guess(frames, scan.mask)
+    probe = np.asarray(probes.probe_from_array(start, probe_modes))
+    power = probe_power_from_frames(frames, scan.mask)
+    probe = probe * np.sqrt(power / max(float(np.sum(np.abs(probe) ** 2)), 1e-300))
+    obj_shape = scans.object_shape_for(positions, shape)
+    bg = None
+    if background:
+        bg = jnp.full(shape, max(1e-2 * float(frames.mean()), 1e-3), jnp.float32)
+    return Ptycho2D(
+        object=jnp.ones(obj_shape, jnp.complex64),
+        probe=jnp.asarray(probe.astype(np.complex64)),
+        positions=jnp.asarray(positions.astype(np.float32)),
+        background=bg,
+    )
+
+
+def make_engine(algorithm: str, **options: Any):
+    """``ENGINES[algorithm](**options)``, passing only the options the engine accepts.
+
+    Raises:
+        ValueError: the registry or the engine is not available, or an option the user asked
+            for explicitly is not supported by this engine.
+    """
+    try:
+        from diffptycho.recon.ptycho import ENGINES
+    except ImportError as err:
+        raise ValueError(
+            f"the ptychography engine registry (diffptycho.recon.ptycho.ENGINES) is not "
+            f"available in this installation ({err})"
+        ) from None
+    if algorithm not in ENGINES:
+        raise ValueError(
+            f"--algorithm {algorithm}: no such engine here; available: {sorted(ENGINES)}"
+        )
+    factory = ENGINES[algorithm]
+    accepted = _accepted_options(factory)
+    if accepted is not None:
+        unknown = sorted(k for k in options if k not in accepted)
+        if unknown:
+            raise ValueError(f"engine {algorithm!r} does not take the option(s) {unknown}")
+    return factory(**options)
+
+
+def _accepted_options(factory) -> set[str] | None:
+    """Keyword names a factory (or the Module it builds, for ``**options``) accepts."""
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return set(params)
+    target = inspect.signature(factory).return_annotation
+    if isinstance(target, str):
+        target = getattr(sys.modules.get(factory.__module__), target, None)
+    if dataclasses.is_dataclass(target):
+        return set(params) | {f.name for f in dataclasses.fields(target)}
+    return None  # unknown: let the factory decide
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Engine options from the command line (batch size and loss only when given)."""
+    from diffptycho.recon.ptycho.constraints import PositionRefinement, Refinement
+
+    refinement = Refinement(
+        probe=True,
+        background=bool(args.background),
+        positions=PositionRefinement() if args.refine_positions else None,
+    )
+    options: dict[str, Any] = {"refinement": refinement}
+    if args.loss is not None:
+        options["loss"] = args.loss
+    if args.batch_size is not None:
+        options["batch_size"] = int(args.batch_size)
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    """``diffptycho ptycho``: read, reconstruct, write results and figure.
+
+    Returns:
+        0 on success, 1 if the reconstruction diverged (the last finite model is written,
+        flagged in the provenance, and the non-finite step never is).
+
+    Raises:
+        FileNotFoundError: the data file does not exist.
+        ValueError: the file breaks the CXI conventions (the message names the dataset), the
+            entry does not exist, or the engine is not available.
+    """
+    import jax.numpy as jnp
+
+    from diffptycho.recon.ptycho.data import PtychoData
+    from diffptycho.recon.solve import DivergenceError, solve
+
+    t0 = time.perf_counter()
+    if not os.path.exists(args.data):
+        raise FileNotFoundError(f"{args.data}: no such file")
+    scan = read_scan(args.data, args.entry)
+    model = starting_model(scan, args.probe_modes, args.background)
+    solver = make_engine(args.algorithm, **engine_options(args))
+    data = PtychoData(jnp.asarray(scan.data), None if scan.mask is None else jnp.asarray(scan.mask))
+    t_setup = time.perf_counter() - t0
+    status, code = "completed", 0
+    try:
+        model, history = solve(
+            model,
+            solver,
+            data,
+            args.iterations,
+            progress=not args.no_progress,
+            description=f"{args.algorithm} {os.path.basename(args.data)}",
+        )
+    except DivergenceError as err:
+        print(f"diffptycho ptycho: {err}", file=sys.stderr)
+        model, history = err.model, err.history
+        status, code = f"diverged after {len(history.loss)} iterations: {err}", 1
+    t_solve = time.perf_counter() - t0 - t_setup
+    _write(args, scan, model, history, status, {"setup_s": t_setup, "solve_s": t_solve})
+    loss = f"{history.loss[0]:.4g} → {history.loss[-1]:.4g}" if history.loss else "none"
+    print(
+        f"{args.algorithm}: {len(history.loss)} iterations in {t_solve:.1f} s "
+        f"(compile {history.compile_seconds:.1f} s), loss {loss}; wrote {args.output}"
+    )
+    return code
+
+
+def _write(args, scan, model, history, status: str, timings: dict[str, float]) -> None:
+    from diffptycho.io.results import write_results
+
+    obj = np.asarray(model.object)
+    size = scan.object_pixel_size_m
+    datasets = {
+        "object": obj.astype(np.complex64),
+        "probe": np.asarray(model.probe).astype(np.complex64),
+        "positions_px": np.asarray(model.positions, dtype=np.float64),
+        "positions_px_initial": np.asarray(scan.positions_px, dtype=np.float64),
+        "object_pixel_size_m": np.full(2, np.nan) if size is None else np.asarray(size),
+    }
+    units = {
+        "object": "1 (complex transmission)",
+        "probe": "photons^0.5 per pixel",
+        "positions_px": "pixel",
+        "positions_px_initial": "pixel",
+        "object_pixel_size_m": "m",
+        "history/loss": "per frame",
+        "history/seconds": "s",
+    }
+    if model.background is not None:
+        datasets["background"] = np.asarray(model.background, dtype=np.float32)
+        units["background"] = "photons per pixel"
+    config = {
+        "command": "ptycho",
+        "data": os.path.abspath(args.data),
+        "entry": args.entry,
+        "scan_name": scan.name,
+        "energy_ev": scan.energy_ev,
+        "pixel_units": size is None,
+        "algorithm": args.algorithm,
+        "iterations": args.iterations,
+        "probe_modes": args.probe_modes,
+        "refine_positions": args.refine_positions,
+        "background": args.background,
+        "batch_size": args.batch_size,
+        "loss": args.loss,
+        "status": status,
+    }
+    timings = dict(timings, compile_s=history.compile_seconds)
+    write_results(
+        args.output,
+        datasets,
+        units=units,
+        config=config,
+        history=history.as_arrays(),
+        timings=timings,
+    )
+    if not args.no_figure:
+        figure_path = os.path.splitext(args.output)[0] + ".png"
+        object_figure(obj, np.asarray(model.probe), np.asarray(model.positions), figure_path)
+
+
+def object_figure(obj, probe, positions, path: str, title: str | None = None) -> str:
+    """PNG of the object amplitude and phase (offset and linear ramp removed), and the probe.
+
+    The ramp is fitted on the illuminated region, weighted by the amplitude; the panels are
+    cropped to that region.
+
+    Returns:
+        The written path.
+    """
+    from diffptycho.analysis import figures
+    from diffptycho.analysis.phase import remove_phase_ramp
+    from diffptycho.recon.ptycho.metrics import illuminated_region
+
+    region = np.asarray(illuminated_region(probe, positions, obj.shape))
+    weights = np.where(region, np.abs(obj), 0.0)
+    flat = remove_phase_ramp(obj, weights if np.any(weights > 0) else None)
+    rows, cols = np.nonzero(region) if region.any() else np.nonzero(np.ones(obj.shape))
+    crop = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    return figures.image_grid(
+        {
+            "object amplitude": np.abs(flat[crop]),
+            "object phase (ramp removed), rad": np.angle(flat[crop]),
+            "probe amplitude (mode 0)": np.abs(probe[0]),
+        },
+        path,
+        columns=3,
+        cmap="gray",
+        title=title,
+    )
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry point (``python -m diffptycho.cli_ptycho``), same as the sub-command."""
+    parser = argparse.ArgumentParser(prog="diffptycho")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"diffptycho ptycho: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

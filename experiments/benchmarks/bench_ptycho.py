@@ -1,0 +1,308 @@
+"""Ptychography side by side: diffptycho against pty-chi (PyPI ``ptychi``) and PtyLab (``ptylab``).
+
+Same simulated data for every package, in one run: a small case (1000 positions × 64² frames)
+and a large one (800 × 128²), 1e5 photons per frame with Poisson noise, integer positions on a
+Fermat spiral (PtyLab rounds positions to pixels, so every package sees the same geometry),
+a defocused-pinhole probe, a Siemens-star object with smooth amplitude and phase texture. Every
+package starts from an object of ones and the true probe, and refines object and probe.
+
+Each reconstruction runs in its own Python process (ptycho_workers.py), so interpreter start,
+imports and JIT compilation count in the whole-process time and the peak resident memory
+(``ru_maxrss``) is that package's alone. Reported per run: seconds per iteration (median after
+the first), whole-process time, peak memory, final object error, and the time from process
+launch until the object error first reaches the target, the best final error of the peers.
+Ratios are peer / diffptycho (> 1: diffptycho is faster or leaner). The FFT floor is one
+forward plus one inverse unitary FFT of every frame (2 FFTs per position per mode) with
+``jnp.fft`` on the same shapes, timed in the same run in its own process.
+
+Usage:
+    python experiments/benchmarks/bench_ptycho.py            # both cases (~30 min on 2 cores)
+    python experiments/benchmarks/bench_ptycho.py --quick    # scaled down (~5 min)
+    python experiments/benchmarks/bench_ptycho.py --cases small --runs diffptycho:mpie ptylab:mpie
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKERS = os.path.join(HERE, "ptycho_workers.py")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A simulated benchmark case (sizes in pixels)."""
+
+    name: str
+    positions: int
+    frame: int
+    probe_diameter_px: float
+    iterations: int
+    photons: float = 1e5
+    overlap_step: float = 0.3  # scan step / probe diameter
+
+
+CASES = {
+    "small": Case("small", 1000, 64, 22.0, 100),
+    "large": Case("large", 800, 128, 44.0, 50),
+}
+QUICK = {
+    "small": Case("small", 200, 64, 22.0, 30),
+    "large": Case("large", 120, 128, 44.0, 15),
+}
+RUNS = (
+    "diffptycho:mpie:64",
+    "diffptycho:raar:64",
+    "ptychi:lsqml",
+    "ptychi:rpie",
+    "ptylab:mpie",
+)
+"""package:engine[:batch size]; the peers run with their own default batch sizes."""
+
+
+def probe_true(case: Case) -> np.ndarray:
+    """Defocused pinhole: soft disc × quadratic phase (≤ 1 rad/px at the edge), in photons^½."""
+    n, d = case.frame, case.probe_diameter_px
+    y, x = np.mgrid[:n, :n] - n // 2
+    r = np.hypot(y, x)
+    disc = np.clip((d / 2 - r) / 1.5 + 0.5, 0, 1)
+    probe = disc * np.exp(1j * (r**2) / d)
+    return (probe * np.sqrt(case.photons / np.sum(np.abs(probe) ** 2))).astype(np.complex64)
+
+
+def object_true(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Siemens star (32 spokes) with smooth random amplitude and phase texture."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    y, x = y - shape[0] // 2, x - shape[1] // 2
+    r, theta = np.hypot(y, x), np.arctan2(y, x)
+    star = ndimage.gaussian_filter((np.sin(16 * theta) > 0).astype(float), 0.7)
+    star *= r < 0.45 * min(shape)
+    texture = ndimage.gaussian_filter(rng.standard_normal(shape), 4.0)
+    texture /= texture.std()
+    amp = 0.95 - 0.2 * star + 0.03 * texture
+    return (amp * np.exp(1j * (0.9 * star + 0.3 * texture))).astype(np.complex64)
+
+
+def simulate(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
+    """Frames, positions, probe, truth and the illuminated region of a case."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from diffptycho.models import Ptycho2D
+    from diffptycho.physics.scan import object_shape_for
+    from diffptycho.sim.patterns import fermat_spiral_positions
+
+    step = case.overlap_step * case.probe_diameter_px
+    pos = np.round(fermat_spiral_positions(case.positions, step))
+    side = max(object_shape_for(pos, (case.frame, case.frame)))
+    obj = object_true((side, side), seed)
+    probe = probe_true(case)
+    model = Ptycho2D(jnp.asarray(obj), jnp.asarray(probe[None]), jnp.asarray(pos))
+    expected = np.asarray(eqx.filter_jit(lambda m: m())(model))
+    frames = np.random.default_rng(seed + 1).poisson(expected).astype(np.float32)
+    illum = np.zeros((side, side))
+    corner = (pos + side // 2 - case.frame // 2).astype(int)
+    for cy, cx in corner:
+        illum[cy : cy + case.frame, cx : cx + case.frame] += np.abs(probe) ** 2
+    return {
+        "frames": frames,
+        "positions_px": pos,
+        "probe_init": probe,
+        "object_true": obj,
+        "region": illum > 0.2 * illum.max(),
+    }
+
+
+def write_ptylab_input(path: str, case: dict[str, np.ndarray], dxp_m: float = 1e-8) -> None:
+    """PtyLab's CPM HDF5 input: ptychogram, wavelength, encoder (row, col) m, dxd, zo."""
+    import h5py
+
+    wavelength, zo = 1e-9, 0.05
+    nd = case["frames"].shape[-1]
+    with h5py.File(path, "w") as f:
+        f["ptychogram"] = case["frames"]
+        f["wavelength"] = wavelength
+        f["zo"] = zo
+        f["dxd"] = wavelength * zo / (nd * dxp_m)  # so that PtyLab's dxp = λ zo / (Nd dxd)
+        f["encoder"] = case["positions_px"] * dxp_m
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """Environment of a worker: ``threads`` > 0 pins every package's thread pools to it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    env["BENCH_THREADS"] = str(threads)
+    if threads > 0:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[name] = str(threads)
+        if threads == 1:
+            env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    return env
+
+
+def run_worker(spec: str, case_path: str, iterations: int, out_dir: str, threads: int) -> dict:
+    """Launch one worker process; returns its JSON result plus launch/exit times."""
+    package, engine, *rest = spec.split(":")
+    batch = rest[0] if rest else "0"
+    tag = f"{os.path.basename(case_path)[:-4]}_{package}_{engine}"
+    out, log = os.path.join(out_dir, tag + ".json"), os.path.join(out_dir, tag + ".log")
+    env = worker_env(threads)
+    cmd = [sys.executable, WORKERS, package, engine, case_path, str(iterations), out, batch]
+    t_launch = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
+    t_exit = time.time()
+    if proc.returncode != 0 or not os.path.exists(out):
+        with open(log) as f:
+            tail = f.read().strip().splitlines()[-3:]
+        return {"package": package, "engine": engine, "failed": " | ".join(tail), "log": log}
+    with open(out) as f:
+        result = json.load(f)
+    result.update(t_launch=t_launch, t_exit=t_exit, log=log)
+    return result
+
+
+def summarise(result: dict, target: float | None) -> dict:
+    """Seconds per iteration, whole-process time, time to target (from launch), memory."""
+    stamps, errors = np.asarray(result["stamps"]), np.asarray(result["errors"])
+    t0 = result["t_launch"]
+    per_iter = float(np.median(np.diff(stamps))) if len(stamps) > 2 else float("nan")
+    reach = None
+    if target is not None:
+        hit = np.nonzero(errors <= target * (1 + 1e-9))[0]
+        reach = float(stamps[hit[0]] - t0) if hit.size else None
+    return {
+        "run": f"{result['package']}:{result['engine']}",
+        "s_per_iter": per_iter,
+        "first_iter_s": float(stamps[0] - result["t_setup"]),
+        "import_s": result["t_import"] - result["t_start"],
+        "process_s": result["t_exit"] - t0,
+        "peak_mb": result["peak_rss_mb"],
+        "final_error": float(errors[-1]),
+        "best_error": float(errors.min()),
+        "to_target_s": reach,
+    }
+
+
+def _fmt(value, spec: str) -> str:
+    return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else spec % value
+
+
+def report(case: Case, rows: list[dict], failures: list[dict], fft_s: float) -> str:
+    """The table of one case with ratios against the best diffptycho run."""
+    lines = [
+        f"\n== {case.name}: {case.positions} positions × {case.frame}² frames, "
+        f"{case.iterations} iterations; FFT floor {fft_s * 1e3:.1f} ms/iteration ==",
+        f"{'run':<20}{'s/iter':>9}{'1st it s':>9}{'import s':>9}{'process s':>10}"
+        f"{'peak MB':>9}{'final err':>10}{'to target s':>12}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['run']:<20}{r['s_per_iter']:>9.3f}{r['first_iter_s']:>9.2f}{r['import_s']:>9.2f}"
+            f"{r['process_s']:>10.1f}{r['peak_mb']:>9.0f}{r['final_error']:>10.4f}"
+            f"{_fmt(r['to_target_s'], '%.1f'):>12}"
+        )
+    for f in failures:
+        lines.append(f"{f['package'] + ':' + f['engine']:<20} FAILED: {f['failed']} ({f['log']})")
+    ours = [r for r in rows if r["run"].startswith("diffptycho")]
+    peers = [r for r in rows if not r["run"].startswith("diffptycho")]
+    if ours:
+        reached = [r for r in ours if r["to_target_s"] is not None]
+        best = min(reached or ours, key=lambda r: r["to_target_s"] or r["process_s"])
+        lines.append(
+            f"diffptycho best run {best['run']}: {best['s_per_iter'] / fft_s:.2f}× the FFT floor "
+            "per iteration"
+        )
+        for p in peers:
+            sooner = (
+                _fmt(p["to_target_s"] / best["to_target_s"], "%.2f×")
+                if p["to_target_s"] and best["to_target_s"]
+                else "—"
+            )
+            lines.append(
+                f"  vs {p['run']:<16} time to target {sooner:>7}  s/iter "
+                f"{p['s_per_iter'] / best['s_per_iter']:.2f}×  process "
+                f"{p['process_s'] / best['process_s']:.2f}×  memory "
+                f"{p['peak_mb'] / best['peak_mb']:.2f}×"
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="scaled-down cases")
+    parser.add_argument("--cases", nargs="+", default=["small", "large"], choices=list(CASES))
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), help="package:engine[:batch]")
+    parser.add_argument("--iterations", type=int, default=None, help="override per case")
+    parser.add_argument("--out", default="bench_ptycho_out", help="work/output directory")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="threads per package (0: each package's default)"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per package, best kept")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    print(f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(
+        f"load average at start: {os.getloadavg()}; "
+        f"threads per package: {args.threads or 'default'}"
+    )
+    summary = {}
+    for name in args.cases:
+        case = (QUICK if args.quick else CASES)[name]
+        if args.iterations:
+            case = dataclasses.replace(case, iterations=args.iterations)
+        arrays = simulate(case, args.seed)
+        path = os.path.join(args.out, f"{name}.npz")
+        np.savez(path, **arrays)
+        write_ptylab_input(path[:-4] + "_ptylab.h5", arrays)
+        fft = run_worker("fft:pair", path, 10, args.out, args.threads)
+        fft_s = fft.get("fft_pair_seconds", float("nan"))
+        results = []
+        for spec in args.runs:  # best of --repeat (shortest process), to damp machine noise
+            tries = [
+                run_worker(spec, path, case.iterations, args.out, args.threads)
+                for _ in range(args.repeat)
+            ]
+            done = [r for r in tries if "failed" not in r]
+            results.append(
+                min(done, key=lambda r: r["t_exit"] - r["t_launch"]) if done else tries[0]
+            )
+        ok = [r for r in results if "failed" not in r]
+        failures = [r for r in results if "failed" in r]
+        peer_final = [r["errors"][-1] for r in ok if r["package"] != "diffptycho"]
+        target = min(peer_final) if peer_final else None
+        rows = [summarise(r, target) for r in ok]
+        print(report(case, rows, failures, fft_s))
+        print(f"target error (best peer final): {_fmt(target, '%.4f')}")
+        for r in ok:
+            extra = {
+                k: r[k] for k in ("version", "backend", "solver", "note", "batch_size") if r.get(k)
+            }
+            print(f"  {r['package']}:{r['engine']}: {extra}")
+        summary[name] = {
+            "case": dataclasses.asdict(case),
+            "fft_pair_s": fft_s,
+            "target": target,
+            "rows": rows,
+            "failures": failures,
+        }
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"load average at end: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

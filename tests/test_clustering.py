@@ -1,0 +1,149 @@
+"""k-means, the elbow rule, ARI, cluster statistics and PCA against hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from diffptycho.analysis import clustering
+from diffptycho.analysis.clustering import (
+    adjusted_rand_index,
+    cluster_descriptors,
+    cluster_fractions,
+    cluster_mean_spectra,
+    descriptor_densities,
+    elbow_curve,
+    elbow_k,
+    kmeans,
+    pca,
+)
+
+
+def blobs(rng, centres, n=200, spread=0.05):
+    centres = np.asarray(centres, float)
+    truth = np.repeat(np.arange(len(centres)), n)
+    return centres[truth] + rng.normal(0, spread, (truth.size, centres.shape[1])), truth
+
+
+def test_ari_hand_cases(rng):
+    # contingency [[2,0,0],[0,1,1]]: Σ C(n_ij,2) = 1, Σ C(a_i,2) = 2, Σ C(b_j,2) = 1, C(4,2) = 6
+    # ARI = (1 − 2·1/6) / ((2 + 1)/2 − 2·1/6) = 4/7
+    assert adjusted_rand_index([0, 0, 1, 1], [0, 0, 1, 2]) == pytest.approx(4 / 7)
+    assert adjusted_rand_index([0, 0, 1, 1, 2], [5, 5, 3, 3, 9]) == pytest.approx(1.0)
+    assert adjusted_rand_index([1, 1, 1], [2, 2, 2]) == 1.0
+    a, b = rng.integers(0, 3, 5000), rng.integers(0, 3, 5000)
+    assert abs(adjusted_rand_index(a, b)) < 0.01
+    with pytest.raises(ValueError, match="labels_true, labels_pred"):
+        adjusted_rand_index([0, 1], [0, 1, 2])
+
+
+def test_kmeans_recovers_blobs_sorted_and_reproducible(rng):
+    x, truth = blobs(rng, [[5.0, 0.0], [0.0, 0.0], [2.0, 3.0]])
+    res = kmeans(x, 3, seed=1)
+    assert adjusted_rand_index(truth, res.labels) == 1.0
+    np.testing.assert_allclose(res.centers, [[0, 0], [2, 3], [5, 0]], atol=0.02)
+    assert np.array_equal(res.labels, kmeans(x, 3, seed=1).labels)
+    # inertia is the within-cluster sum of squares
+    expect = sum(((x[res.labels == j] - res.centers[j]) ** 2).sum() for j in range(3))
+    assert res.inertia == pytest.approx(expect)
+
+
+def test_kmeans_hand_case():
+    res = kmeans([[0.0], [0.2], [10.0], [10.4]], 2)
+    assert res.labels.tolist() == [0, 0, 1, 1]
+    np.testing.assert_allclose(res.centers[:, 0], [0.1, 10.2])
+    assert res.inertia == pytest.approx(0.02 + 0.08)
+
+
+def test_kmeans_degenerate_inputs():
+    x = np.array([[1.0, 1.0]] * 5 + [[2.0, 2.0]] * 5)
+    with pytest.raises(ValueError, match="k=3: larger than the 2 distinct points"):
+        kmeans(x, 3)
+    assert kmeans(x, 2).inertia == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="k=0"):
+        kmeans(x, 0)
+    with pytest.raises(ValueError, match="features: non-finite"):
+        kmeans([[np.nan, 1.0]], 1)
+    with pytest.raises(ValueError, match="features: expected a non-empty"):
+        kmeans(np.zeros((0, 2)), 1)
+    ks, w = elbow_curve(x, k_max=8)  # capped at the distinct points
+    assert ks.tolist() == [1, 2] and w[1] == pytest.approx(0.0)
+
+
+def test_elbow_rule_hand_case_and_blobs(rng):
+    # normalised: x = (k−1)/4, y = (W − 1)/99; 1 − x − y = 0, 0.343, 0.455, 0.24, 0 → k = 3
+    assert elbow_k([1, 2, 3, 4, 5], [100.0, 41.0, 5.0, 2.0, 1.0]) == 3
+    assert elbow_k([1, 2, 3], [1.0, 1.0, 1.0]) == 1
+    assert elbow_k([1, 2], [5.0, 1.0]) == 1
+    for k_true in (2, 3, 4):
+        centres = [
+            [3.0 * np.cos(t), 3.0 * np.sin(t)] for t in np.arange(k_true) * 2 * np.pi / k_true
+        ]
+        x, _ = blobs(rng, centres, n=150, spread=0.2)
+        assert elbow_k(*elbow_curve(x, 8)) == k_true
+
+
+def test_fractions_weighted_by_density():
+    labels = np.array([[0, 0, 1], [1, -1, 2]])
+    w = np.array([[1.0, 3.0, 2.0], [2.0, 100.0, np.nan]])
+    np.testing.assert_allclose(cluster_fractions(labels, 3, w), [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(cluster_fractions(labels, 3), [0.4, 0.4, 0.2])
+    assert np.isnan(cluster_fractions(np.full(3, -1), 2)).all()
+    with pytest.raises(ValueError, match="weights"):
+        cluster_fractions(labels, 3, np.ones(4))
+
+
+def test_descriptor_densities_integrate_to_one(rng):
+    v = rng.normal(size=1000)
+    lab = (v > 0).astype(int)
+    lab[:10] = -1
+    centres, dens = descriptor_densities(v, lab, 3, bins=25)
+    width = centres[1] - centres[0]
+    np.testing.assert_allclose(dens[:2].sum(axis=1) * width, 1.0)
+    assert dens[2].sum() == 0.0  # empty cluster
+    assert np.all(dens[0][centres > width] == 0)  # cluster 0 holds only v ≤ 0
+
+
+def test_cluster_mean_spectra_hand_case():
+    spectra = np.array([[[1.0, 3.0], [5.0, np.nan]], [[2.0, 4.0], [6.0, 0.0]]])  # (E=2, 2, 2)
+    labels = np.array([[0, 0], [1, -1]])
+    mean, std = cluster_mean_spectra(spectra, labels, 3)
+    np.testing.assert_allclose(mean[:2], [[2.0, 3.0], [5.0, 6.0]])
+    np.testing.assert_allclose(std[0], [1.0, 1.0])
+    assert np.isnan(mean[2]).all()
+    with pytest.raises(ValueError, match="labels"):
+        cluster_mean_spectra(spectra, labels[0], 2)
+
+
+def test_pca_of_rank_two_spectra(rng):
+    e = np.linspace(0, 1, 30)
+    basis = np.stack([np.sin(3 * e), e**2])
+    x = rng.normal(size=(100, 2)) @ basis + 0.5
+    res = pca(x, 3)
+    np.testing.assert_allclose(res.explained_variance_ratio[:2].sum(), 1.0, atol=1e-12)
+    np.testing.assert_allclose(res.components @ res.components.T, np.eye(3), atol=1e-12)
+    recon = res.mean + res.scores[:, :2] @ res.components[:2]
+    np.testing.assert_allclose(recon, x, atol=1e-10)
+    with pytest.raises(ValueError, match="n_components"):
+        pca(x, 0)
+
+
+def test_cluster_descriptors_maps_masks_and_errors(rng):
+    truth = np.repeat(np.arange(3), 100).reshape(15, 20)
+    maps = {
+        "edge_energy_ev": 5478.0 + 3.0 * truth + rng.normal(0, 0.1, truth.shape),
+        "pre_edge_ratio": np.array([0.3, 0.8, 1.7])[truth] + rng.normal(0, 0.05, truth.shape),
+    }
+    maps["edge_energy_ev"][0, :5] = np.nan
+    res = cluster_descriptors(maps, weights=np.ones(truth.shape))
+    assert res.k == 3 and np.all(res.labels[0, :5] == -1)
+    use = res.labels >= 0
+    assert adjusted_rand_index(truth[use], res.labels[use]) == 1.0
+    np.testing.assert_allclose(res.centers[:, 0], [5478, 5481, 5484], atol=0.05)
+    masked = cluster_descriptors(maps, k=2, mask=truth < 2)
+    assert masked.k == 2 and np.all(masked.labels[truth == 2] == -1)
+    with pytest.raises(ValueError, match="every pixel is masked"):
+        cluster_descriptors({k: np.full((2, 2), np.nan) for k in maps})
+    with pytest.raises(ValueError, match="features: \\['edge_jump'\\] not among"):
+        cluster_descriptors(maps, ["edge_jump"])
+    with pytest.raises(ValueError, match="mask: expected"):
+        cluster_descriptors(maps, mask=np.ones(3, bool))
+    assert clustering.standardize(np.ones((4, 2)))[0].tolist() == np.zeros((4, 2)).tolist()
