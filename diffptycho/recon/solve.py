@@ -136,6 +136,15 @@ def _finite(tree) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+@eqx.filter_jit
+def _checked_step(solver: AbstractSolver, model, state, batch):
+    # module level, with the solver as an argument: repeated solves with the same solver
+    # (a staged pipeline runs one per scan) reuse the compiled step instead of retracing
+    new_model, new_state, loss = solver.step(model, state, batch)
+    ok = jnp.isfinite(loss) & _finite(new_model)
+    return new_model, new_state, loss, ok
+
+
 def solve(
     model: eqx.Module,
     solver: AbstractSolver,
@@ -172,12 +181,6 @@ def solve(
         raise ValueError(f"iterations={iterations}: expected a non-negative count")
     state = solver.init(model) if state is None else state
 
-    @eqx.filter_jit
-    def step(model, state, batch):
-        new_model, new_state, loss = solver.step(model, state, batch)
-        ok = jnp.isfinite(loss) & _finite(new_model)
-        return new_model, new_state, loss, ok
-
     history = History()
     bar = None
     if progress:
@@ -189,7 +192,7 @@ def solve(
         for it in range(iterations):
             batch = batches(it) if callable(batches) else batches
             t0 = time.perf_counter()
-            new_model, new_state, loss, ok = step(model, state, batch)
+            new_model, new_state, loss, ok = _checked_step(solver, model, state, batch)
             loss = float(loss)
             if it == 0:
                 history.compile_seconds = time.perf_counter() - t0
