@@ -137,6 +137,13 @@ def _finite(tree) -> Array:
 
 
 @eqx.filter_jit
+def _init(solver: AbstractSolver, model):
+    # jitted too: an engine's init may scan over all positions, which eagerly would be traced
+    # and compiled on every call (seconds per scan in a staged pipeline)
+    return solver.init(model)
+
+
+@eqx.filter_jit
 def _checked_step(solver: AbstractSolver, model, state, batch):
     # module level, with the solver as an argument: repeated solves with the same solver
     # (a staged pipeline runs one per scan) reuse the compiled step instead of retracing
@@ -179,7 +186,7 @@ def solve(
     """
     if iterations < 0:
         raise ValueError(f"iterations={iterations}: expected a non-negative count")
-    state = solver.init(model) if state is None else state
+    state = _init(solver, model) if state is None else state
 
     history = History()
     bar = None
