@@ -61,6 +61,13 @@ def add_parsers(chem_subparsers) -> None:
         help="descriptors to cluster on",
     )
     c.add_argument("--min-snr", type=float, default=5.0, help="cluster pixels with jump ≥ this·σ")
+    c.add_argument(
+        "--weighting",
+        choices=["snr2", "none"],
+        default="snr2",
+        help="k-means weight per pixel: (jump/σ)², the inverse descriptor variance (default), "
+        "or none",
+    )
     c.add_argument("--output", "-o", help="write here instead of updating RESULTS in place")
     c.add_argument("--figures", metavar="DIR", help="write PNG figures into DIR")
     c.add_argument("--n-init", type=int, default=10, help="k-means restarts")
@@ -215,7 +222,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         )
     if args.k is not None and args.k < 1:
         raise ValueError(f"--k {args.k}: expected a positive number of clusters")
-    strong = res["edge_jump"] >= args.min_snr * res["noise_sigma"]
+    snr = res["edge_jump"] / res["noise_sigma"]
+    strong = snr >= args.min_snr
     weights = res.get("n_absorber")
     ca = clustering.cluster_descriptors(
         {f: res[f] for f in args.features},
@@ -224,6 +232,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         k_max=args.k_max,
         weights=weights,
         mask=strong,
+        sample_weight=np.where(strong, snr, 0.0) ** 2 if args.weighting == "snr2" else None,
         n_init=args.n_init,
         seed=args.seed,
     )
@@ -257,6 +266,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             "elbow": args.k is None,
             "k_max": args.k_max,
             "min_snr": args.min_snr,
+            "weighting": args.weighting,
             "seed": args.seed,
             "weights": "n_absorber" if weights is not None else "pixels",
         },

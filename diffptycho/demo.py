@@ -127,7 +127,7 @@ def run_demo(
         timings={"simulate": t_sim, "staged": t_staged, "joint": t_joint, **staged.seconds},
     )
 
-    y = truth.shape[2] // 2
+    y = int(np.argmax(truth.sum(axis=(0, 1, 3))))  # the slice through most material
     panels = {"FePO4 truth": truth[1, :, y]}
     panels["FePO4 staged"] = staged.composition[1, :, y]
     panels["FePO4 staged + joint"] = comp_joint[1, :, y]

@@ -40,19 +40,6 @@ from diffptycho.recon.solve import solve
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
-def engine(name: str, **options):
-    """The registry's engine, or the engine module's factory before the registry exists."""
-    try:
-        return make_engine(name, **options)
-    except ValueError as err:
-        if "registry" not in str(err):
-            raise
-        from diffptycho.recon.ptycho import pie, raar
-
-        factories = {"epie": pie.epie, "rpie": pie.rpie, "mpie": pie.mpie, "raar": raar.raar}
-        return factories[name](**options)
-
-
 def reconstruct(scan: PtychoScan, index: np.ndarray, args, shape, label: str):
     """Reconstruct the frames ``index`` of the scan on an object grid of ``shape``."""
     sub = PtychoScan(
@@ -65,7 +52,7 @@ def reconstruct(scan: PtychoScan, index: np.ndarray, args, shape, label: str):
         positions=model.positions,
     )
     options = {"refinement": Refinement(probe=True), "batch_size": args.batch_size}
-    solver = engine(args.algorithm, **options)
+    solver = make_engine(args.algorithm, **options)
     t0 = time.perf_counter()
     model, history = solve(
         model, solver, PtychoData(jnp.asarray(sub.data)), args.iterations, description=label

@@ -4,6 +4,7 @@ import os
 
 import equinox as eqx
 import h5py
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -97,8 +98,10 @@ def _run(*argv):
 def _object_error(estimate, truth, probe, positions):
     from diffptycho.recon.ptycho.metrics import illuminated_region, object_error
 
-    region = illuminated_region(jnp.asarray(probe), jnp.asarray(positions), truth.shape, 0.3)
-    return float(object_error(jnp.asarray(estimate), jnp.asarray(truth), region))
+    region = jax.jit(illuminated_region, static_argnums=(2, 3))(
+        jnp.asarray(probe), jnp.asarray(positions), truth.shape, 0.3
+    )
+    return float(jax.jit(object_error)(jnp.asarray(estimate), jnp.asarray(truth), region))
 
 
 def test_reconstructs_a_simulated_scan(tmp_path, cxi_with_probe, simulated):
@@ -125,15 +128,35 @@ def test_reconstructs_a_simulated_scan(tmp_path, cxi_with_probe, simulated):
     assert os.path.getsize(tmp_path / "out.png") > 1000
 
 
-def test_plain_cxi_from_another_program_and_probe_modes(tmp_path, plain_cxi):
+def test_plain_cxi_from_another_program(tmp_path, plain_cxi):
+    """No illumination, detector_1/data only, (x, y, z) in m, energy in J: the probe guess."""
     _registry()
     out = tmp_path / "plain.h5"
+    assert _run(plain_cxi, "-a", "epie", "-n", 3, "-o", out, "--no-figure") == 0
+    res = read_results(out)
+    assert res["probe"].shape == (1, *PROBE_SHAPE)
+    assert np.all(np.isfinite(res["object"]))
+    np.testing.assert_allclose(res["object_pixel_size_m"], [PIXEL_M, PIXEL_M], rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_probe_modes_and_background(tmp_path, plain_cxi):
+    _registry()
+    out = tmp_path / "modes.h5"
     code = _run(plain_cxi, "-a", "epie", "-n", 3, "-o", out, "--probe-modes", 2, "--background")
     assert code == 0
     res = read_results(out)
     assert res["probe"].shape == (2, *PROBE_SHAPE)
-    assert res["background"].shape == PROBE_SHAPE
-    assert np.all(np.isfinite(res["object"]))
+    assert res["background"].shape == PROBE_SHAPE and np.all(res["background"] >= 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", cli_ptycho.ALGORITHMS)
+def test_every_engine_runs_from_the_cli(tmp_path, cxi_with_probe, name):
+    _registry()
+    out = tmp_path / f"{name}.h5"
+    assert _run(cxi_with_probe, "-a", name, "-n", 4, "-o", out, "--no-figure") == 0
+    assert read_results(out)["history"]["loss"].shape == (4,)
 
 
 def test_pixel_unit_scan(tmp_path, simulated):
@@ -152,8 +175,8 @@ def test_pixel_unit_scan(tmp_path, simulated):
 def test_starting_model_without_illumination(simulated):
     _, probe, pos, frames = simulated
     scan = PtychoScan(frames, pos, ENERGY_EV)
-    model = cli_ptycho.starting_model(scan, probe_modes=3)
-    assert model.probe.shape == (3, *PROBE_SHAPE)
+    model = cli_ptycho.starting_model(scan, probe_modes=2)
+    assert model.probe.shape == (2, *PROBE_SHAPE)
     assert model.object.shape == object_shape_for(pos, PROBE_SHAPE)
     np.testing.assert_array_equal(np.asarray(model.object), 1.0)
     # the probe guess has the mean pattern's far-field intensity, scaled to the brightest frames

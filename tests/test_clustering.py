@@ -53,6 +53,17 @@ def test_kmeans_hand_case():
     assert res.inertia == pytest.approx(0.02 + 0.08)
 
 
+def test_weighted_kmeans_hand_case():
+    x = [[0.0], [1.0], [10.0], [12.0]]
+    res = kmeans(x, 2, sample_weight=[3.0, 1.0, 1.0, 0.0])
+    np.testing.assert_allclose(res.centers[:, 0], [0.25, 10.0])  # weighted means
+    assert res.inertia == pytest.approx(3 * 0.25**2 + 0.75**2)
+    with pytest.raises(ValueError, match="k=2: larger than the 1 distinct"):
+        kmeans(x, 2, sample_weight=[1.0, 0.0, 0.0, 0.0])  # zero weight drops a point
+    with pytest.raises(ValueError, match="sample_weight"):
+        kmeans(x, 2, sample_weight=[1.0, -1.0, 1.0, 1.0])
+
+
 def test_kmeans_degenerate_inputs():
     x = np.array([[1.0, 1.0]] * 5 + [[2.0, 2.0]] * 5)
     with pytest.raises(ValueError, match="k=3: larger than the 2 distinct points"):
@@ -69,8 +80,16 @@ def test_kmeans_degenerate_inputs():
 
 
 def test_elbow_rule_hand_case_and_blobs(rng):
-    # normalised: x = (k−1)/4, y = (W − 1)/99; 1 − x − y = 0, 0.343, 0.455, 0.24, 0 → k = 3
+    # linear: x = (k−1)/4, y = (W − 1)/99; 1 − x − y = 0, 0.343, 0.455, 0.24, 0 → k = 3
+    assert elbow_k([1, 2, 3, 4, 5], [100.0, 41.0, 5.0, 2.0, 1.0], "linear") == 3
+    # log: y = ln W / ln 100 = 1, 0.806, 0.349, 0.151, 0; 1 − x − y = 0, −0.06, 0.15, 0.1, 0
     assert elbow_k([1, 2, 3, 4, 5], [100.0, 41.0, 5.0, 2.0, 1.0]) == 3
+    # one far cluster: the first split dominates W; only the log rule sees the elbow at 3
+    w = [1.0, 0.14, 0.006, 0.004, 0.003, 0.0025, 0.002, 0.0018]
+    assert elbow_k(range(1, 9), w, "linear") == 2 and elbow_k(range(1, 9), w) == 3
+    assert elbow_k([1, 2, 3, 4], [4.0, 1.0, 0.0, 0.0]) == 3  # perfect split at 3
+    with pytest.raises(ValueError, match="scale="):
+        elbow_k([1, 2, 3], [3.0, 2.0, 1.0], "sqrt")
     assert elbow_k([1, 2, 3], [1.0, 1.0, 1.0]) == 1
     assert elbow_k([1, 2], [5.0, 1.0]) == 1
     for k_true in (2, 3, 4):
@@ -146,4 +165,8 @@ def test_cluster_descriptors_maps_masks_and_errors(rng):
         cluster_descriptors(maps, ["edge_jump"])
     with pytest.raises(ValueError, match="mask: expected"):
         cluster_descriptors(maps, mask=np.ones(3, bool))
+    with pytest.raises(ValueError, match="sample_weight: expected"):
+        cluster_descriptors(maps, sample_weight=np.ones(3))
+    weighted = cluster_descriptors(maps, sample_weight=np.ones(truth.shape))
+    assert weighted.k == 3 and np.array_equal(weighted.labels, res.labels)
     assert clustering.standardize(np.ones((4, 2)))[0].tolist() == np.zeros((4, 2)).tolist()

@@ -85,3 +85,13 @@ def test_shape_errors():
         prtf_model(np.ones((3, 8, 8)), np.ones((3, 8, 8)), np.ones((4, 4), bool))
     with pytest.raises(ValueError, match="NaN"):
         prtf_model(np.ones((3, 8, 8)), np.full((3, 8, 8), np.nan))
+
+
+def test_model_prtf_is_unbiased_at_low_counts(rng):
+    """A perfect model of Poisson data gives 1 even at 0.3 photons per pixel."""
+    expected = np.full((400, 32, 32), 0.3)
+    counts = rng.poisson(expected).astype(float)
+    curve = prtf_model(expected, counts)
+    np.testing.assert_allclose(curve.prtf[1:], 1.0, atol=0.03)
+    # (ring-averaged amplitudes would give E√n / √E n ≈ 0.5 here)
+    assert np.sqrt(counts).mean() / np.sqrt(0.3) < 0.6

@@ -83,17 +83,18 @@ def test_matches_joseph_kernel(rng, shape):
     np.testing.assert_allclose(back, np.einsum("atzx,ayt->zyx", dense, proj), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("budget", [512, 9000])
-def test_memory_bounded_loops_match_single_pass(rng, monkeypatch, budget):
-    # Tiny gather budgets force the large-problem structure: 512 B chunks the sums with a scan
-    # (padding steps and views), 9000 B maps over views/rows in batches with a remainder.
+@pytest.fixture(scope="module")
+def loop_case():
+    """Projections, backprojections and their jvps (data and angles) on a small non-square case,
+    with a runner that re-traces so it picks up the current gather budget."""
+    rng = np.random.default_rng(7)
     n_z, n_y, n_x, n_det = 9, 2, 6, 7
     angles = jnp.asarray(ALL_ANGLES)
     vol = jnp.asarray(_complex_normal(rng, (n_z, n_y, n_x)))
     proj = jnp.asarray(_complex_normal(rng, (angles.size, n_y, n_det)))
     d_angles = jnp.asarray(rng.standard_normal(angles.size))
 
-    def run():  # a fresh function, so the budget is read at trace time
+    def run():
         def fwd(v, a):
             return project(v, a, n_det=n_det)
 
@@ -107,10 +108,16 @@ def test_memory_bounded_loops_match_single_pass(rng, monkeypatch, budget):
             )
         )()
 
-    single = run()
+    return run, run()
+
+
+@pytest.mark.parametrize("budget", [512, 9000])
+def test_memory_bounded_loops_match_single_pass(loop_case, monkeypatch, budget):
+    # Tiny gather budgets force the large-problem structure: 512 B chunks the sums with a scan
+    # (padding steps and views), 9000 B maps over views/rows in batches with a remainder.
+    run, single = loop_case
     monkeypatch.setattr(tomography, "_GATHER_BYTES", budget)
-    chunked = run()
-    for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(single), strict=True):
+    for a, b in zip(jax.tree.leaves(run()), jax.tree.leaves(single), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
 
@@ -126,7 +133,7 @@ def test_check_grads_volume_and_projections(rng):
     check_grads(both, (vol, proj), order=1, modes=("fwd", "rev"))
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+@pytest.mark.parametrize("dtype", [pytest.param(np.float64, marks=pytest.mark.slow), np.complex128])
 def test_check_grads_angles(rng, dtype):
     # The kernel is piecewise linear in θ: generic angles and a small step stay off its kinks.
     angles = jnp.asarray([0.13, 0.97, -2.71, 4.07])
@@ -227,6 +234,32 @@ def test_vmap_composes_with_derivatives(rng):
     expected = 2 * np.einsum("atzx,atZX,eZyX->ezyx", dense, dense, vols, optimize=True)
     for g in grads(jnp.asarray(vols)):
         np.testing.assert_allclose(g, expected, atol=1e-12)
+
+
+def test_transposes_are_gathers_not_scatters(rng):
+    # Autodiff of a gather is a scatter-add, 5x slower than the forward on CPU (DESIGN.md): the
+    # reverse pass and jax.linear_transpose must run the hand-written gathers instead.
+    angles_np = np.array([0.3, 1.0, 2.2])
+    angles = jnp.asarray(angles_np)
+    vol = jnp.asarray(rng.standard_normal((5, 2, 5)))
+    proj = jnp.asarray(rng.standard_normal((3, 2, 5)))
+    to_vol = jax.linear_transpose(lambda p: project(p, angles), vol)
+    to_proj = jax.linear_transpose(lambda v: backproject(v, angles, 5, 5), proj)
+    dense = _dense_reference(5, 5, 5, angles_np)
+    back = np.einsum("atzx,ayt->zyx", dense, proj)
+    np.testing.assert_allclose(jax.jit(to_vol)(proj)[0], back, atol=1e-12)
+    forward = np.einsum("atzx,zyx->ayt", dense, vol)
+    np.testing.assert_allclose(jax.jit(to_proj)(vol)[0], forward, atol=1e-12)
+    grads = jax.grad(
+        lambda v, p, a: jnp.sum(project(v, a) ** 2) + jnp.sum(backproject(p, a, 5, 5) ** 2),
+        argnums=(0, 1, 2),
+    )
+    for jaxpr in (
+        jax.make_jaxpr(grads)(vol, proj, angles),
+        jax.make_jaxpr(to_vol)(proj),
+        jax.make_jaxpr(to_proj)(vol),
+    ):
+        assert "scatter" not in str(jaxpr)
 
 
 def test_dtype_preserved_float32():

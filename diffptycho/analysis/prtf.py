@@ -5,11 +5,15 @@ resolution estimates) compares the reconstructed far-field amplitudes with the m
 ring by ring in the detector plane:
 
 - over several independent reconstructions k of the same frames (:func:`prtf`),
-  ``PRTF(q) = Σ_ring |⟨F_k⟩_k| / Σ_ring √I``: where the retrieved phases are reproducible
+  ``PRTF(q) = (Σ_ring |⟨F_k⟩_k|² / Σ_ring I)^½``: where the retrieved phases are reproducible
   the average keeps its amplitude (PRTF → 1); where they are random it cancels (→ 1/√K);
 - for one reconstruction against the measured intensities (:func:`prtf_model`),
-  ``PRTF(q) = Σ_ring √I_model / Σ_ring √I_measured``: where the model fails to explain
+  ``PRTF(q) = (Σ_ring I_model / Σ_ring I_measured)^½``: where the model fails to explain
   the measured signal (noise-dominated, lost phases), it falls below 1.
+
+The ratio is formed from ring-summed intensities rather than ring-averaged amplitudes because
+Σ√n of Poisson counts is biased low where a pixel holds a few photons (E√n < √E n), which
+would push the PRTF above 1 at high q; Σn is unbiased.
 
 Each reconstruction's global phase is aligned to the first before averaging (ptychography
 does not determine it). Rings follow :mod:`diffptycho.analysis.resolution`: detector pixel
@@ -80,7 +84,7 @@ def _rings(shape: tuple[int, int]) -> tuple[np.ndarray, int]:
 
 
 def _ring_ratio(numerator: np.ndarray, denominator: np.ndarray, mask) -> PRTF:
-    """Σ_ring numerator / Σ_ring denominator over frames and valid pixels."""
+    """(Σ_ring numerator / Σ_ring denominator)^½ over frames and valid pixels (intensities)."""
     shape = numerator.shape[-2:]
     ring, n_rings = _rings(shape)
     valid = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
@@ -93,7 +97,7 @@ def _ring_ratio(numerator: np.ndarray, denominator: np.ndarray, mask) -> PRTF:
     bottom = np.bincount(ring[keep], den[keep], minlength=n_rings)
     count = np.bincount(ring[keep], minlength=n_rings).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        values = np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), 0.0)
+        values = np.sqrt(np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), 0.0))
     shells = np.arange(n_rings)
     return PRTF(shells, shells / min(shape), values, count, (int(shape[0]), int(shape[1])))
 
@@ -112,7 +116,7 @@ def prtf(
     measured: Float[Array, "*n fy fx"],
     mask: Bool[Array, "fy fx"] | None = None,
 ) -> PRTF:
-    """PRTF over independent reconstructions: Σ_ring |⟨F_k⟩_k| / Σ_ring √I.
+    """PRTF over independent reconstructions: (Σ_ring |⟨F_k⟩_k|² / Σ_ring I)^½.
 
     Args:
         waves: detector-plane amplitudes (photons^½ per pixel, centred frames) of K ≥ 1
@@ -144,7 +148,7 @@ def prtf(
     overlap = np.sum(np.conj(f[:1]) * f, axis=1)  # ⟨F_0, F_k⟩: global phase of reconstruction k
     phase = np.where(np.abs(overlap) > 0, np.conj(overlap) / np.maximum(np.abs(overlap), 1e-300), 1)
     mean = np.mean(f * phase[:, None], axis=0).reshape(meas.shape)
-    return _ring_ratio(np.abs(mean), np.sqrt(meas), mask)
+    return _ring_ratio(np.abs(mean) ** 2, meas, mask)
 
 
 def prtf_model(
@@ -152,7 +156,7 @@ def prtf_model(
     measured: Float[Array, "*n fy fx"],
     mask: Bool[Array, "fy fx"] | None = None,
 ) -> PRTF:
-    """PRTF of one reconstruction against the data: Σ_ring √I_model / Σ_ring √I_measured.
+    """PRTF of one reconstruction against the data: (Σ_ring I_model / Σ_ring I_measured)^½.
 
     Args:
         predicted: model intensities in photons (Σ over probe modes, without the incoherent
@@ -173,7 +177,7 @@ def prtf_model(
     meas = _measured(measured, pred.shape)
     if pred.ndim < 2 or np.any(~np.isfinite(pred)):
         raise ValueError("predicted: expected finite intensities (…, fy, fx)")
-    return _ring_ratio(np.sqrt(np.clip(pred, 0.0, None)), np.sqrt(meas), mask)
+    return _ring_ratio(np.clip(pred, 0.0, None), meas, mask)
 
 
 def detector_waves(

@@ -42,12 +42,12 @@ def _colors(k: int):
 
 
 def _robust_range(img) -> tuple[float, float]:
-    """1st–99th percentile of the finite values, so that a few outliers do not wash out a map."""
+    """2nd–98th percentile of the finite values, so that a few outliers do not wash out a map."""
     v = np.asarray(img, float)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return 0.0, 1.0
-    lo, hi = np.percentile(v, [1, 99])
+    lo, hi = np.percentile(v, [2, 98])
     return (float(lo), float(hi)) if hi > lo else (float(lo) - 0.5, float(hi) + 0.5)
 
 
@@ -56,7 +56,7 @@ def descriptor_maps(
     path: str | os.PathLike,
     names: Sequence[str] = tuple(DESCRIPTOR_LABELS),
 ) -> str:
-    """Maps of the chosen descriptors (those present), one panel each, 1–99 % colour range.
+    """Maps of the chosen descriptors (those present), one panel each, 2–98 % colour range.
 
     Args:
         descriptors: ``{name: map (y, x)}``, NaN where masked.
@@ -129,11 +129,11 @@ def cluster_map(
 
 
 def elbow_plot(ks, inertias, k: int, path: str | os.PathLike) -> str:
-    """Inertia W(k) with its chord and the chosen k.
+    """Inertia W(k) on a log axis, the chord of the (log) elbow rule and the chosen k.
 
     Args:
         ks: k values.
-        inertias: W(k) (standardised-feature units).
+        inertias: W(k) (standardised-feature units, × sample weights).
         k: the chosen k.
         path: PNG to write.
 
@@ -141,14 +141,16 @@ def elbow_plot(ks, inertias, k: int, path: str | os.PathLike) -> str:
         The written path.
     """
     plt = _pyplot()
-    ks, w = np.asarray(ks), np.asarray(inertias)
+    ks = np.asarray(ks)
+    w = np.asarray(inertias, float)
+    w = np.maximum(w, 1e-12 * w[0]) if w.size else w  # a perfect split has W = 0
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    ax.plot(ks, w, "o-", label="W(k)")
+    ax.semilogy(ks, w, "o-", label="W(k)")
     if ks.size:
-        ax.plot([ks[0], ks[-1]], [w[0], w[-1]], "--", color="gray", label="chord")
-        ax.plot([k], [w[list(ks).index(k)]], "r*", ms=14, label=f"elbow k = {k}")
+        ax.semilogy([ks[0], ks[-1]], [w[0], w[-1]], "--", color="gray", label="chord")
+        ax.semilogy([k], [w[list(ks).index(k)]], "r*", ms=14, label=f"elbow k = {k}")
     ax.set_xlabel("number of clusters k")
-    ax.set_ylabel("inertia (standardised units)")
+    ax.set_ylabel("inertia W(k) (standardised, weighted)")
     ax.legend()
     return save_figure(fig, path)
 

@@ -23,13 +23,14 @@ So both directions are gathers of two neighbours of a contiguous y-vector (y is 
 gather would produce one, measured 5x slower than the forward on CPU (DESIGN.md).
 
 Differentiation. :func:`project` and :func:`backproject` are ``jax.custom_jvp`` functions whose
-tangent w.r.t. the data is a ``linear_call`` to the other operator, so reverse mode transposes
-to the hand-written gather instead of a scatter. Angles may be traced (jit leaves); their
-tangent is the exact (almost everywhere) derivative of the kernel above, for angle refinement;
-it costs one more projection, so keep angles that are data out of the differentiated leaves
-(``lax.stop_gradient`` or an equinox filter). Second derivatives that involve the angles are not
-supported. Importing this module gives ``linear_call`` a batching rule (JAX 0.10 has none), so
-``vmap`` (e.g. over energies) composes with these derivatives.
+value and data tangent are ``linear_call`` s paired with the other operator, so ``jax.grad``,
+``jax.vjp`` and ``jax.linear_transpose`` run the hand-written gather, never a scatter. Forward
+mode is the operator itself. Angles may be traced (jit leaves); their tangent is the exact
+(almost everywhere) derivative of the kernel above, for angle refinement. It costs one more
+projection, so keep angles that are data out of the differentiated leaves (``lax.stop_gradient``
+or an equinox filter). Second derivatives that involve the angles are not supported. Importing
+this module gives ``linear_call`` a batching rule (JAX 0.10 has none), so ``vmap`` (e.g. over
+energies) composes with all of this.
 
 The kernel is the one of ASTRA's CPU ``'linear'`` parallel projector at ASTRA angle φ = −θ
 (ASTRA's detector coordinate is x cos φ − z sin φ): they agree to float32 rounding
@@ -159,29 +160,47 @@ def _check_size(n: int, name: str) -> int:
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _project(volume: Array, angles: Array, n_det: int) -> Array:
-    return _project_impl(volume, angles, n_det, derivative=False)
+    return _project_linear(volume, angles, n_det)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _backproject(projections: Array, angles: Array, n_z: int, n_x: int) -> Array:
-    return _backproject_impl(projections, angles, n_z, n_x, derivative=False)
+    return _backproject_linear(projections, angles, n_z, n_x)
+
+
+def _project_linear(volume: Array, angles: Array, n_det: int) -> Array:
+    """P_θ v, transposing to the gather-based backprojection (jvp, vjp, linear_transpose)."""
+    n_z, _, n_x = volume.shape
+    if not _LINEAR_CALL_BATCHES:  # pragma: no cover - keep plain vmap working regardless
+        return _project_impl(volume, angles, n_det, derivative=False)
+    return linear_call(
+        lambda a, v: _project_impl(v, a, n_det, derivative=False),
+        lambda a, p: _backproject_impl(p, a, n_z, n_x, derivative=False),
+        angles,
+        volume,
+    )
+
+
+def _backproject_linear(projections: Array, angles: Array, n_z: int, n_x: int) -> Array:
+    """P_θᵀ p, transposing to the gather-based projection."""
+    n_det = projections.shape[2]
+    if not _LINEAR_CALL_BATCHES:  # pragma: no cover
+        return _backproject_impl(projections, angles, n_z, n_x, derivative=False)
+    return linear_call(
+        lambda a, p: _backproject_impl(p, a, n_z, n_x, derivative=False),
+        lambda a, v: _project_impl(v, a, n_det, derivative=False),
+        angles,
+        projections,
+    )
 
 
 def _project_jvp(n_det, primals, tangents):
     volume, angles = primals
     d_volume, d_angles = tangents
-    n_z, _, n_x = volume.shape
     out = _project(volume, angles, n_det)
     terms = []
     if not isinstance(d_volume, SymbolicZero):
-        terms.append(
-            linear_call(
-                lambda a, v: _project_impl(v, a, n_det, derivative=False),
-                lambda a, p: _backproject_impl(p, a, n_z, n_x, derivative=False),
-                angles,
-                d_volume,
-            )
-        )
+        terms.append(_project_linear(d_volume, angles, n_det))
     if not isinstance(d_angles, SymbolicZero):
         # ∂P/∂θ f is one projection with differentiated weights; its transpose w.r.t. the real
         # angle tangents is the real part of the per-view bilinear pairing with the cotangent.
@@ -204,14 +223,7 @@ def _backproject_jvp(n_z, n_x, primals, tangents):
     out = _backproject(projections, angles, n_z, n_x)
     terms = []
     if not isinstance(d_projections, SymbolicZero):
-        terms.append(
-            linear_call(
-                lambda a, p: _backproject_impl(p, a, n_z, n_x, derivative=False),
-                lambda a, v: _project_impl(v, a, n_det, derivative=False),
-                angles,
-                d_projections,
-            )
-        )
+        terms.append(_backproject_linear(d_projections, angles, n_z, n_x))
     if not isinstance(d_angles, SymbolicZero):
 
         def fun(res, d_theta):
@@ -454,20 +466,23 @@ def _backproject_impl(
 # ----------------------------------------------------------------------------- vmap support
 
 
-def _register_linear_call_batching() -> None:
+def _register_linear_call_batching() -> bool:
     """Give ``linear_call`` a batching rule so ``vmap`` composes with our derivatives.
 
     JAX (0.10) ships ``linear_call`` without one, which would break ``vmap(grad(...))`` over,
     e.g., energies. The rule vmaps both the function and its transpose, keeping the pairing.
+
+    Returns:
+        Whether ``linear_call`` can be batched (by JAX's rule or this one).
     """
     try:
         from jax._src.custom_derivatives import linear_call_p
         from jax.interpreters import batching
     except ImportError:  # pragma: no cover - a newer JAX reorganised its internals
-        return
+        return False
     tables = [getattr(batching, "fancy_primitive_batchers", {}), batching.primitive_batchers]
     if any(isinstance(t, dict) and linear_call_p in t for t in tables):
-        return  # JAX has its own rule
+        return True  # JAX has its own rule
     try:
         from jax.extend.core import jaxpr_as_fun
     except ImportError:  # pragma: no cover - older JAX
@@ -501,6 +516,7 @@ def _register_linear_call_batching() -> None:
         return out, [0] * len(out)
 
     batching.primitive_batchers[linear_call_p] = rule
+    return True
 
 
-_register_linear_call_batching()
+_LINEAR_CALL_BATCHES = _register_linear_call_batching()

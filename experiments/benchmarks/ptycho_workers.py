@@ -73,18 +73,7 @@ def _diffptycho(case, engine: str, iterations: int, batch: int | None, rec: Reco
     options = {"refinement": Refinement(probe=True)}
     if batch:
         options["batch_size"] = batch
-    try:
-        solver = make_engine(engine, **options)
-        source = "diffptycho.recon.ptycho.ENGINES"
-    except ValueError as err:  # registry not merged yet: the engine modules directly
-        if "registry" not in str(err):
-            raise
-        from diffptycho.recon.ptycho import pie, raar
-
-        factories = {"epie": pie.epie, "rpie": pie.rpie, "mpie": pie.mpie, "raar": raar.raar}
-        factories["dm"] = raar.difference_map
-        solver = factories[engine](**options)
-        source = "engine module (ENGINES registry missing)"
+    solver = make_engine(engine, **options)
     data = PtychoData(jnp.asarray(case["frames"]))
     t_setup = time.time()
     model, history = solve(
@@ -101,7 +90,7 @@ def _diffptycho(case, engine: str, iterations: int, batch: int | None, rec: Reco
         "t_import": t_import,
         "t_setup": t_setup,
         "compile_seconds": history.compile_seconds,
-        "solver": f"{type(solver).__name__} via {source}",
+        "solver": type(solver).__name__,
         "loss": history.loss,
     }
 

@@ -22,6 +22,7 @@ projector expects it at ``(n_det − 1) / 2``. Two estimators:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -120,27 +121,59 @@ def _entropy(image: Array, lo: Array, hi: Array, bins: int = 256) -> Array:
     return -jnp.sum(jnp.where(prob > 0, prob * jnp.log(jnp.where(prob > 0, prob, 1.0)), 0.0))
 
 
-def _scores(sino: Array, angles: Array, shifts: Array, metric: str, n_det: int) -> Array:
+def _per_channel(x: Array) -> Array:
+    """Σ|x|² over everything but the channel (y) axis 1."""
+    return jnp.sum(jnp.abs(x) ** 2, axis=(0, 2))
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "iterations"))
+def _scores(sino: Array, angles: Array, shifts: Array, metric: str, iterations: int) -> Array:
     """Score of each candidate shift for a stack of rows ``sino`` (angle, y, t).
 
     The shifted sinograms of all candidates are stacked along y, the projector's contiguous
-    channel axis, so one FBP (and one reprojection) serves every candidate at once.
+    channel axis, so one projection serves every candidate (and row) at once; each channel is
+    an independent slice with its own CGLS coefficients.
     """
-    n_angles, n_rows, _ = sino.shape
+    n_angles, n_rows, n_det = sino.shape
     n_cand = shifts.shape[0]
-    zz, xx = np.mgrid[:n_det, :n_det] - (n_det - 1) / 2
-    disc = jnp.asarray(zz**2 + xx**2 <= ((n_det - 1) / 2) ** 2, sino.dtype)[:, None, :]
     shifted = jax.vmap(lambda s: fourier_shift(sino, s))(shifts)  # (cand, angle, y, t)
     stacked = jnp.moveaxis(shifted, 0, 1).reshape(n_angles, n_cand * n_rows, n_det)
-    slices = fbp(stacked, angles) * disc  # (z, cand·y, x)
     if metric == "entropy":
+        zz, xx = np.mgrid[:n_det, :n_det] - (n_det - 1) / 2
+        disc = jnp.asarray(zz**2 + xx**2 <= ((n_det - 1) / 2) ** 2, sino.dtype)[:, None, :]
+        slices = fbp(stacked, angles) * disc  # (z, cand·y, x)
         per_cand = jnp.moveaxis(slices.reshape(n_det, n_cand, n_rows, n_det), 1, 0)
         lo, hi = jnp.min(per_cand[n_cand // 2]), jnp.max(per_cand[n_cand // 2])
         return jax.vmap(lambda img: _entropy(img, lo, hi))(per_cand)
-    misfit = tomography.project(slices, angles, n_det=n_det) - stacked
-    num = jnp.sum(misfit.reshape(n_angles, n_cand, n_rows, n_det) ** 2, axis=(0, 2, 3))
-    den = jnp.sum(shifted**2, axis=(1, 2, 3))
+
+    def fp(v):
+        return tomography.project(v, angles, n_det=n_det)
+
+    def bp(p):
+        return tomography.backproject(p, angles, n_det, n_det)
+
+    def cgls(_, carry):
+        x, r, d, gamma = carry
+        q = fp(d)
+        qq = _per_channel(q)
+        alpha = jnp.where(qq > 0, gamma / jnp.where(qq > 0, qq, 1.0), 0.0)[None, :, None]
+        x, r = x + alpha * d, r - alpha * q
+        g = bp(r)
+        new_gamma = _per_channel(g)
+        beta = jnp.where(gamma > 0, new_gamma / jnp.where(gamma > 0, gamma, 1.0), 0.0)
+        return x, r, g + beta[None, :, None] * d, new_gamma
+
+    g = bp(stacked)
+    carry = (jnp.zeros_like(g), stacked, g, _per_channel(g))
+    residual = jax.lax.fori_loop(0, iterations, cgls, carry)[1]
+    num = _per_channel(residual).reshape(n_cand, n_rows).sum(1)
+    den = _per_channel(stacked).reshape(n_cand, n_rows).sum(1)
     return jnp.sqrt(num / den)
+
+
+def _bin(p: np.ndarray, factor: int) -> np.ndarray:
+    n = p.shape[-1] // factor * factor
+    return p[..., :n].reshape(*p.shape[:-1], n // factor, factor).mean(-1)
 
 
 def estimate_center(
@@ -149,8 +182,10 @@ def estimate_center(
     *,
     rows: slice | list[int] | None = None,
     initial_px: float | None = None,
-    search_px: float | None = None,
-    step_px: float = 0.5,
+    search_px: float = 8.0,
+    step_px: float | None = None,
+    binning: int | None = None,
+    iterations: int = 10,
     metric: str = "reprojection",
 ) -> CenterEstimate:
     """Rotation-axis column by scoring candidate centres (module docstring).
@@ -158,11 +193,15 @@ def estimate_center(
     Args:
         projections: (angle, y, t) or (angle, t) line integrals (−ln of the transmission).
         angles_rad: rotation angles in rad (angle,), any range and spacing.
-        rows: detector rows used (default: up to 8 rows spread over the detector).
+        rows: detector rows used (default: up to 4 rows spread over the detector).
         initial_px: centre of the search, px (default :func:`center_of_mass_center`).
-        search_px: half-width of the search, px (default: max(4, n_det / 32)).
-        step_px: grid step, px.
-        metric: ``"reprojection"`` or ``"entropy"``.
+        search_px: half-width of the search, px.
+        step_px: grid step, px (default: one binned pixel / 2).
+        binning: detector pixels averaged before scoring, for speed (default: the smallest
+            factor that brings the detector to ≤ 256 pixels); the result is in unbinned px.
+        iterations: CGLS iterations of the reprojection score.
+        metric: ``"reprojection"`` (CGLS residual, any angular range) or ``"entropy"`` (FBP
+            slice entropy; full 180° ranges only).
 
     Returns:
         A :class:`CenterEstimate`; ``center_px`` is the 0-based axis column.
@@ -176,24 +215,33 @@ def estimate_center(
         >>> round(estimate_center(sino, angles).center_px, 1)
         17.8
     """
-    p = jnp.asarray(projections)
+    p = np.asarray(projections)
     p = p[:, None, :] if p.ndim == 2 else p
-    if p.ndim != 3 or jnp.iscomplexobj(p):
+    if p.ndim != 3 or np.iscomplexobj(p):
         raise ValueError(f"estimate_center: expected real (angle, y, t) data, got {p.shape}")
     if metric not in ("reprojection", "entropy"):
         raise ValueError(f"metric={metric!r}: expected 'reprojection' or 'entropy'")
     n_rows, n_det = p.shape[1], p.shape[2]
     if rows is None:
-        rows = np.unique(np.linspace(0, n_rows - 1, min(n_rows, 8)).round().astype(int))
-    sino = p[:, rows, :].astype(jnp.float32)
-    angles = jnp.asarray(angles_rad, jnp.float32)
+        rows = np.unique(np.linspace(0, n_rows - 1, min(n_rows, 4)).round().astype(int))
+    sino = p[:, rows, :].astype(np.float32)
     if initial_px is None:
         initial_px = center_of_mass_center(sino, angles_rad)
-    search = max(4.0, n_det / 32) if search_px is None else float(search_px)
-    mid = (n_det - 1) / 2
-    candidates = initial_px + np.arange(-search, search + step_px / 2, step_px)
+    factor = max(1, -(-n_det // 256)) if binning is None else int(binning)
+    step = 0.5 * factor if step_px is None else float(step_px)
+    candidates = initial_px + np.arange(-search_px, search_px + step / 2, step)
+    binned = _bin(sino, factor)
+    n_bin = binned.shape[-1]
+    # axis at column c (unbinned) is at (c − (f − 1)/2) / f binned; move it to the middle
+    shifts = (n_bin - 1) / 2 - (candidates - (factor - 1) / 2) / factor
     scores = np.asarray(
-        _scores(sino, angles, jnp.asarray(mid - candidates, jnp.float32), metric, n_det)
+        _scores(
+            jnp.asarray(binned),
+            jnp.asarray(angles_rad, jnp.float32),
+            jnp.asarray(shifts, jnp.float32),
+            metric,
+            iterations,
+        )
     )
     best = int(np.argmin(scores))
     center = float(candidates[best])
@@ -201,8 +249,8 @@ def estimate_center(
         s0, s1, s2 = scores[best - 1 : best + 2]
         curvature = s0 - 2 * s1 + s2
         if curvature > 0:
-            center += 0.5 * step_px * (s0 - s2) / curvature
-    return CenterEstimate(center, float(initial_px), candidates, scores, metric)
+            center += 0.5 * step * (s0 - s2) / curvature
+    return CenterEstimate(float(center), float(initial_px), candidates, scores, metric)
 
 
 def center_alignment(center_px: float, n_angles: int, n_det: int) -> np.ndarray:

@@ -138,7 +138,7 @@ class XanesFit:
         residual_rms: RMS fit residual (…) in μt units.
         num_steps: LM steps taken (…).
         converged: LM met its tolerance within ``max_steps`` (…).
-        valid: Δμt ≥ σ and the fit is finite (…); descriptors are NaN elsewhere.
+        valid: Δμt ≥ ``min_snr``·σ and the fit is finite (…); descriptors are NaN elsewhere.
         windows: the bounds used.
     """
 

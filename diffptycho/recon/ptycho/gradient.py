@@ -16,7 +16,6 @@ rate serves both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -26,8 +25,10 @@ import optax
 
 from diffptycho._typing import Array, Int, Positions
 from diffptycho.models.ptycho import scan_intensities
+from diffptycho.physics import scan
 from diffptycho.recon.ptycho.constraints import Refinement, end_of_iteration
 from diffptycho.recon.ptycho.data import PtychoData, batch_indices, frame_losses
+from diffptycho.recon.ptycho.projections import illumination
 from diffptycho.recon.solve import AbstractSolver
 
 _LEAVES = ("object", "probe", "positions", "background")
@@ -54,6 +55,25 @@ def _scales(model, refinement: Refinement, position_scale: float) -> dict[str, A
     return {k: (v.astype(model.object.real.dtype) if on[k] else None) for k, v in scales.items()}
 
 
+def _preconditioner(model, refinement: Refinement, position_scale: float) -> dict:
+    """Diagonal Gauss–Newton scaling: x = leaf · √(curvature), so the Hessian in x is ≈ I.
+
+    For the amplitude loss (mean over n frames) the curvature is ≈ Σ_j |P|²(r − r_j) / n for
+    the object and ≈ Σ_j |O_j|² / n for the probe; a floor of 1 % of the maximum keeps
+    unilluminated pixels from dominating.
+    """
+    scales = _scales(model, refinement, position_scale)
+    n = model.positions.shape[0]
+    shape = model.object.shape
+    illum = illumination(model.probe, model.positions, shape) / n
+    scales["object"] = 1 / jnp.sqrt(jnp.maximum(illum, 0.01 * jnp.max(illum)))
+    if scales["probe"] is not None:
+        patches = scan.extract_patches(model.object, model.positions, model.probe.shape[-2:])
+        cover = jnp.sum(jnp.abs(patches) ** 2, axis=0) / n
+        scales["probe"] = 1 / jnp.sqrt(jnp.maximum(cover, 0.01 * jnp.max(cover)))
+    return jax.tree_util.tree_map(lambda x: x.astype(model.object.real.dtype), scales)
+
+
 def _get(model, scales) -> dict[str, Array | None]:
     return {k: (None if s is None else getattr(model, k) / s) for k, s in scales.items()}
 
@@ -67,9 +87,7 @@ def _set(model, params, scales):
     )
 
 
-def batch_loss(
-    model, data: PtychoData, idx: Int[Array, " b"], weights: Array, loss: str
-) -> Array:
+def batch_loss(model, data: PtychoData, idx: Int[Array, " b"], weights: Array, loss: str) -> Array:
     """Weighted mean frame loss of the positions ``idx`` (padding has weight 0)."""
     frames, mask = data.take(idx)
     predicted = scan_intensities(
@@ -224,11 +242,12 @@ class LBFGS(AbstractSolver):
         return optax.lbfgs(memory_size=self.memory_size)
 
     def init(self, model) -> GradientState:
-        """L-BFGS state of the trainable leaves (real pairs, scaled units)."""
-        scales = _scales(model, self.refinement, self.position_learning_rate)
+        """L-BFGS state of the trainable leaves (real pairs, preconditioned units)."""
+        scales = _preconditioner(model, self.refinement, self.position_learning_rate)
         opt_state = self._optimizer().init(_split(_get(model, scales)))
-        return GradientState(opt_state, scales, jnp.zeros(2, jnp.uint32), model.positions,
-                             jnp.asarray(0))
+        return GradientState(
+            opt_state, scales, jnp.zeros(2, jnp.uint32), model.positions, jnp.asarray(0)
+        )
 
     def step(self, model, state: GradientState, data: PtychoData):
         """One L-BFGS step with line search; returns the model, state and the loss before it."""
@@ -236,8 +255,7 @@ class LBFGS(AbstractSolver):
         like = _get(model, scales)
 
         def objective(x):
-            return full_loss(_set(model, _merge(x, like), scales), data, self.batch_size,
-                             self.loss)
+            return full_loss(_set(model, _merge(x, like), scales), data, self.batch_size, self.loss)
 
         opt = self._optimizer()
         x = _split(like)
@@ -247,8 +265,7 @@ class LBFGS(AbstractSolver):
         )
         x = optax.apply_updates(x, updates)
         model = _finish(_set(model, _merge(x, like), scales), ref, state, state.positions0)
-        state = GradientState(opt_state, scales, state.key, state.positions0,
-                              state.iteration + 1)
+        state = GradientState(opt_state, scales, state.key, state.positions0, state.iteration + 1)
         return model, state, value
 
 
@@ -256,7 +273,5 @@ def lbfgs(**options) -> LBFGS:
     """Full-batch L-BFGS with zoom line search."""
     return LBFGS(**options)
 
-
-Objective = Callable[[Any, PtychoData], Array]
 
 __all__ = ["GradientState", "LBFGS", "MinibatchOptax", "adam", "batch_loss", "full_loss", "lbfgs"]

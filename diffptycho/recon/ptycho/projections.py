@@ -1,5 +1,7 @@
-"""Pieces shared by the classic engines: exit waves, the Fourier-magnitude projection with
-mixed modes, mask and background, and the overlap (object/probe) least-squares updates.
+"""Pieces shared by the classic engines: exit waves, Fourier projection, overlap updates.
+
+The Fourier-magnitude projection handles mixed modes, the detector mask and an incoherent
+background; the overlap (object/probe) least-squares updates are built on the patch operators.
 
 Everything here reuses the forward operators of the model (:func:`extract_patches`, its exact
 adjoint :func:`insert_patches`, the model's propagator and its adjoint); nothing reimplements
@@ -193,19 +195,15 @@ def probe_denominator(
     return jnp.sum(power, axis=0)
 
 
-def regularized_division(
-    numerator: Complex[Array, "*s"],
-    denominator: Float[Array, "*s"],
-    previous: Complex[Array, "*s"],
-    regularization: float,
+def regularized_step(
+    numerator: Complex[Array, "*s"], denominator: Float[Array, "*s"], regularization: float
 ) -> Complex[Array, "*s"]:
-    """Least-squares update pulled towards the previous value where the weight is small.
+    """Least-squares correction num / (den + δ), δ = ``regularization`` · max(den).
 
-    x = (num + δ x_prev) / (den + δ) with δ = ``regularization`` · max(den): exact where the
-    object (probe) is well covered, unchanged where it is not covered at all.
+    Exact where the object (probe) is well covered, vanishing where it is not covered at all.
     """
     delta = regularization * jnp.max(denominator) + jnp.finfo(denominator.dtype).tiny
-    return (numerator + delta * previous) / (denominator + delta)
+    return numerator / (denominator + delta)
 
 
 __all__ = [
@@ -220,5 +218,5 @@ __all__ = [
     "object_numerator",
     "probe_denominator",
     "probe_numerator",
-    "regularized_division",
+    "regularized_step",
 ]

@@ -15,17 +15,19 @@ relaxed to (1 − r) P_F + r I (``fourier_relaxation`` r), which keeps it stable
 
 The waves are stored in the detector plane, Ψ_j = F ψ_j: the propagator is linear, so
 F(2 P_O ψ − ψ) = 2 F P_O ψ − Ψ and an iteration costs one forward and one inverse propagation
-per mode and position. The overlap projection is a simultaneous least-squares update of object
-and probe from the new waves, written as a correction by χ_j = ψ_j − P·O_j:
+per mode and position. The overlap projection is one object-then-probe least-squares sweep
+from the new waves, written as corrections by χ_j = ψ_j − P·O_j:
 
-    O ← O + Σ_j Σ_m P_m* χ_jm / (Σ_j Σ_m |P_m|² + δ_O),
-    P_m ← P_m + Σ_j O_j* χ_jm / (Σ_j |O_j|² + δ_P),
+    ΔO = Σ_j Σ_m P_m* χ_jm / (Σ_j Σ_m |P_m|² + δ_O),
+    ΔP_m = Σ_j O_j* (χ_jm − P_m ΔO_j) / (Σ_j |O_j|² + δ_P),
 
-with δ = ``regularization`` × the maximum of the denominator (and patches placed at their
-positions). At integer positions the object line is the exact projection
-(Σ P*ψ + δ O)/(Σ|P|² + δ); at sub-pixel positions the bilinear extraction couples neighbouring
-pixels and the line is one step of a convergent preconditioned iteration towards it, which keeps
-consistent waves a fixed point (the plain ratio would not be).
+with δ = ``regularization`` × the maximum of the denominator and patches placed at their
+positions. The probe explains only what the object update left over (Gauss–Seidel order):
+updating both from the same χ would apply common components, such as a global scale, twice.
+At integer positions the object line is the exact projection (Σ P*ψ + δ O)/(Σ|P|² + δ); at
+sub-pixel positions the bilinear extraction couples neighbouring pixels and the line is one step
+of a convergent preconditioned iteration towards it, which keeps consistent waves a fixed point.
+The probe line needs Σ_j O_j* ΔO_j: a second pass over the positions without propagation.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from diffptycho._typing import Array, Complex, Int, Positions
+from diffptycho.physics import scan
 from diffptycho.recon.ptycho import projections as proj
 from diffptycho.recon.ptycho.constraints import Refinement, end_of_iteration, refine_positions
 from diffptycho.recon.ptycho.data import PtychoData, batch_indices, frame_losses
@@ -138,14 +141,15 @@ class RAAR(AbstractSolver):
         carry, _ = jax.lax.scan(body, init, (idx, valid))
         waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = carry
         obj_den = proj.illumination(probe, model.positions, shape)
-        new_obj = obj + proj.regularized_division(
-            obj_num, obj_den, jnp.zeros_like(obj), self.regularization
-        )
-        new_probe = probe + proj.regularized_division(
-            probe_num, probe_den[None], jnp.zeros_like(probe), self.regularization
-        )
-        probe_on = jnp.asarray(ref.probe) & (it >= ref.probe_start)
-        new_probe = jnp.where(probe_on, new_probe, probe)
+        d_obj = proj.regularized_step(obj_num, obj_den, self.regularization)
+        new_probe = probe
+        if ref.probe:
+            explained = probe * _object_overlap(obj, d_obj, model.positions, idx, valid, probe)
+            d_probe = proj.regularized_step(
+                probe_num - explained, probe_den[None], self.regularization
+            )
+            new_probe = jnp.where(it >= ref.probe_start, probe + d_probe, probe)
+        new_obj = obj + d_obj
         model = eqx.tree_at(
             lambda m: (m.object, m.probe, m.positions), model, (new_obj, new_probe, pos)
         )
@@ -154,6 +158,20 @@ class RAAR(AbstractSolver):
             waves = jnp.einsum("mk,nkyx->nmyx", mixing, waves)
         state = RAARState(waves, state.positions0, it + 1)
         return model, state, loss_sum / n
+
+
+def _object_overlap(obj, d_obj, positions, idx, valid, probe) -> Complex[Array, "py px"]:
+    """Σ_j O_j* ΔO_j over all positions (patches of the object and of its update)."""
+    shape = probe.shape[-2:]
+
+    def body(acc, xs):
+        i, v = xs
+        o = scan.extract_patches(obj, positions[i], shape)
+        d = scan.extract_patches(d_obj, positions[i], shape)
+        return acc + jnp.sum(v[:, None, None] * jnp.conj(o) * d, axis=0), None
+
+    acc, _ = jax.lax.scan(body, jnp.zeros(shape, obj.dtype), (idx, valid))
+    return acc
 
 
 def raar(beta: float = 0.8, **options) -> RAAR:
