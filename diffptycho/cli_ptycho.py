@@ -141,11 +141,18 @@ def starting_model(scan, probe_modes: int = 1, background: bool = False):
 
 
 def make_engine(algorithm: str, **options: Any):
-    """``ENGINES[algorithm](**options)``, passing only the options the engine accepts.
+    """``ENGINES[algorithm](**options)``, after checking that the engine takes every option.
+
+    Args:
+        algorithm: a key of ``diffptycho.recon.ptycho.ENGINES`` (e.g. ``"raar"``).
+        **options: engine options (``refinement``, ``batch_size``, ``loss``, …).
+
+    Returns:
+        The engine, an :class:`~diffptycho.recon.solve.AbstractSolver`.
 
     Raises:
-        ValueError: the registry or the engine is not available, or an option the user asked
-            for explicitly is not supported by this engine.
+        ValueError: the registry or the engine is not available, or the engine does not take
+            one of the options (named in the message).
     """
     try:
         from diffptycho.recon.ptycho import ENGINES

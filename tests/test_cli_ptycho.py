@@ -16,6 +16,7 @@ from diffptycho.io.results import read_results
 from diffptycho.models import Ptycho2D
 from diffptycho.physics import optics
 from diffptycho.physics.scan import object_shape_for
+from diffptycho.recon.solve import AbstractSolver
 from diffptycho.sim.patterns import raster_positions
 
 ENERGY_EV, DISTANCE_M, PIXEL_M = 708.2, 0.1, 20e-9
@@ -232,3 +233,33 @@ def _namespace(data, output, **kw):
     for key, value in kw.items():
         setattr(args, key, value)
     return args
+
+
+class _Broken(AbstractSolver):
+    """A stand-in engine whose second step produces a non-finite object."""
+
+    def init(self, model):
+        return jnp.asarray(0)
+
+    def step(self, model, state, batch):
+        scale = jnp.where(state >= 1, jnp.nan, 0.9)
+        model = eqx.tree_at(lambda m: m.object, model, model.object * scale)
+        return model, state + 1, jnp.asarray(1.0)
+
+
+def _broken_engine(**options):
+    return _Broken()
+
+
+def test_divergence_writes_the_last_finite_model(tmp_path, cxi_with_probe, monkeypatch, capsys):
+    engines = dict(_registry())
+    engines["epie"] = _broken_engine
+    monkeypatch.setattr("diffptycho.recon.ptycho.ENGINES", engines)
+    out = tmp_path / "nan.h5"
+    assert _run(cxi_with_probe, "-a", "epie", "-n", 5, "-o", out, "--no-figure") == 1
+    assert "non-finite" in capsys.readouterr().err
+    res = read_results(out)
+    assert res["history"]["loss"].shape == (1,)
+    assert np.all(np.isfinite(res["object"]))
+    np.testing.assert_allclose(np.abs(res["object"]), 0.9, rtol=1e-6)
+    assert res["provenance"]["config"]["status"].startswith("diverged after 1 iterations")

@@ -1,6 +1,7 @@
 """One reconstruction per process for bench_ptycho.py: diffptycho, pty-chi, PtyLab, FFT floor.
 
-Run as ``python ptycho_workers.py PACKAGE ENGINE CASE.npz ITERATIONS RESULT.json [BATCH]``.
+Run as ``python ptycho_workers.py PACKAGE ENGINE CASE.npz ITERATIONS RESULT.json [BATCH
+[TARGET]]`` (with a target error, a diffptycho run stops as soon as it reaches it).
 Each worker imports only its own package (a peer never pays for JAX, nor diffptycho for
 torch), reads the shared case file, starts from the same object (ones) and probe, refines
 object and probe, and records after every iteration a wall-clock stamp and the object error
@@ -37,11 +38,18 @@ def relative_error(estimate: np.ndarray, truth: np.ndarray, region: np.ndarray) 
     return float(np.linalg.norm(c * e - t) / np.linalg.norm(t))
 
 
-class Recorder:
-    """Per-iteration stamps (s since the epoch) and errors, error time excluded."""
+class TargetReached(Exception):
+    """Raised by :class:`Recorder` to stop a run once the object error reaches the target."""
 
-    def __init__(self, truth, region):
-        self.truth, self.region = truth, region
+
+class Recorder:
+    """Per-iteration stamps (s since the epoch) and errors, error time excluded.
+
+    With a ``target`` error, the call that first reaches it raises :class:`TargetReached`.
+    """
+
+    def __init__(self, truth, region, target: float | None = None):
+        self.truth, self.region, self.target = truth, region, target
         self.stamps: list[float] = []
         self.errors: list[float] = []
         self.excluded = 0.0
@@ -51,6 +59,8 @@ class Recorder:
         self.stamps.append(now - self.excluded)
         self.errors.append(relative_error(obj, self.truth, self.region))
         self.excluded += time.time() - now
+        if self.target is not None and self.errors[-1] <= self.target:
+            raise TargetReached
 
 
 def _diffptycho(case, engine: str, iterations: int, batch: int | None, rec: Recorder) -> dict:
@@ -76,22 +86,24 @@ def _diffptycho(case, engine: str, iterations: int, batch: int | None, rec: Reco
     solver = make_engine(engine, **options)
     data = PtychoData(jnp.asarray(case["frames"]))
     t_setup = time.time()
-    model, history = solve(
-        model,
-        solver,
-        data,
-        iterations,
-        progress=False,
-        callback=lambda it, m, loss: rec(np.asarray(m.object)),
-    )
+    try:
+        solve(
+            model,
+            solver,
+            data,
+            iterations,
+            progress=False,
+            callback=lambda it, m, loss: rec(np.asarray(m.object)),
+        )
+    except TargetReached:
+        pass
     return {
         "version": diffptycho.__version__,
         "backend": f"jax {jax.__version__} {jax.default_backend()}",
         "t_import": t_import,
         "t_setup": t_setup,
-        "compile_seconds": history.compile_seconds,
         "solver": type(solver).__name__,
-        "loss": history.loss,
+        "target": rec.target,
     }
 
 
@@ -247,10 +259,11 @@ WORKERS = {"diffptycho": _diffptycho, "ptychi": _ptychi, "ptylab": _ptylab, "fft
 def main(argv: list[str]) -> int:
     package, engine, case_path, iterations, out = argv[:5]
     batch = int(argv[5]) if len(argv) > 5 and argv[5] != "0" else None
+    target = float(argv[6]) if len(argv) > 6 else None  # stop once the error reaches it
     with np.load(case_path) as z:
         case = {k: z[k] for k in z.files}
     case["ptylab_file"] = os.path.splitext(case_path)[0] + "_ptylab.h5"
-    rec = Recorder(case["object_true"], case["region"])
+    rec = Recorder(case["object_true"], case["region"], target)
     result = {"package": package, "engine": engine, "t_start": T_START}
     result.update(WORKERS[package](case, engine, int(iterations), batch, rec))
     result.update(

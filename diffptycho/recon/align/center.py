@@ -8,15 +8,20 @@ projector expects it at ``(n_det − 1) / 2``. Two estimators:
   gives ``c``. It needs the object inside the field of view and zero background (after −ln),
   and holds for any angular range wide enough to separate the constant from the sinusoid
   (tens of degrees).
-- :func:`estimate_center` (search). Each candidate centre is applied by an exact Fourier shift,
-  a slice is reconstructed by FBP over the *measured* angles, and a score is minimised:
-  ``"reprojection"`` — the relative misfit ``‖P f_c − p_c‖ / ‖p_c‖`` between the shifted
-  sinogram and the reprojection of its reconstruction (a wrong centre makes the sinogram
-  inconsistent, which no volume reproduces; works with missing wedges because the misfit is
-  measured only at the measured angles), or ``"entropy"`` — the histogram entropy of the slice
-  (Donath et al. 2006; a wrong centre smears edges into arcs). Candidates are scored on a grid
-  (vectorised), and the minimum is refined to sub-pixel precision by a parabola through the
-  best grid point and its neighbours. The search is deterministic.
+- :func:`estimate_center` (search). Each candidate centre is applied by an exact Fourier shift
+  and scored; the lowest score wins. ``"reprojection"`` (default): the relative residual
+  ``‖p_c − P f_c‖ / ‖p_c‖`` of a least-squares (CGLS) reconstruction ``f_c`` of the shifted
+  sinogram ``p_c`` at the *measured* angles only. A wrong centre makes the sinogram
+  inconsistent — no volume reproduces it — so the residual grows with the error, and it does
+  so for limited angular ranges and missing wedges too. ``"entropy"``: the histogram entropy
+  of an FBP slice (Donath et al. 2006; a wrong centre smears edges into arcs), for full 180°
+  scans only (FBP of a limited range is not a good enough inverse). Candidates are scored on a
+  grid, all at once (stacked along the projector's channel axis y), on a binned detector, and
+  the minimum is located to sub-pixel precision by a parabola fitted to the squared scores of
+  the better half of the candidates (:func:`_fit_minimum`). CGLS runs 30 iterations by
+  default (10 leave the curve biased by under-convergence). The search is deterministic; on
+  the tooth data it agrees to 0.2 px between the full, even, odd, 0–157° and 0–120° subsets
+  of the angles.
 """
 
 from __future__ import annotations
@@ -171,6 +176,23 @@ def _scores(sino: Array, angles: Array, shifts: Array, metric: str, iterations: 
     return jnp.sqrt(num / den)
 
 
+def _fit_minimum(candidates: np.ndarray, scores: np.ndarray) -> float:
+    """Vertex of a parabola fitted to ``scores²`` in the lower half of their range.
+
+    A misfit that grows linearly away from a noise floor, ``√(a² + b²(c − c₀)²)``, has an exactly
+    parabolic square, so the fit uses many candidates and is insensitive to the grid.
+    """
+    squared = scores.astype(float) ** 2
+    best = int(np.argmin(squared))
+    keep = squared <= squared.min() + 0.5 * (squared.max() - squared.min())
+    if keep.sum() >= 3:
+        a, b, _ = np.polyfit(candidates[keep], squared[keep], 2)
+        vertex = -b / (2 * a) if a > 0 else np.nan
+        if np.isfinite(vertex) and candidates[keep].min() <= vertex <= candidates[keep].max():
+            return float(vertex)
+    return float(candidates[best])
+
+
 def _bin(p: np.ndarray, factor: int) -> np.ndarray:
     n = p.shape[-1] // factor * factor
     return p[..., :n].reshape(*p.shape[:-1], n // factor, factor).mean(-1)
@@ -185,7 +207,7 @@ def estimate_center(
     search_px: float = 8.0,
     step_px: float | None = None,
     binning: int | None = None,
-    iterations: int = 10,
+    iterations: int = 30,
     metric: str = "reprojection",
 ) -> CenterEstimate:
     """Rotation-axis column by scoring candidate centres (module docstring).
@@ -196,9 +218,9 @@ def estimate_center(
         rows: detector rows used (default: up to 4 rows spread over the detector).
         initial_px: centre of the search, px (default :func:`center_of_mass_center`).
         search_px: half-width of the search, px.
-        step_px: grid step, px (default: one binned pixel / 2).
+        step_px: grid step, px (default: one binned pixel).
         binning: detector pixels averaged before scoring, for speed (default: the smallest
-            factor that brings the detector to ≤ 256 pixels); the result is in unbinned px.
+            factor that brings the detector to ≤ 160 pixels); the result is in unbinned px.
         iterations: CGLS iterations of the reprojection score.
         metric: ``"reprojection"`` (CGLS residual, any angular range) or ``"entropy"`` (FBP
             slice entropy; full 180° ranges only).
@@ -212,8 +234,8 @@ def estimate_center(
         >>> vol = jnp.zeros((32, 1, 32)).at[8:20, :, 12:26].set(1.0)
         >>> angles = jnp.linspace(0, 2.6, 60)  # 150°: a limited range
         >>> sino = fourier_shift(project(vol, angles), 2.3)  # axis at 15.5 + 2.3
-        >>> round(estimate_center(sino, angles).center_px, 1)
-        17.8
+        >>> abs(estimate_center(sino, angles).center_px - 17.8) < 0.2
+        True
     """
     p = np.asarray(projections)
     p = p[:, None, :] if p.ndim == 2 else p
@@ -227,8 +249,8 @@ def estimate_center(
     sino = p[:, rows, :].astype(np.float32)
     if initial_px is None:
         initial_px = center_of_mass_center(sino, angles_rad)
-    factor = max(1, -(-n_det // 256)) if binning is None else int(binning)
-    step = 0.5 * factor if step_px is None else float(step_px)
+    factor = max(1, -(-n_det // 160)) if binning is None else int(binning)
+    step = float(factor) if step_px is None else float(step_px)
     candidates = initial_px + np.arange(-search_px, search_px + step / 2, step)
     binned = _bin(sino, factor)
     n_bin = binned.shape[-1]
@@ -243,13 +265,7 @@ def estimate_center(
             iterations,
         )
     )
-    best = int(np.argmin(scores))
-    center = float(candidates[best])
-    if 0 < best < len(scores) - 1:  # parabola through the minimum and its neighbours
-        s0, s1, s2 = scores[best - 1 : best + 2]
-        curvature = s0 - 2 * s1 + s2
-        if curvature > 0:
-            center += 0.5 * step * (s0 - s2) / curvature
+    center = _fit_minimum(candidates, scores)
     return CenterEstimate(float(center), float(initial_px), candidates, scores, metric)
 
 

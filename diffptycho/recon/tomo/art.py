@@ -23,7 +23,6 @@ The loss reported per sweep is ``Σ_θ ‖p_θ − P_θ x‖² / ‖p‖²`` acc
 from __future__ import annotations
 
 import abc
-from typing import Literal
 
 import equinox as eqx
 import jax

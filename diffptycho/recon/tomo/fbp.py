@@ -17,8 +17,11 @@ Windows (``ν`` in cycles/pixel, |ν| ≤ ½, scaled by ``cutoff``): ``"ramp"`` 
 
 from __future__ import annotations
 
-import numpy as np
+import functools
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 import scipy.fft
 
 from diffptycho._typing import Angles, Array, Float, Projections, Shaped
@@ -141,10 +144,18 @@ def fbp(
         1.0
     """
     p = jnp.asarray(projections)
+    if filter not in FILTERS:
+        raise ValueError(f"filter={filter!r}: expected one of {', '.join(FILTERS)}")
     n_det = p.shape[-1]
     n_z = n_det if n_z is None else n_z
     n_x = n_det if n_x is None else n_x
-    w = angular_weights(angles_rad) if weights is None else jnp.asarray(weights)
-    q = filter_projections(p, filter, cutoff=cutoff, pad_mode=pad_mode)
+    angles = jnp.asarray(angles_rad)
+    w = angular_weights(angles) if weights is None else jnp.asarray(weights)
+    return _fbp(p, angles, w, filter, float(cutoff), n_z, n_x, pad_mode)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _fbp(p, angles, w, name, cutoff, n_z, n_x, pad_mode):
+    q = filter_projections(p, name, cutoff=cutoff, pad_mode=pad_mode)
     q = q * w.astype(jnp.finfo(q.dtype).dtype)[:, None, None]
-    return tomography.backproject(q, angles_rad, n_z, n_x)
+    return tomography.backproject(q, angles, n_z, n_x)

@@ -15,6 +15,9 @@ Notation: ``P`` is the projector (all angles), ``P_θ`` one projection, ``S`` th
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -55,6 +58,7 @@ def _support_slice(
     return jnp.asarray(support, dtype)[:, None, :]
 
 
+@functools.partial(jax.jit, static_argnames=("n_z", "n_x", "n_det", "dtype"))
 def ray_sums(
     angles_rad: Angles,
     n_z: int,
@@ -67,6 +71,7 @@ def ray_sums(
     return tomography.project(_support_slice(n_z, n_x, support, dtype), angles_rad, n_det=n_det)
 
 
+@functools.partial(jax.jit, static_argnames=("n_z", "n_x", "n_det", "dtype"))
 def voxel_sums(
     angles_rad: Angles,
     n_z: int,
@@ -83,6 +88,7 @@ def _one_view_voxel_sums(theta: Array, n_z: int, n_x: int, n_det: int, dtype) ->
     return tomography.backproject(jnp.ones((1, 1, n_det), dtype), theta[None], n_z, n_x)
 
 
+@functools.partial(jax.jit, static_argnames=("n_z", "n_x", "n_det", "dtype"))
 def per_view_voxel_sums(
     angles_rad: Angles, n_z: int, n_x: int, n_det: int, dtype: jnp.dtype = jnp.float32
 ) -> Float[Array, "angle z 1 x"]:
@@ -90,6 +96,7 @@ def per_view_voxel_sums(
     return lax.map(lambda th: _one_view_voxel_sums(th, n_z, n_x, n_det, dtype), angles_rad)
 
 
+@functools.partial(jax.jit, static_argnames=("n_z", "n_x", "n_det", "dtype"))
 def gram_sums(
     angles_rad: Angles,
     n_z: int,
@@ -117,9 +124,10 @@ def angular_weights(angles_rad: Angles) -> Float[Array, " angle"]:
     """Quadrature weights Δθ (rad) of arbitrary, unevenly spaced angles for filtered backprojection.
 
     Angles are folded into [0, π) (parallel-beam views θ and θ + π are mirror images) and each
-    gets half the gap to each neighbour, circularly. Gaps wider than twice the median gap — a
-    missing wedge — count as one median gap so that the views bordering the wedge are not
-    over-weighted. A full, even 180° scan gives every view π / n_angles.
+    gets half the gap to each neighbour, circularly. Gaps wider than ten mean gaps
+    (10 π / n_angles) — a missing wedge, not the scatter of uneven sampling — count as one
+    median gap, so the views bordering the wedge are not over-weighted. A full, even 180° scan
+    gives every view π / n_angles.
 
     Args:
         angles_rad: rotation angles in rad (angle,), any order and range.
@@ -140,7 +148,7 @@ def angular_weights(angles_rad: Angles) -> Float[Array, " angle"]:
     gaps = jnp.diff(jnp.concatenate([s, s[:1] + jnp.pi]))  # gap after each sorted view
     if angles.shape[0] > 1:
         typical = jnp.median(gaps)
-        gaps = jnp.where(gaps > 2 * typical, typical, gaps)
+        gaps = jnp.where(gaps > 10 * jnp.pi / angles.shape[0], typical, gaps)
     else:
         gaps = jnp.full_like(gaps, jnp.pi)
     before = jnp.roll(gaps, 1)
@@ -204,9 +212,12 @@ def check_data(projections: Projections, angles_rad: Angles, n_det: int, n_y: in
 
 
 def model_data(model, projections: Projections, apply_alignment: bool) -> Projections:
-    """Measured projections of a :class:`~diffptycho.models.tomo.TomoProjections` model, brought
-    to the solvers' frame: divided by the voxel size (volume units × voxels) and, when
-    ``apply_alignment``, with the model's alignment undone (:func:`dealign`)."""
+    """Measured projections brought to the frame of the classic solvers.
+
+    Divided by the model's voxel size (volume units × voxels) and, when ``apply_alignment``,
+    with the :class:`~diffptycho.models.tomo.TomoProjections` model's alignment undone
+    (:func:`dealign`).
+    """
     p = jnp.asarray(projections)
     if jnp.iscomplexobj(p) and not jnp.iscomplexobj(model.volume):
         raise ValueError(

@@ -1,0 +1,219 @@
+"""Update formulas of the ptychography engines against hand-computed small cases."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffptycho.models import Ptycho2D
+from diffptycho.physics.probe import orthogonalize_modes
+from diffptycho.recon.ptycho import PtychoData, Refinement, object_error
+from diffptycho.recon.ptycho.constraints import orthogonalize_with_mixing, update_background
+from diffptycho.recon.ptycho.data import batch_indices
+from diffptycho.recon.ptycho.lsqml import optimal_steps
+from diffptycho.recon.ptycho.pie import PIE
+from diffptycho.recon.ptycho.projections import fourier_projection, intensity_ratio
+from diffptycho.recon.ptycho.raar import RAAR, RAARState, difference_map
+
+FIXED = Refinement(orthogonalize_every=0)
+
+
+def _step(solver, model, state, data):
+    return eqx.filter_jit(solver.step)(model, state, data)
+
+
+def _fft(x):
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x), norm="ortho"))
+
+
+def _ifft(x):
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(x), norm="ortho"))
+
+
+def _complex(rng, shape, scale=1.0):
+    return scale * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+
+
+@pytest.fixture
+def tiny(rng):
+    """One position at the object centre: object 6×6, probe 4×4 → patch = obj[1:5, 1:5]."""
+    obj = np.exp(0.2 * _complex(rng, (6, 6)))
+    probe = _complex(rng, (4, 4), 2.0)
+    frames = rng.poisson(20.0, (1, 4, 4)).astype(float)
+    model = Ptycho2D(jnp.asarray(obj), jnp.asarray(probe[None]), jnp.zeros((1, 2)))
+    return model, obj, probe, frames
+
+
+def _chi(patch, probe, frames):
+    wave = probe * patch
+    far = _fft(wave)
+    return _ifft(far * np.sqrt(frames[0] / (np.abs(far) ** 2 + 1e-9))) - wave
+
+
+def test_fourier_projection_modes_mask_background():
+    waves = jnp.asarray([[[[3.0 + 4j, 1.0]], [[0.0, 1.0j]]]])  # (1 frame, 2 modes, 1, 2)
+    frames = jnp.asarray([[[100.0, 8.0]]])
+    bg = jnp.asarray([[0.0, 2.0]])
+    out = np.asarray(fourier_projection(waves, frames, None, bg))
+    # pixel 0: I = 25 → ×2; pixel 1: I = 1 + 1 + 2 = 4 → ×√2 on every mode
+    np.testing.assert_allclose(out[0, :, 0, 0], [6 + 8j, 0], atol=1e-6)
+    np.testing.assert_allclose(out[0, :, 0, 1], np.sqrt(2) * np.array([1.0, 1j]), atol=1e-6)
+    coherent = np.sum(np.abs(out[0]) ** 2, axis=0)[0]
+    split_bg = 2.0 * float(intensity_ratio(jnp.asarray([[[25.0, 4.0]]]), frames, None)[0, 0, 1])
+    np.testing.assert_allclose(coherent + [0.0, split_bg], [100.0, 8.0], rtol=1e-6)
+    masked = np.asarray(fourier_projection(waves, frames, jnp.asarray([[False, True]]), bg))
+    np.testing.assert_allclose(masked[0, :, 0, 0], np.asarray(waves)[0, :, 0, 0])
+
+
+def test_epie_update_matches_hand_computation(tiny):
+    model, obj, probe, frames = tiny
+    solver = PIE(object_step=0.7, probe_step=0.4, batch_size=1, shuffle=False, refinement=FIXED)
+    new, _, _ = _step(solver, model, solver.init(model), PtychoData(jnp.asarray(frames)))
+    patch = obj[1:5, 1:5]
+    chi = _chi(patch, probe, frames)
+    want_obj = obj.copy()
+    want_obj[1:5, 1:5] += 0.7 * np.conj(probe) * chi / np.max(np.abs(probe) ** 2)
+    want_probe = probe + 0.4 * np.conj(patch) * chi / np.max(np.abs(patch) ** 2)
+    np.testing.assert_allclose(new.object, want_obj, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(new.probe[0], want_probe, rtol=1e-10, atol=1e-12)
+
+
+def test_rpie_update_matches_hand_computation(tiny):
+    model, obj, probe, frames = tiny
+    solver = PIE(object_alpha=0.2, probe_alpha=0.5, batch_size=1, shuffle=False, refinement=FIXED)
+    new, _, _ = _step(solver, model, solver.init(model), PtychoData(jnp.asarray(frames)))
+    patch = obj[1:5, 1:5]
+    chi = _chi(patch, probe, frames)
+    p2, o2 = np.abs(probe) ** 2, np.abs(patch) ** 2
+    want_obj = obj.copy()
+    want_obj[1:5, 1:5] += np.conj(probe) * chi / (0.8 * p2 + 0.2 * p2.max())
+    want_probe = probe + np.conj(patch) * chi / (0.5 * o2 + 0.5 * o2.max())
+    np.testing.assert_allclose(new.object, want_obj, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(new.probe[0], want_probe, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.75, 1.0])
+def test_raar_update_matches_hand_computation(tiny, rng, beta):
+    model, obj, probe, frames = tiny
+    reg = 1e-3
+    solver = RAAR(beta=beta, batch_size=1, regularization=reg, refinement=FIXED)
+    waves = _complex(rng, (1, 1, 4, 4), 3.0)
+    state = RAARState(jnp.asarray(waves), model.positions, jnp.asarray(0))
+    new, new_state, _ = _step(solver, model, state, PtychoData(jnp.asarray(frames)))
+    patch = obj[1:5, 1:5]
+    fz = _fft(probe * patch)
+    reflected = 2 * fz - waves[0, 0]
+    y = reflected * np.sqrt(frames[0] / (np.abs(reflected) ** 2 + 1e-9))
+    want_waves = beta * (waves[0, 0] + y - fz) + (1 - beta) * fz
+    chi = _ifft(want_waves - fz)
+    p2 = np.abs(probe) ** 2
+    d_obj = np.conj(probe) * chi / (p2 + reg * p2.max())
+    o2 = np.abs(patch) ** 2
+    d_probe = np.conj(patch) * (chi - probe * d_obj) / (o2 + reg * o2.max())
+    want_obj = obj.copy()
+    want_obj[1:5, 1:5] += d_obj
+    np.testing.assert_allclose(new_state.waves[0, 0], want_waves, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(new.object, want_obj, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(new.probe[0], probe + d_probe, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.8, 1.0])
+def test_consistent_waves_are_a_fixed_point(rng, beta):
+    obj = jnp.asarray(np.exp(0.3 * _complex(rng, (20, 20))))
+    probe = jnp.asarray(_complex(rng, (2, 8, 8)))
+    model = Ptycho2D(obj, probe, jnp.asarray(rng.uniform(-4, 4, (7, 2))))
+    data = PtychoData(model())
+    solver = RAAR(beta=beta, batch_size=3, refinement=Refinement(orthogonalize_every=1))
+    new, state, loss = _step(solver, model, solver.init(model), data)
+    assert float(loss) < 1e-8
+    np.testing.assert_allclose(new.object, obj, atol=1e-10)
+    # the modes were orthogonalised and the stored waves rotated with them
+    np.testing.assert_allclose(new.probe, orthogonalize_modes(probe), atol=1e-10)
+    np.testing.assert_allclose(state.waves, solver.init(new).waves, atol=1e-10)
+
+
+def test_relaxed_difference_map_is_raar(tiny, rng):
+    model, _, _, frames = tiny
+    data = PtychoData(jnp.asarray(frames))
+    state = RAARState(jnp.asarray(_complex(rng, (1, 1, 4, 4))), model.positions, jnp.asarray(0))
+    a = _step(RAAR(beta=0.85, refinement=FIXED), model, state, data)
+    b = _step(difference_map(fourier_relaxation=0.15, refinement=FIXED), model, state, data)
+    np.testing.assert_allclose(a[1].waves, b[1].waves, atol=1e-12)
+    np.testing.assert_allclose(a[0].object, b[0].object, atol=1e-12)
+
+
+def test_lsqml_steps_solve_the_least_squares_problem(rng):
+    chi, a_o, a_p = (_complex(rng, (3, 2, 4, 4)) for _ in range(3))
+    alpha_o, alpha_p = optimal_steps(*(jnp.asarray(x) for x in (chi, a_o, a_p)), True, 0.0)
+    for j in range(3):
+        design = np.stack([a_o[j].ravel(), a_p[j].ravel()], axis=1)
+        real = np.concatenate([design.real, design.imag])
+        rhs = np.concatenate([chi[j].ravel().real, chi[j].ravel().imag])
+        want = np.linalg.lstsq(real, rhs, rcond=None)[0]
+        np.testing.assert_allclose([alpha_o[j], alpha_p[j]], want, rtol=1e-8)
+    only_o, zero = optimal_steps(*(jnp.asarray(x) for x in (chi, a_o, a_p)), False, 0.0)
+    np.testing.assert_allclose(zero, 0.0)
+    want = np.sum((np.conj(a_o) * chi).real, (1, 2, 3)) / np.sum(np.abs(a_o) ** 2, (1, 2, 3))
+    np.testing.assert_allclose(only_o, want, rtol=1e-8)
+
+
+def test_background_em_update_fixed_point_and_ascent(rng):
+    frames = jnp.asarray(rng.poisson(5.0, (50, 4, 4)).astype(float))
+    coherent = jnp.full((50, 4, 4), 3.0)
+    bg = jnp.full((4, 4), 0.5)
+    for _ in range(200):
+        bg = update_background(bg, jnp.mean(intensity_ratio(coherent + bg, frames, None), 0))
+    # stationarity of the Poisson likelihood in b: Σ_j (n_j / I_j − 1) = 0
+    grad = jnp.sum(frames / (coherent + bg) - 1, axis=0)
+    np.testing.assert_allclose(grad, 0.0, atol=1e-6)
+    assert bool(jnp.all(bg > 0))
+
+
+def test_mode_orthogonalisation_and_mixing(rng):
+    modes = jnp.asarray(_complex(rng, (3, 6, 6)))
+    new, mixing = orthogonalize_with_mixing(modes)
+    np.testing.assert_allclose(new, orthogonalize_modes(modes), atol=1e-10)
+    np.testing.assert_allclose(jnp.einsum("mk,kyx->myx", mixing, modes), new, atol=1e-10)
+    np.testing.assert_allclose(mixing @ mixing.conj().T, np.eye(3), atol=1e-10)
+
+
+@pytest.mark.parametrize("engine", ["raar", "epie", "lsqml", "adam"])
+def test_probe_modes_orthogonal_after_a_step(rng, engine):
+    from diffptycho.recon.ptycho import ENGINES
+
+    obj = jnp.asarray(np.exp(0.3 * _complex(rng, (24, 24))))
+    model = Ptycho2D(
+        obj, jnp.asarray(_complex(rng, (3, 8, 8))), jnp.asarray(rng.uniform(-6, 6, (9, 2)))
+    )
+    frames = model()
+    start = eqx.tree_at(
+        lambda m: m.probe, model, model.probe + jnp.asarray(_complex(rng, (3, 8, 8), 0.3))
+    )
+    solver = ENGINES[engine](batch_size=4)
+    new, _, _ = _step(solver, start, solver.init(start), PtychoData(frames))
+    gram = np.asarray(jnp.einsum("ayx,byx->ab", new.probe.conj(), new.probe))
+    off = gram - np.diag(np.diag(gram))
+    assert np.max(np.abs(off)) < 1e-8 * np.max(np.abs(gram))
+    power = np.real(np.diag(gram))
+    assert np.all(np.diff(power) <= 0)
+
+
+def test_batch_indices_cover_every_position_once():
+    idx, valid = batch_indices(11, 4)
+    assert idx.shape == (3, 4)
+    assert sorted(np.asarray(idx)[np.asarray(valid)].tolist()) == list(range(11))
+    for row, ok in zip(np.asarray(idx), np.asarray(valid), strict=True):
+        assert len(set(row.tolist())) == len(row)  # no duplicate inside a batch
+        assert ok.dtype == bool
+
+
+def test_object_error_ignores_scale_phase_and_ramp(rng):
+    truth = np.exp(0.5j * rng.standard_normal((40, 50))) * (0.8 + 0.1 * rng.random((40, 50)))
+    yy, xx = np.mgrid[:40, :50]
+    est = 0.6 * np.exp(1j * (1.0 + 0.021 * yy - 0.013 * xx)) * truth
+    assert float(object_error(est, truth)) < 1e-6
+    assert float(object_error(est, truth, remove_ramp=False)) > 0.1
+    noisy = truth + 0.02 * _complex(rng, truth.shape)
+    err = float(object_error(noisy, truth))
+    want = 0.02 * np.sqrt(2) / np.sqrt(np.mean(np.abs(truth) ** 2))
+    assert abs(err - want) < 0.15 * want
