@@ -1,4 +1,4 @@
-"""Command-line interface: ``diffptycho {simulate, demo}``.
+"""Command-line interface: ``diffptycho {simulate, demo, ptycho, tomo, chem}``.
 
 Units on the command line are the beamline's (eV, nm, degrees); they are converted to SI at
 this boundary and nowhere else.
@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _subcommand_modules() -> list:
     """Modules that each add one sub-command: ``add_parser(subparsers)`` and ``run(args)``."""
-    from diffptycho import cli_chem
+    from diffptycho import cli_chem, cli_ptycho, cli_tomo
 
-    return [cli_chem]
+    return [cli_ptycho, cli_tomo, cli_chem]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
