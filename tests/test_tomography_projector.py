@@ -85,8 +85,8 @@ def test_matches_joseph_kernel(rng, shape):
 
 @pytest.fixture(scope="module")
 def loop_case():
-    """Projections, backprojections and their jvps (data and angles) on a small non-square case,
-    with a runner that re-traces so it picks up the current gather budget."""
+    """A small non-square case and a runner that re-traces, so it reads the current gather
+    budget: projections and backprojections, with their jvps (data and angles) if asked."""
     rng = np.random.default_rng(7)
     n_z, n_y, n_x, n_det = 9, 2, 6, 7
     angles = jnp.asarray(ALL_ANGLES)
@@ -94,54 +94,47 @@ def loop_case():
     proj = jnp.asarray(_complex_normal(rng, (angles.size, n_y, n_det)))
     d_angles = jnp.asarray(rng.standard_normal(angles.size))
 
-    def run():
-        def fwd(v, a):
-            return project(v, a, n_det=n_det)
+    def fwd(v, a):
+        return project(v, a, n_det=n_det)
 
-        def adj(p, a):
-            return backproject(p, a, n_z, n_x)
+    def adj(p, a):
+        return backproject(p, a, n_z, n_x)
 
+    def run(tangents):
+        if not tangents:
+            return jax.jit(lambda: (fwd(vol, angles), adj(proj, angles)))()
         return jax.jit(
             lambda: (
-                jax.jvp(fwd, (vol, angles), (vol, d_angles)),
-                jax.jvp(adj, (proj, angles), (proj, d_angles)),
+                *jax.jvp(fwd, (vol, angles), (vol, d_angles)),
+                *jax.jvp(adj, (proj, angles), (proj, d_angles)),
             )
         )()
 
-    return run, run()
+    return run, run(tangents=True)  # (P v, dP, Pᵀ p, dPᵀ) with the default budget
 
 
-@pytest.mark.parametrize("budget", [512, 9000])
+@pytest.mark.parametrize("budget", [512, 18000])
 def test_memory_bounded_loops_match_single_pass(loop_case, monkeypatch, budget):
-    # Tiny gather budgets force the large-problem structure: 512 B chunks the sums with a scan
-    # (padding steps and views), 9000 B maps over views/rows in batches with a remainder.
-    run, single = loop_case
+    # Tiny gather budgets force the large-problem loops. 512 B: every sum is chunked with a scan
+    # (padded steps and views), the path of 128³ volumes, checked with derivatives. 18000 B:
+    # maps over views and z-rows in batches of 4 and 2 with remainders, values only.
+    run, (p, dp, b, db) = loop_case
     monkeypatch.setattr(tomography, "_GATHER_BYTES", budget)
-    for a, b in zip(jax.tree.leaves(run()), jax.tree.leaves(single), strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    expected = (p, dp, b, db) if budget == 512 else (p, b)
+    for got, want in zip(run(tangents=budget == 512), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
-def test_check_grads_volume_and_projections(rng):
-    angles = jnp.asarray([0.3, -1.1, 1.9, 3.5])
-    vol = jnp.asarray(rng.standard_normal((5, 2, 6)))
-    proj = jnp.asarray(rng.standard_normal((4, 2, 7)))
-
-    @jax.jit
-    def both(v, p):  # one compilation checks the two operators
-        return project(v, angles, n_det=7), backproject(p, angles, 5, 6)
-
-    check_grads(both, (vol, proj), order=1, modes=("fwd", "rev"))
-
-
-@pytest.mark.parametrize("dtype", [pytest.param(np.float64, marks=pytest.mark.slow), np.complex128])
-def test_check_grads_angles(rng, dtype):
-    # The kernel is piecewise linear in θ: generic angles and a small step stay off its kinks.
+@pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.complex128, marks=pytest.mark.slow)])
+def test_check_grads_data_and_angles(rng, dtype):
+    # Directional derivatives along random (volume, projections, angles) directions. The kernel
+    # is piecewise linear in θ: generic angles and a small step stay off its kinks.
     angles = jnp.asarray([0.13, 0.97, -2.71, 4.07])
     vol = jnp.asarray(rng.standard_normal((5, 2, 6)).astype(dtype))
     proj = jnp.asarray(rng.standard_normal((4, 2, 7)).astype(dtype))
 
     @jax.jit
-    def both(v, p, a):
+    def both(v, p, a):  # one compilation checks the two operators
         return project(v, a, n_det=7), backproject(p, a, 5, 6)
 
     check_grads(both, (vol, proj, angles), order=1, modes=("fwd", "rev"), eps=1e-6)
