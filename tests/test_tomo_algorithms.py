@@ -173,10 +173,11 @@ def test_alignment_from_the_model_is_undone():
     ]
     assert err[0] < 0.4 * err[1]
     yy, xx = np.mgrid[:32, :32] - 16.0
-    blob = jnp.asarray(np.exp(-(yy**2 + xx**2) / 40.0))[None].repeat(3, axis=0)
+    blob = jnp.asarray(np.exp(-(yy**2 + xx**2) / 80.0))[None].repeat(3, axis=0)
     similarity = jnp.asarray([[1.3, -0.7, 0.0, 0.0], [0.0, 2.0, 0.2, 0.0], [-1.0, 0.5, -0.1, 0.1]])
     round_trip = alignment.align_projections(dealign(blob, similarity), similarity)
-    np.testing.assert_allclose(round_trip, blob, atol=0.02)
+    inner = (slice(None), slice(5, -5), slice(5, -5))  # away from what shifts out
+    np.testing.assert_allclose(round_trip[inner], blob[inner], atol=0.015)
 
 
 def test_slabs_rows_and_roi_match_the_whole_volume():

@@ -218,7 +218,7 @@ def estimate_center(
         rows: detector rows used (default: up to 4 rows spread over the detector).
         initial_px: centre of the search, px (default :func:`center_of_mass_center`).
         search_px: half-width of the search, px.
-        step_px: grid step, px (default: one binned pixel).
+        step_px: grid step, px (default: half a binned pixel).
         binning: detector pixels averaged before scoring, for speed (default: the smallest
             factor that brings the detector to ≤ 160 pixels); the result is in unbinned px.
         iterations: CGLS iterations of the reprojection score.
@@ -250,7 +250,7 @@ def estimate_center(
     if initial_px is None:
         initial_px = center_of_mass_center(sino, angles_rad)
     factor = max(1, -(-n_det // 160)) if binning is None else int(binning)
-    step = float(factor) if step_px is None else float(step_px)
+    step = 0.5 * factor if step_px is None else float(step_px)
     candidates = initial_px + np.arange(-search_px, search_px + step / 2, step)
     binned = _bin(sino, factor)
     n_bin = binned.shape[-1]

@@ -52,7 +52,10 @@ class PtychoData(eqx.Module):
 
     def take(self, idx: Int[Array, " b"]) -> tuple[Float[Array, "b fy fx"], Array | None]:
         """Frames and mask of the positions ``idx`` (mask broadcastable to the frames)."""
-        frames = jnp.clip(self.frames[idx], 0, None)
+        frames = self.frames[idx]
+        if not jnp.issubdtype(frames.dtype, jnp.floating):  # integer counts from a file
+            frames = frames.astype(jnp.float32)
+        frames = jnp.clip(frames, 0, None)
         if self.mask is None or self.mask.ndim == 2:
             return frames, self.mask
         return frames, self.mask[idx]

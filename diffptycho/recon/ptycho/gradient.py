@@ -107,15 +107,11 @@ class GradientState(eqx.Module):
     iteration: Int[Array, ""]
 
 
-def _finish(model, refinement, state, scales_positions0):
-    model = model if refinement.background is False else _clip_background(model)
-    return end_of_iteration(model, refinement, state.iteration, scales_positions0, None)[0]
-
-
-def _clip_background(model):
-    if model.background is None:
-        return model
-    return eqx.tree_at(lambda m: m.background, model, jnp.maximum(model.background, 0.0))
+def _finish(model, refinement: Refinement, state: GradientState):
+    """Per-iteration constraints; a trained background is kept non-negative."""
+    if refinement.background and model.background is not None:
+        model = eqx.tree_at(lambda m: m.background, model, jnp.maximum(model.background, 0.0))
+    return end_of_iteration(model, refinement, state.iteration, state.positions0, None)[0]
 
 
 class MinibatchOptax(AbstractSolver):
@@ -132,12 +128,12 @@ class MinibatchOptax(AbstractSolver):
     Examples:
         >>> import optax
         >>> MinibatchOptax(optax.adam(0.01)).batch_size
-        32
+        256
     """
 
     optimizer: optax.GradientTransformation = eqx.field(static=True)
     loss: str = eqx.field(static=True, default="amplitude")
-    batch_size: int = eqx.field(static=True, default=32)
+    batch_size: int = eqx.field(static=True, default=256)
     refinement: Refinement = eqx.field(default_factory=Refinement)
     position_learning_rate: float = eqx.field(static=True, default=1.0)
     seed: int = eqx.field(static=True, default=0)
@@ -175,14 +171,17 @@ class MinibatchOptax(AbstractSolver):
 
         init = (_get(model, scales), state.opt_state, jnp.zeros((), real))
         (params, opt_state, loss_sum), _ = jax.lax.scan(body, init, (idx, valid))
-        model = _finish(_set(model, params, scales), ref, state, state.positions0)
+        model = _finish(_set(model, params, scales), ref, state)
         state = GradientState(opt_state, scales, key, state.positions0, state.iteration + 1)
         return model, state, loss_sum / n
 
 
-def adam(learning_rate: float = 0.02, **options) -> MinibatchOptax:
-    """Minibatch Adam on the likelihood (object in transmission units, probe in peak units)."""
-    return MinibatchOptax(optax.adam(learning_rate), **options)
+def adam(learning_rate: float = 0.05, batch_size: int = 256, **options) -> MinibatchOptax:
+    """Minibatch Adam on the likelihood (object in transmission units, probe in peak units).
+
+    ``learning_rate`` may also be an optax schedule (counted in minibatch steps).
+    """
+    return MinibatchOptax(optax.adam(learning_rate), batch_size=batch_size, **options)
 
 
 def _split(tree):
@@ -245,9 +244,8 @@ class LBFGS(AbstractSolver):
         """L-BFGS state of the trainable leaves (real pairs, preconditioned units)."""
         scales = _preconditioner(model, self.refinement, self.position_learning_rate)
         opt_state = self._optimizer().init(_split(_get(model, scales)))
-        return GradientState(
-            opt_state, scales, jnp.zeros(2, jnp.uint32), model.positions, jnp.asarray(0)
-        )
+        key = jax.random.PRNGKey(0)  # unused: L-BFGS is deterministic
+        return GradientState(opt_state, scales, key, model.positions, jnp.asarray(0))
 
     def step(self, model, state: GradientState, data: PtychoData):
         """One L-BFGS step with line search; returns the model, state and the loss before it."""
@@ -264,7 +262,7 @@ class LBFGS(AbstractSolver):
             grad, state.opt_state, x, value=value, grad=grad, value_fn=objective
         )
         x = optax.apply_updates(x, updates)
-        model = _finish(_set(model, _merge(x, like), scales), ref, state, state.positions0)
+        model = _finish(_set(model, _merge(x, like), scales), ref, state)
         state = GradientState(opt_state, scales, state.key, state.positions0, state.iteration + 1)
         return model, state, value
 

@@ -77,7 +77,8 @@ class LSQML(AbstractSolver):
     Attributes:
         relaxation: β, the fraction of the optimal step taken (Odstrčil's β_LSQ).
         regularization: δ / max(denominator) in the update directions.
-        batch_size: positions per minibatch.
+        batch_size: positions per minibatch. Large sets (a quarter of the scan or more)
+            reach the likelihood optimum; small ones stall at a noise-dependent error.
         shuffle: new random order every iteration.
         refinement: probe, background, positions and constraints.
         loss: noise model of the reported loss (``"poisson"`` or ``"amplitude"``).
@@ -90,7 +91,7 @@ class LSQML(AbstractSolver):
 
     relaxation: float = 0.9
     regularization: float = 0.05
-    batch_size: int = eqx.field(static=True, default=32)
+    batch_size: int = eqx.field(static=True, default=128)
     shuffle: bool = eqx.field(static=True, default=True)
     refinement: Refinement = eqx.field(default_factory=Refinement)
     loss: str = eqx.field(static=True, default="poisson")
