@@ -244,10 +244,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         "elbow/k": ca.ks,
         "elbow/inertia": ca.inertias,
     }
-    mean = None
+    mean = norm = None
     if "mu_t" in res:
         mean, std = clustering.cluster_mean_spectra(res["mu_t"], ca.labels, ca.k)
         new.update(cluster_mean_spectra=mean, cluster_std_spectra=std)
+        if "params" in res:
+            normalized = clustering.edge_normalized(res["mu_t"], res["params"][0], res["params"][1])
+            norm, _ = clustering.cluster_mean_spectra(normalized, ca.labels, ca.k)
+            new.update(cluster_mean_spectra_normalized=norm)
         pcs = clustering.pca(res["mu_t"][:, ca.labels >= 0].T, min(5, res["mu_t"].shape[0]))
         new.update(
             {
@@ -276,7 +280,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     if args.figures:
         from diffptycho.analysis import xanes_figures
 
-        xanes_figures.save_all(args.figures, res, ca, res.get("energies_ev"), mean)
+        xanes_figures.save_all(
+            args.figures, res, ca, res.get("energies_ev"), mean, normalized_spectra=norm
+        )
     how = "elbow" if args.k is None else "given"
     print(
         f"k = {ca.k} ({how}); fractions {np.round(ca.fractions, 3).tolist()}; "

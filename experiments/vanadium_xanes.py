@@ -151,6 +151,8 @@ def main(argv=None) -> int:
     r = analyse(e, mu_t, phase, truth, min_snr=args.min_snr, seed=args.seed)
     d, dens, ca, fit, pre = r["d"], r["dens"], r["ca"], r["fit"], r["pre"]
     mean_spec, _ = clustering.cluster_mean_spectra(mu_t, ca.labels, ca.k)
+    normalized = clustering.edge_normalized(mu_t, fit.params[0], fit.params[1])
+    norm_spec, _ = clustering.cluster_mean_spectra(normalized, ca.labels, ca.k)
     e_tab, _ = densities.absorber_edge_jump("V", "K")
     ratio = [
         float(np.nanmedian(dens["electrons_per_absorber"][ca.labels == j])) for j in range(ca.k)
@@ -187,7 +189,14 @@ def main(argv=None) -> int:
     )
     maps = {**d, **dens}
     figs = xanes_figures.save_all(
-        args.out, maps, ca, e, mean_spec, pcs=r["pcs"], truth_domain=truth["domain"]
+        args.out,
+        maps,
+        ca,
+        e,
+        mean_spec,
+        pcs=r["pcs"],
+        truth_domain=truth["domain"],
+        normalized_spectra=norm_spec,
     )
     valid, inside = r["valid"], r["inside"]
     n_pix = mu_t.shape[1] * mu_t.shape[2]

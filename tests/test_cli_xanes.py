@@ -89,6 +89,9 @@ def test_cluster_elbow_in_place_and_given_k_elsewhere(fitted, tmp_path):
     assert adjusted_rand_index(domain[use], labels[use]) >= 0.9
     np.testing.assert_allclose(res["cluster_fractions"].sum(), 1.0)
     assert res["cluster_mean_spectra"].shape == (3, 40)
+    norm = res["cluster_mean_spectra_normalized"]
+    np.testing.assert_allclose(norm[:, :5], 0.0, atol=0.05)  # flat pre-edge at 0
+    np.testing.assert_allclose(norm[:, -5:], 1.0, atol=0.1)  # post-edge at the jump
     assert res["elbow/k"].tolist() == list(range(1, 9))
     assert "edge_energy_ev" in res and res["units"]["edge_energy_ev"] == "eV"
     pngs = sorted(os.listdir(figs))

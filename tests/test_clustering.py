@@ -132,6 +132,13 @@ def test_cluster_mean_spectra_hand_case():
         cluster_mean_spectra(spectra, labels[0], 2)
 
 
+def test_edge_normalized_hand_case():
+    spectra = np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])  # (E=3, 2 pixels)
+    out = clustering.edge_normalized(spectra, np.array([1.0, 2.0]), np.array([4.0, 0.0]))
+    np.testing.assert_allclose(out[:, 0], [0.0, 0.5, 1.0])
+    assert np.isnan(out[:, 1]).all()  # no edge: undefined
+
+
 def test_pca_of_rank_two_spectra(rng):
     e = np.linspace(0, 1, 30)
     basis = np.stack([np.sin(3 * e), e**2])

@@ -94,13 +94,13 @@ def test_losses_minimised_by_the_data(rng):
     )
 
 
-def _chain(rng, n_e=2, n_s=2, n_a=3, shape=(8, 12, 12)):
+def _chain(rng, n_e=2, n_s=2, n_a=3, shape=(8, 10, 10)):
     comp = jnp.asarray(rng.random((n_s, *shape)) * 0.5)
     spectra = jnp.asarray((rng.random((n_e, n_s)) + 1j * rng.random((n_e, n_s))) * 1e-3)
     angles = jnp.asarray(np.deg2rad([-60.0, 10.0, 75.0][:n_a]))
     align = jnp.asarray(rng.normal(0, 0.2, (n_a, 4)) * np.array([1, 1, 0.05, 0.01]))
     probe = jnp.asarray(rng.standard_normal((n_e, 1, 4, 4)) + 0j)
-    pos = jnp.asarray(rng.uniform(-2, 2, (n_e, n_a, 3, 2)))
+    pos = jnp.asarray(rng.uniform(-1.5, 1.5, (n_e, n_a, 3, 2)))
     return SpectroPtychoTomo(
         comp,
         spectra,
@@ -115,7 +115,7 @@ def _chain(rng, n_e=2, n_s=2, n_a=3, shape=(8, 12, 12)):
 
 
 def test_full_chain_matches_its_parts(rng):
-    model = _chain(rng, shape=(12, 12, 12))
+    model = _chain(rng)
     u = composition_to_index(model.composition, model.spectra)
     tomo = TomoProjections(u[1], model.angles_rad, model.alignment, voxel_size_m=6.7e-9)
     np.testing.assert_allclose(model.projected_index()[1], tomo(), rtol=1e-10, atol=1e-20)
@@ -127,7 +127,7 @@ def test_full_chain_matches_its_parts(rng):
 
 
 def test_full_chain_gradients(rng):
-    model = _chain(rng, shape=(12, 12, 12))
+    model = _chain(rng)
 
     def f(comp, align, probe, pos):
         m = SpectroPtychoTomo(

@@ -217,3 +217,28 @@ def test_object_error_ignores_scale_phase_and_ramp(rng):
     err = float(object_error(noisy, truth))
     want = 0.02 * np.sqrt(2) / np.sqrt(np.mean(np.abs(truth) ** 2))
     assert abs(err - want) < 0.15 * want
+
+
+def test_probe_support_power_and_object_clipping(rng):
+    from diffptycho.recon.ptycho.constraints import (
+        check_refinement,
+        circular_support,
+        clip_amplitude,
+        clip_positions,
+        constrain_probe,
+    )
+
+    probe = jnp.asarray(_complex(rng, (2, 16, 16)))
+    support = circular_support((16, 16), 4.0, 2.0)
+    out = constrain_probe(probe, Refinement(probe_support=support, probe_power=50.0))
+    np.testing.assert_allclose(jnp.sum(jnp.abs(out) ** 2), 50.0, rtol=1e-12)
+    assert float(jnp.max(jnp.abs(out[:, 0, :]))) == 0.0  # outside the disc
+    obj = jnp.asarray([[2.0 + 0j, 0.5j], [-3.0, 1.0]])
+    np.testing.assert_allclose(clip_amplitude(obj, 1.0), [[1.0, 0.5j], [-1.0, 1.0]])
+    pos = clip_positions(jnp.asarray([[100.0, -100.0], [0.5, 0.0]]), (20, 20), (8, 8))
+    np.testing.assert_allclose(pos, [[6.0, -6.0], [0.5, 0.0]])
+    model = Ptycho2D(jnp.ones((20, 20), complex), probe, jnp.zeros((1, 2)))
+    with pytest.raises(ValueError, match="background array"):
+        check_refinement(model, Refinement(background=True))
+    with pytest.raises(ValueError, match="probe_support"):
+        check_refinement(model, Refinement(probe_support=jnp.ones((4, 4))))

@@ -32,6 +32,7 @@ __all__ = [
     "cluster_fractions",
     "cluster_mean_spectra",
     "descriptor_densities",
+    "edge_normalized",
     "elbow_curve",
     "elbow_k",
     "kmeans",
@@ -87,6 +88,22 @@ def descriptor_densities(values, labels, k: int, bins: int = 40, value_range=Non
         if sel.size:
             dens[j] = np.histogram(sel, edges, density=True)[0]
     return 0.5 * (edges[1:] + edges[:-1]), dens
+
+
+def edge_normalized(spectra, background, edge_jump) -> np.ndarray:
+    """Edge-normalised spectra (μt − a)/Δμt (energy, …): 0 before, ~1 after the edge.
+
+    Args:
+        spectra: stack (energy, …) in μt.
+        background: fitted background a (…) in μt.
+        edge_jump: fitted Δμt (…); NaN or ≤ 0 gives NaN spectra.
+
+    Returns:
+        The normalised stack, dimensionless.
+    """
+    jump = np.asarray(edge_jump, float)
+    jump = np.where(jump > 0, jump, np.nan)
+    return (np.asarray(spectra, float) - np.asarray(background, float)) / jump
 
 
 def cluster_mean_spectra(spectra, labels, k: int) -> tuple[np.ndarray, np.ndarray]:

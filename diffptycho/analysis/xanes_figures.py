@@ -156,15 +156,20 @@ def elbow_plot(ks, inertias, k: int, path: str | os.PathLike) -> str:
 
 
 def cluster_spectra(
-    energies_ev, mean: np.ndarray, path: str | os.PathLike, std: np.ndarray | None = None
+    energies_ev,
+    mean: np.ndarray,
+    path: str | os.PathLike,
+    std: np.ndarray | None = None,
+    ylabel: str = "mean μt",
 ) -> str:
-    """Mean μt spectrum of each cluster (± one standard deviation).
+    """Mean spectrum of each cluster (± one standard deviation).
 
     Args:
         energies_ev: photon energies in eV (E,).
-        mean: mean spectra (k, E) in μt.
+        mean: mean spectra (k, E), in μt or edge-normalised.
         path: PNG to write.
         std: standard deviations (k, E), shaded.
+        ylabel: y-axis label.
 
     Returns:
         The written path.
@@ -177,7 +182,7 @@ def cluster_spectra(
         if std is not None:
             ax.fill_between(e, m - std[j], m + std[j], color=c, alpha=0.2)
     ax.set_xlabel("energy (eV)")
-    ax.set_ylabel("mean μt")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -234,6 +239,7 @@ def pca_plot(pcs: PCAResult, energies_ev, path: str | os.PathLike, n: int = 3) -
     a2.semilogy(np.arange(1, r.size + 1), np.maximum(r, 1e-16), "o-")
     a2.set_xlabel("component")
     a2.set_ylabel("explained variance ratio")
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -246,8 +252,19 @@ def save_all(
     *,
     pcs: PCAResult | None = None,
     truth_domain: np.ndarray | None = None,
+    normalized_spectra: np.ndarray | None = None,
 ) -> list[str]:
     """Write every figure that the given results support into ``out_dir``.
+
+    Args:
+        out_dir: directory for the PNGs (created).
+        descriptors: descriptor maps (y, x), NaN where masked; densities may be included.
+        analysis: the clustering, or None for the descriptor maps only.
+        energies_ev: photon energies in eV (E,), for spectra and PCA.
+        mean_spectra: per-cluster mean μt (k, E).
+        pcs: PCA of the spectra.
+        truth_domain: true domain map (y, x) of a simulation, drawn beside the clusters.
+        normalized_spectra: per-cluster mean edge-normalised spectra (μt − a)/Δμt (k, E).
 
     Returns:
         Paths of the written PNGs.
@@ -286,6 +303,15 @@ def save_all(
             figs.append(
                 cluster_spectra(
                     energies_ev, mean_spectra, os.path.join(path, "xanes_cluster_spectra.png")
+                )
+            )
+        if normalized_spectra is not None and energies_ev is not None:
+            figs.append(
+                cluster_spectra(
+                    energies_ev,
+                    normalized_spectra,
+                    os.path.join(path, "xanes_cluster_spectra_normalized.png"),
+                    ylabel="mean (μt − a)/Δμt",
                 )
             )
     if pcs is not None and energies_ev is not None:

@@ -239,6 +239,40 @@ def refine_positions(
     return positions + jnp.where(on[:, None], shift, 0.0).astype(positions.dtype)
 
 
+def clip_positions(
+    positions: Positions, obj_shape: tuple[int, int], patch_shape: tuple[int, int]
+) -> Positions:
+    """Keep refined positions where their patch stays inside the object.
+
+    The bounds are those of :func:`diffptycho.physics.scan.check_positions`; inside ``jit`` a
+    patch leaving the object would otherwise be clamped silently.
+    """
+    (h, w), (py, px) = obj_shape, patch_shape
+    lo = jnp.asarray([py // 2 - h // 2, px // 2 - w // 2], positions.dtype)
+    hi = jnp.asarray([h - py - h // 2 + py // 2, w - px - w // 2 + px // 2], positions.dtype)
+    return jnp.clip(positions, lo, hi)
+
+
+def check_refinement(model, refinement: Refinement) -> None:
+    """Host-side check that the model has what the refinement asks for (call in ``init``).
+
+    Raises:
+        ValueError: background retrieval without a background array, or a probe support of
+            the wrong shape.
+    """
+    if refinement.background and model.background is None:
+        raise ValueError(
+            "Refinement(background=True) needs a model with a background array: start it "
+            "positive, e.g. Ptycho2D(..., background=jnp.full(frame_shape, 0.1))"
+        )
+    support = refinement.probe_support
+    if support is not None and support.shape != model.probe.shape[-2:]:
+        raise ValueError(
+            f"probe_support: shape {support.shape} differs from the probe's "
+            f"{model.probe.shape[-2:]}"
+        )
+
+
 def fix_mean_positions(
     positions: Positions, reference: Positions, group_sizes: tuple[int, ...] | None
 ) -> Positions:
@@ -278,8 +312,9 @@ def end_of_iteration(
 ):
     """Apply the per-iteration constraints to a ``Ptycho2D``-like model.
 
-    Order: background EM update, position mean fixing, object clipping, probe support and
-    power, then mode orthogonalisation (every ``orthogonalize_every`` iterations).
+    Order: background EM update, position mean fixing and clipping into the object, object
+    clipping, probe support and power, then mode orthogonalisation (every
+    ``orthogonalize_every`` iterations).
 
     Args:
         model: model with ``object``, ``probe``, ``positions``, ``background`` leaves.
@@ -296,8 +331,11 @@ def end_of_iteration(
         bg = update_background(model.background, mean_ratio.astype(model.background.dtype))
         model = eqx.tree_at(lambda m: m.background, model, bg)
     pr = refinement.positions
-    if pr is not None and pr.fix_mean:
-        pos = fix_mean_positions(model.positions, positions0, pr.group_sizes)
+    if pr is not None:
+        pos = model.positions
+        if pr.fix_mean:
+            pos = fix_mean_positions(pos, positions0, pr.group_sizes)
+        pos = clip_positions(pos, model.object.shape, model.probe.shape[-2:])
         model = eqx.tree_at(lambda m: m.positions, model, pos)
     if refinement.object_max_amplitude is not None:
         obj = clip_amplitude(model.object, refinement.object_max_amplitude)
@@ -323,7 +361,9 @@ def end_of_iteration(
 __all__ = [
     "PositionRefinement",
     "Refinement",
+    "check_refinement",
     "circular_support",
+    "clip_positions",
     "clip_amplitude",
     "constrain_probe",
     "end_of_iteration",

@@ -26,7 +26,7 @@ import optax
 from diffptycho._typing import Array, Int, Positions
 from diffptycho.models.ptycho import scan_intensities
 from diffptycho.physics import scan
-from diffptycho.recon.ptycho.constraints import Refinement, end_of_iteration
+from diffptycho.recon.ptycho.constraints import Refinement, check_refinement, end_of_iteration
 from diffptycho.recon.ptycho.data import PtychoData, batch_indices, frame_losses
 from diffptycho.recon.ptycho.projections import illumination
 from diffptycho.recon.solve import AbstractSolver
@@ -140,6 +140,7 @@ class MinibatchOptax(AbstractSolver):
 
     def init(self, model) -> GradientState:
         """Optimizer state of the trainable leaves (in scaled units)."""
+        check_refinement(model, self.refinement)
         scales = _scales(model, self.refinement, self.position_learning_rate)
         opt_state = self.optimizer.init(_get(model, scales))
         key = jax.random.PRNGKey(self.seed)
@@ -242,6 +243,7 @@ class LBFGS(AbstractSolver):
 
     def init(self, model) -> GradientState:
         """L-BFGS state of the trainable leaves (real pairs, preconditioned units)."""
+        check_refinement(model, self.refinement)
         scales = _preconditioner(model, self.refinement, self.position_learning_rate)
         opt_state = self._optimizer().init(_split(_get(model, scales)))
         key = jax.random.PRNGKey(0)  # unused: L-BFGS is deterministic

@@ -23,7 +23,12 @@ import jax.numpy as jnp
 from diffptycho._typing import Array, Complex, Float, Int, Positions
 from diffptycho.physics import scan
 from diffptycho.recon.ptycho import projections as proj
-from diffptycho.recon.ptycho.constraints import Refinement, end_of_iteration, refine_positions
+from diffptycho.recon.ptycho.constraints import (
+    Refinement,
+    check_refinement,
+    end_of_iteration,
+    refine_positions,
+)
 from diffptycho.recon.ptycho.data import PtychoData, batch_indices
 from diffptycho.recon.solve import AbstractSolver
 
@@ -99,6 +104,7 @@ class LSQML(AbstractSolver):
 
     def init(self, model) -> LSQMLState:
         """State for ``model``."""
+        check_refinement(model, self.refinement)
         return LSQMLState(jnp.asarray(0), jax.random.PRNGKey(self.seed), model.positions)
 
     def step(self, model, state: LSQMLState, data: PtychoData):

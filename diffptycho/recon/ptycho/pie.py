@@ -21,7 +21,12 @@ import jax.numpy as jnp
 
 from diffptycho._typing import Array, Complex, Int, Positions
 from diffptycho.recon.ptycho import projections as proj
-from diffptycho.recon.ptycho.constraints import Refinement, end_of_iteration, refine_positions
+from diffptycho.recon.ptycho.constraints import (
+    Refinement,
+    check_refinement,
+    end_of_iteration,
+    refine_positions,
+)
 from diffptycho.recon.ptycho.data import PtychoData, batch_indices
 from diffptycho.recon.solve import AbstractSolver
 
@@ -78,6 +83,7 @@ class PIE(AbstractSolver):
 
     def init(self, model) -> PIEState:
         """State for ``model`` (momentum buffers only when ``momentum > 0``)."""
+        check_refinement(model, self.refinement)
         state = PIEState(jnp.asarray(0), jax.random.PRNGKey(self.seed), model.positions)
         if self.momentum > 0:
             state = eqx.tree_at(
@@ -165,14 +171,32 @@ def epie(object_step: float = 1.0, probe_step: float = 1.0, **options) -> PIE:
     return PIE(object_step=object_step, probe_step=probe_step, **options)
 
 
-def rpie(object_alpha: float = 0.1, probe_alpha: float = 0.1, **options) -> PIE:
-    """rPIE (Maiden et al. 2017): regularised PIE with weights α_O, α_P."""
-    return PIE(object_alpha=object_alpha, probe_alpha=probe_alpha, **options)
+def rpie(
+    object_alpha: float = 0.1,
+    probe_alpha: float = 0.1,
+    object_step: float = 0.5,
+    probe_step: float = 0.5,
+    **options,
+) -> PIE:
+    """rPIE (Maiden et al. 2017): regularised PIE with weights α_O, α_P.
+
+    The steps default to 0.5 (PtyLab uses 0.25): with α = 0.1 full steps amplify the
+    Poisson noise of weakly illuminated pixels.
+    """
+    return PIE(
+        object_alpha=object_alpha,
+        probe_alpha=probe_alpha,
+        object_step=object_step,
+        probe_step=probe_step,
+        **options,
+    )
 
 
 def mpie(
     object_alpha: float = 0.1,
     probe_alpha: float = 0.1,
+    object_step: float = 0.5,
+    probe_step: float = 0.5,
     momentum: float = 0.3,
     friction: float = 0.7,
     **options,
@@ -181,6 +205,8 @@ def mpie(
     return PIE(
         object_alpha=object_alpha,
         probe_alpha=probe_alpha,
+        object_step=object_step,
+        probe_step=probe_step,
         momentum=momentum,
         friction=friction,
         **options,
