@@ -4,7 +4,12 @@ Same simulated data for every package, in one run: a small case (1000 positions 
 and a large one (800 × 128²), 1e5 photons per frame with Poisson noise, integer positions on a
 Fermat spiral (PtyLab rounds positions to pixels, so every package sees the same geometry),
 a defocused-pinhole probe, a Siemens-star object with smooth amplitude and phase texture. Every
-package starts from an object of ones and the true probe, and refines object and probe.
+package starts from an object of ones and the true probe, refines object and probe, and (unless
+``--free-probe-power``) imposes the probe power Σ|P|² = largest frame sum once per iteration with
+its own mechanism (PtyLab's ``probePowerCorrectionSwitch``, pty-chi's probe power constraint,
+diffptycho's ``Refinement.probe_power``): without it, the PIE-family runs of all three packages
+let the object amplitude shrink and the probe grow iteration after iteration, and their error
+rises again after ~30 iterations.
 
 The peers run a fixed number of iterations; their best final object error is the target, and
 each diffptycho run then stops as soon as it reaches it (at most ``--max-factor`` × as many
@@ -146,10 +151,13 @@ def write_ptylab_input(path: str, case: dict[str, np.ndarray], dxp_m: float = 1e
         f["encoder"] = case["positions_px"] * dxp_m
 
 
-def worker_env(threads: int) -> dict[str, str]:
-    """Environment of a worker: ``threads`` > 0 pins every package's thread pools to it."""
+def worker_env(threads: int, probe_power: bool = True, save: bool = False) -> dict[str, str]:
+    """Environment of a worker: ``threads`` > 0 pins every package's thread pools to it;
+    ``probe_power`` makes every package impose the probe power; ``save`` keeps the objects."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
     env["BENCH_THREADS"] = str(threads)
+    env["BENCH_PROBE_POWER"] = "1" if probe_power else "0"
+    env["BENCH_SAVE_OBJECT"] = "1" if save else "0"
     if threads > 0:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = str(threads)
@@ -166,6 +174,8 @@ def run_worker(
     threads: int,
     target: float | None = None,
     reuse: bool = False,
+    probe_power: bool = True,
+    save: bool = False,
 ) -> dict:
     """Launch one worker process; returns its JSON result plus launch/exit times.
 
@@ -177,13 +187,19 @@ def run_worker(
     batch = rest[0] if rest else "0"
     tag = f"{os.path.basename(case_path)[:-4]}_{package}_{engine}"
     out, log = os.path.join(out_dir, tag + ".json"), os.path.join(out_dir, tag + ".log")
-    request = {"iterations": iterations, "batch": batch, "target": target, "threads": threads}
+    request = {
+        "iterations": iterations,
+        "batch": batch,
+        "target": target,
+        "threads": threads,
+        "probe_power": probe_power,
+    }
     if reuse and os.path.exists(out):
         with open(out) as f:
             previous = json.load(f)
         if previous.get("request") == request:
             return previous
-    env = worker_env(threads)
+    env = worker_env(threads, probe_power, save)
     cmd = [sys.executable, WORKERS, package, engine, case_path, str(iterations), out, batch]
     if target is not None:
         cmd.append(repr(float(target)))
@@ -206,7 +222,17 @@ def run_worker(
 def _best_of(args, spec: str, path: str, iterations: int, target, reuse: bool) -> dict:
     """Best of ``--repeat`` runs (shortest process), to damp the noise of a shared machine."""
     tries = [
-        run_worker(spec, path, iterations, args.out, args.threads, target, reuse)
+        run_worker(
+            spec,
+            path,
+            iterations,
+            args.out,
+            args.threads,
+            target,
+            reuse,
+            not args.free_probe_power,
+            args.save_objects,
+        )
         for _ in range(args.repeat)
     ]
     done = [r for r in tries if "failed" not in r]
@@ -302,6 +328,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="reuse finished peer runs in --out (resume)"
     )
+    parser.add_argument(
+        "--free-probe-power",
+        action="store_true",
+        help="do not impose the probe power (by default every package imposes Σ|P|² = the "
+        "largest frame sum once per iteration, against the object/probe scale drift)",
+    )
+    parser.add_argument("--save-objects", action="store_true", help="save final objects (.npy)")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     print(f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")

@@ -38,6 +38,17 @@ def relative_error(estimate: np.ndarray, truth: np.ndarray, region: np.ndarray) 
     return float(np.linalg.norm(c * e - t) / np.linalg.norm(t))
 
 
+def probe_power(case) -> float | None:
+    """Probe power Σ|P|² (photons per frame) to impose, or None (``BENCH_PROBE_POWER`` unset/0).
+
+    The largest frame sum, as PtyLab's ``probePowerCorrectionSwitch`` uses; every package
+    imposes it with its own mechanism once per iteration.
+    """
+    if os.environ.get("BENCH_PROBE_POWER", "0") == "0":
+        return None
+    return float(case["frames"].sum(axis=(1, 2)).max())
+
+
 class TargetReached(Exception):
     """Raised by :class:`Recorder` to stop a run once the object error reaches the target."""
 
@@ -53,9 +64,11 @@ class Recorder:
         self.stamps: list[float] = []
         self.errors: list[float] = []
         self.excluded = 0.0
+        self.last = None
 
     def __call__(self, obj) -> None:
         now = time.time()
+        self.last = obj
         self.stamps.append(now - self.excluded)
         self.errors.append(relative_error(obj, self.truth, self.region))
         self.excluded += time.time() - now
@@ -80,7 +93,7 @@ def _diffptycho(case, engine: str, iterations: int, batch: int | None, rec: Reco
         probe=jnp.asarray(case["probe_init"][None]),
         positions=jnp.asarray(case["positions_px"].astype(np.float32)),
     )
-    options = {"refinement": Refinement(probe=True)}
+    options = {"refinement": Refinement(probe=True, probe_power=probe_power(case))}
     if batch:
         options["batch_size"] = batch
     solver = make_engine(engine, **options)
@@ -175,6 +188,9 @@ def _ptychi(case, engine: str, iterations: int, batch: int | None, rec: Recorder
         [obj_shape[0] // 2 - fy // 2 + (fy - 1) / 2, obj_shape[1] // 2 - fx // 2 + (fx - 1) / 2]
     )
     options.probe_options.optimizable = True
+    if probe_power(case) is not None:  # Σ|P|² in pty-chi's units (unnormalised FFT)
+        options.probe_options.power_constraint.enabled = True
+        options.probe_options.power_constraint.probe_power = probe_power(case) / (fy * fx)
     options.object_options.optimizable = True
     pos = case["positions_px"]
     task = PtychographyTask(
@@ -210,6 +226,8 @@ def _ptylab(case, engine: str, iterations: int, batch: int | None, rec: Recorder
     exp = ExperimentalData(case["ptylab_file"], "CPM")
     params = Params()
     params.gpuSwitch = False
+    # PtyLab's switch sets Σ|P|² to the largest frame sum, the value probe_power() returns
+    params.probePowerCorrectionSwitch = probe_power(case) is not None
     recon = Reconstruction(exp, params)
     recon.No = case["object_true"].shape[0]  # our (square, even) grid
     recon.initializeObjectProbe()
@@ -272,8 +290,11 @@ def main(argv: list[str]) -> int:
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         t_end=time.time(),
     )
+    result["probe_power"] = probe_power(case)
     with open(out, "w") as f:
         json.dump(result, f)
+    if rec.last is not None and os.environ.get("BENCH_SAVE_OBJECT", "0") != "0":
+        np.save(os.path.splitext(out)[0] + "_object.npy", rec.last)
     return 0
 
 

@@ -107,8 +107,8 @@ def gram_sums(
 ) -> Float[Array, "angle 1 t"]:
     """Row sums of each projection's Gram matrix, ``D_θ = P_θ S P_θᵀ 1`` (angle, 1, t).
 
-    ``D_θ`` is the smallest diagonal that dominates ``P_θ S P_θᵀ`` (its entries are
-    non-negative), so ``x ← x + λ S P_θᵀ D_θ⁻¹ (p_θ − P_θ x)`` is a contraction for 0 < λ < 2;
+    The Gram matrix has non-negative entries, so by Gershgorin ``D_θ⁻¹ P_θ S P_θᵀ`` has spectral
+    radius ≤ 1 and ``x ← x + λ S P_θᵀ D_θ⁻¹ (p_θ − P_θ x)`` is a contraction for 0 < λ < 2;
     for rays that share no voxel it reduces to the ray norms ``‖a_i‖²`` of Kaczmarz's method.
     """
     s = _support_slice(n_z, n_x, support, dtype)
