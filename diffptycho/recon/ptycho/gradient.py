@@ -2,9 +2,9 @@
 
 Both differentiate the model's own forward chain (``scan_intensities``) through
 ``jax.value_and_grad``; nothing is re-derived by hand. Unknowns are the object and, per the
-:class:`.Refinement`, the probe, positions and background. The probe is optimised in units of
-its initial peak amplitude, the object in its own units (transmission ≈ 1), so one learning
-rate serves both.
+:class:`.Refinement`, the probe, positions and background. Adam works in scaled units (the
+probe in its initial peak amplitude, the object in transmission units) so one learning rate
+serves both; L-BFGS in Gauss–Newton-preconditioned units (see :func:`_preconditioner`).
 
 - :class:`MinibatchOptax`: one iteration is one pass over all positions in minibatches; every
   minibatch is one optax step (default Adam). Complex gradients are conjugated before optax.
@@ -224,7 +224,8 @@ class LBFGS(AbstractSolver):
         batch_size: positions per minibatch of the loss scan (memory bound only).
         refinement: which leaves besides the object are trained, and constraints. Constraints
             that move the iterate (support, power) make the curvature pairs inconsistent; keep
-            them off unless needed.
+            them off unless needed. ``probe_start`` must be 0 (the curvature pairs need a fixed
+            set of unknowns): run two stages instead.
         position_learning_rate: unit of positions in pixels relative to the rest.
 
     Examples:
@@ -237,6 +238,12 @@ class LBFGS(AbstractSolver):
     batch_size: int = eqx.field(static=True, default=64)
     refinement: Refinement = eqx.field(default_factory=Refinement)
     position_learning_rate: float = eqx.field(static=True, default=1.0)
+
+    def __check_init__(self):
+        if self.refinement.probe_start != 0:
+            raise ValueError(
+                "LBFGS: refinement.probe_start must be 0; solve twice (probe=False, then True)"
+            )
 
     def _optimizer(self) -> optax.GradientTransformationExtraArgs:
         return optax.lbfgs(memory_size=self.memory_size)

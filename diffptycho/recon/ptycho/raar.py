@@ -11,7 +11,11 @@ waves, so P_O ψ_j = P · O_j is one patch product and the reported loss is the 
 
 With Poisson noise the constraints have no common point and the pure difference map wanders
 (Douglas–Rachford iterates of an inconsistent problem drift). As PtychoShelves does, P_F can be
-relaxed to (1 − r) P_F + r I (``fourier_relaxation`` r), which keeps it stable.
+relaxed to (1 − r) P_F + r I (``fourier_relaxation`` r), which keeps it stable; the relaxed map
+is algebraically RAAR with β = 1 − r. Either way the fixed point with noisy data is not the
+likelihood optimum: at 1e5 photons per frame RAAR (β = 0.8) settles ~35 % and DM (r = 0.1)
+~55 % above the object error of LSQML or the gradient engines, and a few tens of LSQML or
+L-BFGS iterations started from their result close the gap (the classic "DM then ML" recipe).
 
 The waves are stored in the detector plane, Ψ_j = F ψ_j: the propagator is linear, so
 F(2 P_O ψ − ψ) = 2 F P_O ψ − Ψ and an iteration costs one forward and one inverse propagation
