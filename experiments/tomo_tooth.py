@@ -81,8 +81,13 @@ def main(argv=None) -> int:
     fig, axes = plt.subplots(2, 3, figsize=(14, 9))
     axes[0, 0].imshow(od[:, 0], aspect="auto", cmap="gray")
     axes[0, 0].set(title="sinogram, row 0 (−ln T)", xlabel="detector column", ylabel="angle index")
-    axes[0, 1].plot(search.candidates_px, search.scores, "o-", label="0–179°")
-    axes[0, 1].plot(limited.candidates_px, limited.scores, "s-", label="0–119°")
+    for est, style, label in [(search, "o-", "0–179°"), (limited, "s-", "0–119° only")]:
+        axes[0, 1].plot(
+            est.candidates_px,
+            est.scores / est.scores.min(),
+            style,
+            label=f"{label}: {est.center_px:.2f} px",
+        )
     for value, style in [(search.center_px, "-"), (com, ":")]:
         axes[0, 1].axvline(value, color="k", ls=style)
     axes[0, 1].set(

@@ -97,7 +97,14 @@ def illuminated_region(
     Returns:
         ``(H, W)`` boolean mask.
     """
-    illum = illumination(jnp.asarray(probe), jnp.asarray(positions), obj_shape)
+    shape = (int(obj_shape[0]), int(obj_shape[1]))
+    return _illuminated(jnp.asarray(probe), jnp.asarray(positions), shape, threshold)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _illuminated(probe, positions, obj_shape, threshold):
+    # jitted: op-by-op dispatch of the scatter-add is slow on CPU
+    illum = illumination(probe, positions, obj_shape)
     return illum > threshold * jnp.max(illum)
 
 

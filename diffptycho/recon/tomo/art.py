@@ -135,15 +135,15 @@ class AbstractBlockIterative(AbstractSolver):
     @abc.abstractmethod
     def _weights(
         self, angles: Angles, n_z: int, n_x: int, n_det: int, dtype
-    ) -> tuple[Array, Array | None, bool]:
-        """``(ray weights, voxel weights or None, recompute voxel weights per block)``."""
+    ) -> tuple[Array, Array | None]:
+        """``(ray weights (angle, 1, t), voxel weights (angle, z, x, 1) or None)``."""
 
     def init(self, model: TomoProjections) -> BlockState:
         """Normalisation weights from the model's geometry (computed on one slice)."""
         n_z, _, n_x = model.volume.shape
         n_det = n_x if self.n_det is None else self.n_det
         real = ops.real_dtype(model.volume)
-        ray_w, voxel_w, _ = self._weights(model.angles_rad, n_z, n_x, n_det, real)
+        ray_w, voxel_w = self._weights(model.angles_rad, n_z, n_x, n_det, real)
         return BlockState(ray_w, voxel_w, jax.random.key(self.seed), jnp.asarray(0))
 
     def step(
@@ -218,7 +218,7 @@ class ART(AbstractBlockIterative):
 
     def _weights(self, angles, n_z, n_x, n_det, dtype):
         d = ops.gram_sums(angles, n_z, n_x, n_det, self.support, dtype)
-        return ops.safe_reciprocal(d), None, False
+        return ops.safe_reciprocal(d), None
 
 
 class SART(AbstractBlockIterative):
@@ -239,10 +239,9 @@ class SART(AbstractBlockIterative):
     def _weights(self, angles, n_z, n_x, n_det, dtype):
         ray_w = ops.safe_reciprocal(ops.ray_sums(angles, n_z, n_x, n_det, self.support, dtype))
         if self._weights_on_the_fly(angles.shape[0], n_z, n_x):
-            return ray_w, None, True
+            return ray_w, None
         sums = ops.per_view_voxel_sums(angles, n_z, n_x, n_det, dtype)
-        voxel_w = ops.safe_reciprocal(jnp.swapaxes(sums, 2, 3))  # (angle, z, x, 1)
-        return ray_w, voxel_w, False
+        return ray_w, ops.safe_reciprocal(jnp.swapaxes(sums, 2, 3))  # (angle, z, x, 1)
 
     def _weights_on_the_fly(self, n_angles: int, n_z: int, n_x: int) -> bool:
         return n_angles * n_z * n_x * 4 > _PER_VIEW_BYTES
