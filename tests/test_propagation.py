@@ -98,3 +98,22 @@ def test_fresnel_dot_test(rng):
 def test_propagation_grads(rng, op):
     x = _complex(rng, (8, 12))
     check_grads(op, (x,), order=1, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (2, 6, 10), (2, 7, 8), (2, 5, 5)])
+def test_native_layout_contract(rng, shape):
+    # engines use |native(x)|² and native_adjoint(native(x)·M) instead of the centred pair
+    from diffptycho.models.propagators import FarField, NearField
+
+    x = jnp.asarray(rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+    m = jnp.asarray(rng.uniform(size=shape[-2:]))
+    for prop in (FarField(), NearField(1e-8, 1e-10, 1e-3)):
+        np.testing.assert_allclose(
+            jnp.abs(prop.native(x)) ** 2, prop.to_native(jnp.abs(prop(x)) ** 2), atol=1e-12
+        )
+        np.testing.assert_allclose(
+            prop.native_adjoint(prop.native(x) * prop.to_native(m)),
+            prop.adjoint(prop(x) * m),
+            atol=1e-12,
+        )
+        np.testing.assert_array_equal(prop.from_native(prop.to_native(m)), m)

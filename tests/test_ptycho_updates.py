@@ -97,15 +97,18 @@ def test_raar_update_matches_hand_computation(tiny, rng, beta):
     model, obj, probe, frames = tiny
     reg = 1e-3
     solver = RAAR(beta=beta, batch_size=1, regularization=reg, refinement=FIXED)
+    # RAAR keeps its waves in the far field's native layout: the unshifted FFT, with the
+    # frames moved to FFT order (the detector's centred frames ifftshifted)
     waves = _complex(rng, (1, 1, 4, 4), 3.0)
     state = RAARState(jnp.asarray(waves), model.positions, jnp.asarray(0))
     new, new_state, _ = _step(solver, model, state, PtychoData(jnp.asarray(frames)))
     patch = obj[1:5, 1:5]
-    fz = _fft(probe * patch)
+    fz = np.fft.fft2(probe * patch, norm="ortho")
     reflected = 2 * fz - waves[0, 0]
-    y = reflected * np.sqrt(frames[0] / (np.abs(reflected) ** 2 + 1e-9))
+    counts = np.fft.ifftshift(frames[0])
+    y = reflected * np.sqrt(counts / (np.abs(reflected) ** 2 + 1e-9))
     want_waves = beta * (waves[0, 0] + y - fz) + (1 - beta) * fz
-    chi = _ifft(want_waves - fz)
+    chi = np.fft.ifft2(want_waves - fz, norm="ortho")
     p2 = np.abs(probe) ** 2
     d_obj = np.conj(probe) * chi / (p2 + reg * p2.max())
     o2 = np.abs(patch) ** 2

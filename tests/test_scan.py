@@ -191,3 +191,17 @@ def test_object_shape_for_is_minimal_and_even(rng):
             check_positions(pos, (h - 2 * margin - 2, w - 2 * margin), PATCH)
         with pytest.raises(ValueError):
             check_positions(pos, (h - 2 * margin, w - 2 * margin - 2), PATCH)
+
+
+@pytest.mark.parametrize("d", ["", "y", "x"])
+def test_cpu_loop_and_accelerator_scatter_agree(rng, d):
+    # insert_patches runs the loop on the CPU and the scatter elsewhere: both must agree.
+    from diffptycho.physics import scan
+
+    pos = jnp.concatenate([_positions(rng), jnp.asarray([[14.0, 13.0], [-14.0, -13.0]])])
+    patches = _obj(rng, (pos.shape[0], *PATCH))
+    padded, _ = scan._block_shape(OBJ_SHAPE, PATCH)
+    corners, frac = scan._corners(pos, OBJ_SHAPE, PATCH, padded, jnp.float64)
+    loop = scan._insert_loop(patches, corners, frac, padded, d)
+    scatter = scan._insert_scatter(patches, corners, frac, padded, d)
+    np.testing.assert_allclose(loop, scatter, atol=1e-13)

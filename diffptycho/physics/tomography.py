@@ -29,8 +29,8 @@ mode is the operator itself. Angles may be traced (jit leaves); their tangent is
 (almost everywhere) derivative of the kernel above, for angle refinement. It costs one more
 projection, so keep angles that are data out of the differentiated leaves (``lax.stop_gradient``
 or an equinox filter). Second derivatives that involve the angles are not supported. Importing
-this module gives ``linear_call`` a batching rule (JAX 0.10 has none), so ``vmap`` (e.g. over
-energies) composes with all of this.
+:mod:`diffptycho.physics._linear` gives ``linear_call`` a batching rule (JAX 0.10 has none), so
+``vmap`` (e.g. over energies) composes with all of this.
 
 The kernel is the one of ASTRA's CPU ``'linear'`` parallel projector at ASTRA angle φ = −θ
 (ASTRA's detector coordinate is x cos φ − z sin φ): they agree to float32 rounding
@@ -49,6 +49,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero, linear_call
 
 from diffptycho._typing import Angles, Array, Shaped, Volume
+from diffptycho.physics._linear import LINEAR_CALL_BATCHES as _LINEAR_CALL_BATCHES
 
 __all__ = ["project", "backproject"]
 
@@ -461,62 +462,3 @@ def _backproject_impl(
 
     out = _map(one_row, z_c, batch)  # (z, x, channel)
     return jnp.swapaxes(_from_channels(out, is_complex), 1, 2)
-
-
-# ----------------------------------------------------------------------------- vmap support
-
-
-def _register_linear_call_batching() -> bool:
-    """Give ``linear_call`` a batching rule so ``vmap`` composes with our derivatives.
-
-    JAX (0.10) ships ``linear_call`` without one, which would break ``vmap(grad(...))`` over,
-    e.g., energies. The rule vmaps both the function and its transpose, keeping the pairing.
-
-    Returns:
-        Whether ``linear_call`` can be batched (by JAX's rule or this one).
-    """
-    try:
-        from jax._src.custom_derivatives import linear_call_p
-        from jax.interpreters import batching
-    except ImportError:  # pragma: no cover - a newer JAX reorganised its internals
-        return False
-    tables = [getattr(batching, "fancy_primitive_batchers", {}), batching.primitive_batchers]
-    if any(isinstance(t, dict) and linear_call_p in t for t in tables):
-        return True  # JAX has its own rule
-    try:
-        from jax.extend.core import jaxpr_as_fun
-    except ImportError:  # pragma: no cover - older JAX
-        from jax.core import jaxpr_as_fun
-
-    def rule(args, dims, *, callee, transpose_thunk, num_callee_consts, num_res):
-        size = next(x.shape[d] for x, d in zip(args, dims, strict=True) if d is not None)
-        n_fixed = num_callee_consts + num_res
-        args = [x if d is None else jnp.moveaxis(x, d, 0) for x, d in zip(args, dims, strict=True)]
-        axes = [None if d is None else 0 for d in dims]
-        fixed, fixed_axes = args[:n_fixed], axes[:n_fixed]
-        # Every linear input is batched so the transpose's outputs (its cotangents) are too.
-        lin = [
-            x if ax == 0 else jnp.broadcast_to(x, (size, *x.shape))
-            for x, ax in zip(args[n_fixed:], axes[n_fixed:], strict=True)
-        ]
-        callee_fn = jaxpr_as_fun(callee)
-        transpose_jaxpr, transpose_consts = transpose_thunk()
-        transpose_fn = jaxpr_as_fun(transpose_jaxpr)
-
-        def fun(res, x):
-            return jax.vmap(lambda r, v: callee_fn(*r, *v), in_axes=(fixed_axes, 0))(res, x)
-
-        def fun_t(res, ct):
-            res_only, res_axes = res[num_callee_consts:], fixed_axes[num_callee_consts:]
-            return jax.vmap(
-                lambda r, c: transpose_fn(*transpose_consts, *r, *c), in_axes=(res_axes, 0)
-            )(res_only, ct)
-
-        out = linear_call(fun, fun_t, fixed, lin)
-        return out, [0] * len(out)
-
-    batching.primitive_batchers[linear_call_p] = rule
-    return True
-
-
-_LINEAR_CALL_BATCHES = _register_linear_call_batching()

@@ -40,6 +40,14 @@ class AbstractSolver(eqx.Module):
     def step(self, model: eqx.Module, state: Any, batch: Any) -> tuple[eqx.Module, Any, Array]:
         """One iteration on ``batch``; returns the new model, state and the loss before it."""
 
+    def prepare(self, model: eqx.Module, batch: Any) -> Any:
+        """``batch`` as :meth:`step` works on it fastest (e.g. re-laid once); default: as is.
+
+        :func:`solve` calls it once per batch object; ``step`` must also accept the batch
+        unprepared.
+        """
+        return batch
+
 
 def trainable_spec(model: eqx.Module, where: Callable[[Any], Any]) -> Any:
     """Boolean filter tree that marks the leaves selected by ``where`` as trainable.
@@ -187,6 +195,8 @@ def solve(
     if iterations < 0:
         raise ValueError(f"iterations={iterations}: expected a non-negative count")
     state = _init(solver, model) if state is None else state
+    if not callable(batches):
+        batches = solver.prepare(model, batches)
 
     history = History()
     bar = None
@@ -197,7 +207,7 @@ def solve(
     start = time.perf_counter()
     try:
         for it in range(iterations):
-            batch = batches(it) if callable(batches) else batches
+            batch = solver.prepare(model, batches(it)) if callable(batches) else batches
             t0 = time.perf_counter()
             new_model, new_state, loss, ok = _checked_step(solver, model, state, batch)
             loss = float(loss)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffptycho._typing import Array, Bool, Float, Frames, Int
+from diffptycho.models.propagators import AbstractPropagator
 from diffptycho.recon.losses import LOSSES
 
 
@@ -27,6 +28,9 @@ class PtychoData(eqx.Module):
         mask: valid detector pixels (True), shape ``(fy, fx)`` or per frame ``(n, fy, fx)``,
             or None when every pixel is valid. Masked pixels keep the model's amplitude in
             the Fourier projection and are left out of every loss.
+        native: frames and mask are already in the propagator's native layout (see
+            :class:`~diffptycho.models.propagators.AbstractPropagator`); the engines move
+            them there once, through :meth:`in_layout`, when ``solve`` starts.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -36,6 +40,7 @@ class PtychoData(eqx.Module):
 
     frames: Frames
     mask: Bool[Array, "fy fx"] | Bool[Array, "n fy fx"] | None = None
+    native: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         if self.frames.ndim != 3:
@@ -59,6 +64,39 @@ class PtychoData(eqx.Module):
         if self.mask is None or self.mask.ndim == 2:
             return frames, self.mask
         return frames, self.mask[idx]
+
+    def in_layout(self, propagator: AbstractPropagator) -> PtychoData:
+        """These data in ``propagator``'s native layout (one copy; no-op when already)."""
+        if self.native:
+            return self
+        mask = None if self.mask is None else propagator.to_native(self.mask)
+        return PtychoData(propagator.to_native(self.frames), mask, native=True)
+
+    def take_native(
+        self, idx: Int[Array, " b"], propagator: AbstractPropagator
+    ) -> tuple[Float[Array, "b fy fx"], Array | None]:
+        """:meth:`take` in ``propagator``'s native layout (moved per batch if not yet)."""
+        frames, mask = self.take(idx)
+        if self.native:
+            return frames, mask
+        return propagator.to_native(frames), None if mask is None else propagator.to_native(mask)
+
+
+class NativeLayout:
+    """Mixin of the ptychography engines: ``solve`` hands them data in the native layout.
+
+    The frames are moved once (:meth:`PtychoData.in_layout`) instead of once per batch.
+    """
+
+    def prepare(self, model, data: PtychoData) -> PtychoData:
+        """``data`` in ``model.propagator``'s native layout."""
+        return data.in_layout(model.propagator)
+
+
+def native_background(model) -> Float[Array, "fy fx"] | None:
+    """The model's incoherent background in its propagator's native layout (or None)."""
+    bg = model.background
+    return None if bg is None else model.propagator.to_native(bg)
 
 
 def batch_layout(n: int, batch_size: int) -> tuple[int, int]:

@@ -24,10 +24,16 @@ import jax.numpy as jnp
 import optax
 
 from diffptycho._typing import Array, Int, Positions
-from diffptycho.models.ptycho import scan_intensities
 from diffptycho.physics import scan
+from diffptycho.recon.ptycho import projections as proj
 from diffptycho.recon.ptycho.constraints import Refinement, check_refinement, end_of_iteration
-from diffptycho.recon.ptycho.data import PtychoData, batch_indices, frame_losses
+from diffptycho.recon.ptycho.data import (
+    NativeLayout,
+    PtychoData,
+    batch_indices,
+    frame_losses,
+    native_background,
+)
 from diffptycho.recon.ptycho.projections import illumination
 from diffptycho.recon.solve import AbstractSolver
 
@@ -89,10 +95,10 @@ def _set(model, params, scales):
 
 def batch_loss(model, data: PtychoData, idx: Int[Array, " b"], weights: Array, loss: str) -> Array:
     """Weighted mean frame loss of the positions ``idx`` (padding has weight 0)."""
-    frames, mask = data.take(idx)
-    predicted = scan_intensities(
-        model.object, model.probe, model.positions[idx], model.propagator, model.background
-    )
+    prop = model.propagator
+    frames, mask = data.take_native(idx, prop)
+    _, waves = proj.exit_waves(model.object, model.probe, model.positions[idx])
+    predicted = proj.model_intensity(prop.native(waves), native_background(model))
     per_frame = frame_losses(predicted, frames, mask, loss)
     return jnp.sum(weights * per_frame) / jnp.maximum(jnp.sum(weights), 1)
 
@@ -114,7 +120,7 @@ def _finish(model, refinement: Refinement, state: GradientState):
     return end_of_iteration(model, refinement, state.iteration, state.positions0, None)[0]
 
 
-class MinibatchOptax(AbstractSolver):
+class MinibatchOptax(NativeLayout, AbstractSolver):
     """Stochastic gradient descent with an optax transformation, one step per minibatch.
 
     Attributes:
@@ -215,7 +221,7 @@ def full_loss(model, data: PtychoData, batch_size: int, loss: str) -> Array:
     return total / n
 
 
-class LBFGS(AbstractSolver):
+class LBFGS(NativeLayout, AbstractSolver):
     """Full-batch L-BFGS (``optax.lbfgs`` with its zoom line search) on the likelihood.
 
     Attributes:

@@ -29,7 +29,12 @@ from diffptycho.recon.ptycho.constraints import (
     end_of_iteration,
     refine_positions,
 )
-from diffptycho.recon.ptycho.data import PtychoData, batch_indices
+from diffptycho.recon.ptycho.data import (
+    NativeLayout,
+    PtychoData,
+    batch_indices,
+    native_background,
+)
 from diffptycho.recon.solve import AbstractSolver
 
 
@@ -76,7 +81,7 @@ def optimal_steps(
     return (app * bo - aop * bp) / det, (aoo * bp - aop * bo) / det
 
 
-class LSQML(AbstractSolver):
+class LSQML(NativeLayout, AbstractSolver):
     """Least-squares maximum likelihood with an optimal step per position.
 
     Attributes:
@@ -117,16 +122,15 @@ class LSQML(AbstractSolver):
         shape = model.object.shape
         real = model.object.real.dtype
         reg, beta = self.regularization, self.relaxation
+        prop, bg = model.propagator, native_background(model)
 
         def body(carry, xs):
             obj, probe, pos, ratio_sum, loss_sum = carry
             i, v = xs
             w = v.astype(real)
-            frames, mask = data.take(i)
+            frames, mask = data.take_native(i, prop)
             p = pos[i]
-            r = proj.exit_wave_residual(
-                obj, probe, p, model.propagator, model.background, frames, mask, w, self.loss
-            )
+            r = proj.exit_wave_residual(obj, probe, p, prop, bg, frames, mask, w, self.loss)
             illum = proj.illumination(probe, p, shape, w)
             tiny = jnp.finfo(real).tiny
             d_obj = proj.object_numerator(r.chi, probe, p, shape) / (
@@ -156,7 +160,8 @@ class LSQML(AbstractSolver):
         )
         (obj, probe, pos, ratio_sum, loss_sum), _ = jax.lax.scan(body, init, (idx, valid))
         model = eqx.tree_at(lambda m: (m.object, m.probe, m.positions), model, (obj, probe, pos))
-        model, _ = end_of_iteration(model, ref, it, state.positions0, ratio_sum / n)
+        ratio = prop.from_native(ratio_sum / n)
+        model, _ = end_of_iteration(model, ref, it, state.positions0, ratio)
         return model, LSQMLState(it + 1, key, state.positions0), loss_sum / n
 
 

@@ -27,7 +27,12 @@ from diffptycho.recon.ptycho.constraints import (
     end_of_iteration,
     refine_positions,
 )
-from diffptycho.recon.ptycho.data import PtychoData, batch_indices
+from diffptycho.recon.ptycho.data import (
+    NativeLayout,
+    PtychoData,
+    batch_indices,
+    native_background,
+)
 from diffptycho.recon.solve import AbstractSolver
 
 
@@ -43,7 +48,7 @@ class PIEState(eqx.Module):
     probe_velocity: Complex[Array, "mode py px"] | None = None
 
 
-class PIE(AbstractSolver):
+class PIE(NativeLayout, AbstractSolver):
     """ePIE / rPIE / mPIE as one minibatched engine (see the module docstring).
 
     Attributes:
@@ -111,15 +116,14 @@ class PIE(AbstractSolver):
         probe_on = jnp.asarray(ref.probe) & (it >= ref.probe_start)
         shape = model.object.shape
         real = model.object.real.dtype
+        prop, bg = model.propagator, native_background(model)
 
         def body(carry, xs):
             obj, probe, pos, ratio_sum, loss_sum = carry
             i, v = xs
             w = v.astype(real)
-            frames, mask = data.take(i)
-            r = proj.exit_wave_residual(
-                obj, probe, pos[i], model.propagator, model.background, frames, mask, w, self.loss
-            )
+            frames, mask = data.take_native(i, prop)
+            r = proj.exit_wave_residual(obj, probe, pos[i], prop, bg, frames, mask, w, self.loss)
             num = proj.object_numerator(r.chi, probe, pos[i], shape)
             den = proj.illumination(probe, pos[i], shape, w)
             new_obj = obj + self._divide(num, den, self.object_step, self.object_alpha)
@@ -143,7 +147,8 @@ class PIE(AbstractSolver):
         if self.momentum > 0:
             obj, probe, state = self._momentum(obj, probe, state, probe_on)
         model = eqx.tree_at(lambda m: (m.object, m.probe, m.positions), model, (obj, probe, pos))
-        model, mixing = end_of_iteration(model, ref, it, state.positions0, ratio_sum / n)
+        ratio = prop.from_native(ratio_sum / n)
+        model, mixing = end_of_iteration(model, ref, it, state.positions0, ratio)
         if self.momentum > 0:
             state = eqx.tree_at(
                 lambda s: (s.probe_buffer, s.probe_velocity),

@@ -125,6 +125,9 @@ def exit_wave_residual(
 ) -> Residual:
     """Exit waves, their Fourier-projection change χ and the batch loss (two FFTs per mode).
 
+    Detector-plane inputs (``frames``, ``mask``, ``background``) and the returned ``ratio`` are
+    in the propagator's native layout (:meth:`PtychoData.take_native`).
+
     Args:
         obj: object ``(H, W)``.
         probe: probe modes ``(mode, py, px)``.
@@ -140,11 +143,11 @@ def exit_wave_residual(
         A :class:`Residual`.
     """
     patches, waves = exit_waves(obj, probe, positions)
-    detector = propagator(waves)
+    detector = propagator.native(waves)
     intensity = model_intensity(detector, background)
     ratio = intensity_ratio(intensity, frames, mask)
     factor = (jnp.sqrt(ratio) - 1) * weights[:, None, None]
-    chi = propagator.adjoint(detector * factor[:, None].astype(detector.dtype))
+    chi = propagator.native_adjoint(detector * factor[:, None].astype(detector.dtype))
     return Residual(
         patches=patches,
         waves=waves,

@@ -49,19 +49,25 @@ from diffptycho.recon.ptycho.constraints import (
     end_of_iteration,
     refine_positions,
 )
-from diffptycho.recon.ptycho.data import PtychoData, batch_indices, frame_losses
+from diffptycho.recon.ptycho.data import (
+    NativeLayout,
+    PtychoData,
+    batch_indices,
+    frame_losses,
+    native_background,
+)
 from diffptycho.recon.solve import AbstractSolver
 
 
 class RAARState(eqx.Module):
     """Detector-plane exit waves of every position, reference positions, iteration counter."""
 
-    waves: Complex[Array, "n mode fy fx"]
+    waves: Complex[Array, "n mode fy fx"]  # in the propagator's native layout
     positions0: Positions
     iteration: Int[Array, ""]
 
 
-class RAAR(AbstractSolver):
+class RAAR(NativeLayout, AbstractSolver):
     """Relaxed averaged alternating reflections; ``beta=1`` is the difference map.
 
     Memory holds one exit wave per position and mode (the method's state); everything else is
@@ -100,7 +106,7 @@ class RAAR(AbstractSolver):
 
         def one(i):
             _, z = proj.exit_waves(model.object, model.probe, model.positions[i])
-            return model.propagator(z)
+            return model.propagator.native(z)
 
         waves = jax.lax.map(one, idx)
         waves = waves.reshape(-1, *waves.shape[2:])[: model.positions.shape[0]]
@@ -111,16 +117,17 @@ class RAAR(AbstractSolver):
         n = model.positions.shape[0]
         idx, valid = batch_indices(n, self.batch_size)
         it, ref = state.iteration, self.refinement
-        obj, probe, bg, prop = model.object, model.probe, model.background, model.propagator
+        obj, probe, prop = model.object, model.probe, model.propagator
+        bg = native_background(model)
         shape, real, beta = obj.shape, obj.real.dtype, self.beta
 
         def body(carry, xs):
             waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = carry
             i, v = xs
             w = v.astype(real)
-            frames, mask = data.take(i)
+            frames, mask = data.take_native(i, prop)
             patches, z = proj.exit_waves(obj, probe, model.positions[i])
-            fz = prop(z)
+            fz = prop.native(z)
             psi = waves[i]
             intensity = proj.model_intensity(fz, bg)
             loss_sum = loss_sum + jnp.sum(w * frame_losses(intensity, frames, mask, self.loss))
@@ -131,7 +138,7 @@ class RAAR(AbstractSolver):
             y = y + self.fourier_relaxation * (reflected - y)
             new = beta * (psi + y - fz) + (1 - beta) * fz
             waves = waves.at[i].set(jnp.where(v[:, None, None, None], new, psi))
-            chi = prop.adjoint(new - fz) * w[:, None, None, None]
+            chi = prop.native_adjoint(new - fz) * w[:, None, None, None]
             obj_num = obj_num + proj.object_numerator(chi, probe, model.positions[i], shape)
             probe_num = probe_num + proj.probe_numerator(chi, patches)
             probe_den = probe_den + proj.probe_denominator(patches, w)
@@ -163,7 +170,8 @@ class RAAR(AbstractSolver):
         model = eqx.tree_at(
             lambda m: (m.object, m.probe, m.positions), model, (new_obj, new_probe, pos)
         )
-        model, mixing = end_of_iteration(model, ref, it, state.positions0, ratio_sum / n)
+        ratio = prop.from_native(ratio_sum / n)
+        model, mixing = end_of_iteration(model, ref, it, state.positions0, ratio)
         if probe.shape[0] > 1 and ref.orthogonalize_every > 0:
             waves = jnp.einsum("mk,nkyx->nmyx", mixing, waves)
         state = RAARState(waves, state.positions0, it + 1)
