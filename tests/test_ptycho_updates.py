@@ -245,3 +245,17 @@ def test_probe_support_power_and_object_clipping(rng):
         check_refinement(model, Refinement(background=True))
     with pytest.raises(ValueError, match="probe_support"):
         check_refinement(model, Refinement(probe_support=jnp.ones((4, 4))))
+
+
+def test_raar_beta_schedule():
+    fixed = RAAR(beta=0.8)
+    assert float(fixed.relaxation_at(500)) == pytest.approx(0.8)
+    sched = RAAR(beta=0.8, final_beta=0.1, schedule_iterations=40.0)
+    assert float(sched.relaxation_at(0)) == pytest.approx(0.8)
+    # Luke's form: β_n = β_f + (β − β_f) exp(−(n/τ)³)
+    assert float(sched.relaxation_at(40)) == pytest.approx(0.1 + 0.7 * np.exp(-1.0), rel=1e-6)
+    assert float(sched.relaxation_at(200)) == pytest.approx(0.1, abs=1e-6)
+    with pytest.raises(ValueError, match="final_beta"):
+        RAAR(final_beta=0.0)
+    with pytest.raises(ValueError, match="schedule_iterations"):
+        RAAR(final_beta=0.5, schedule_iterations=0.0)

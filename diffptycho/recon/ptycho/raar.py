@@ -13,9 +13,12 @@ With Poisson noise the constraints have no common point and the pure difference 
 (Douglas–Rachford iterates of an inconsistent problem drift). As PtychoShelves does, P_F can be
 relaxed to (1 − r) P_F + r I (``fourier_relaxation`` r), which keeps it stable; the relaxed map
 is algebraically RAAR with β = 1 − r. Either way the fixed point with noisy data is not the
-likelihood optimum: at 1e5 photons per frame RAAR (β = 0.8) settles ~35 % and DM (r = 0.1)
-~55 % above the object error of LSQML or the gradient engines, and a few tens of LSQML or
-L-BFGS iterations started from their result close the gap (the classic "DM then ML" recipe).
+likelihood optimum: at 1e5 photons per frame RAAR (β = 0.8) settles ~30 % and DM (r = 0.1)
+~50 % above the object error of the best engines. Lowering β over the run (Luke's schedule,
+``final_beta``; the default of :func:`raar` and :func:`difference_map`) ends close to
+alternating projections, whose fixed point is the amplitude-likelihood optimum: both then end
+within a few % of the best engine. A few tens of LSQML or L-BFGS iterations started from a
+fixed-β result close the gap as well (the classic "DM then ML" recipe).
 
 The waves are stored in the detector plane, Ψ_j = F ψ_j: the propagator is linear, so
 F(2 P_O ψ − ψ) = 2 F P_O ψ − Ψ and an iteration costs one forward and one inverse propagation
@@ -75,6 +78,11 @@ class RAAR(NativeLayout, AbstractSolver):
 
     Attributes:
         beta: relaxation β in (0, 1]; 1 is DM.
+        final_beta: if set, β follows Luke's schedule
+            β_n = β_f + (β − β_f) exp(−(n / ``schedule_iterations``)³) from ``beta`` at the start
+            towards β_f: small β_f ends the run close to alternating projections, whose fixed
+            point is the amplitude-likelihood optimum rather than the noise-biased RAAR point.
+        schedule_iterations: the schedule's time constant in iterations.
         fourier_relaxation: r in [0, 1): P_F is replaced by (1 − r) P_F + r I.
         batch_size: positions per minibatch (memory bound only: results do not depend on it).
         regularization: δ / max(denominator) in the overlap projection.
@@ -88,6 +96,8 @@ class RAAR(NativeLayout, AbstractSolver):
 
     beta: float = 0.8
     fourier_relaxation: float = 0.0
+    final_beta: float | None = None
+    schedule_iterations: float = 50.0
     batch_size: int = eqx.field(static=True, default=64)
     regularization: float = 1e-3
     refinement: Refinement = eqx.field(default_factory=Refinement)
@@ -96,8 +106,19 @@ class RAAR(NativeLayout, AbstractSolver):
     def __check_init__(self):
         if not 0 < self.beta <= 1:
             raise ValueError(f"beta={self.beta}: expected 0 < β ≤ 1")
+        if self.final_beta is not None and not 0 < self.final_beta <= 1:
+            raise ValueError(f"final_beta={self.final_beta}: expected 0 < β ≤ 1")
+        if not self.schedule_iterations > 0:
+            raise ValueError(f"schedule_iterations={self.schedule_iterations}: expected > 0")
         if not 0 <= self.fourier_relaxation < 1:
             raise ValueError(f"fourier_relaxation={self.fourier_relaxation}: expected 0 ≤ r < 1")
+
+    def relaxation_at(self, iteration: Int[Array, ""] | int) -> Array:
+        """β of iteration ``iteration`` (0-based): ``beta``, or the schedule to ``final_beta``."""
+        if self.final_beta is None:
+            return jnp.asarray(self.beta)
+        decay = jnp.exp(-((jnp.asarray(iteration) / self.schedule_iterations) ** 3))
+        return self.final_beta + (self.beta - self.final_beta) * decay
 
     def init(self, model) -> RAARState:
         """Waves = the model's own exit waves (already consistent with the overlap)."""
@@ -119,7 +140,8 @@ class RAAR(NativeLayout, AbstractSolver):
         it, ref = state.iteration, self.refinement
         obj, probe, prop = model.object, model.probe, model.propagator
         bg = native_background(model)
-        shape, real, beta = obj.shape, obj.real.dtype, self.beta
+        shape, real = obj.shape, obj.real.dtype
+        beta = self.relaxation_at(it).astype(real)
 
         def body(carry, xs):
             waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = carry
@@ -192,9 +214,19 @@ def _object_overlap(obj, d_obj, positions, idx, valid, probe) -> Complex[Array, 
     return acc
 
 
-def raar(beta: float = 0.8, **options) -> RAAR:
-    """RAAR with relaxation ``beta`` (Luke 2005; the battery study's engine)."""
-    return RAAR(beta=beta, **options)
+def raar(
+    beta: float = 0.8, final_beta: float | None = 0.1, schedule_iterations: float = 40.0, **options
+) -> RAAR:
+    """RAAR (Luke 2005; the battery study's engine), β scheduled from ``beta`` to ``final_beta``.
+
+    The schedule is the default because a fixed β stops at a noise-biased point: on 300
+    positions of 64² at 1e5 photons (100 iterations, blind start) fixed β = 0.8 ended at object
+    error 0.0487, the schedule at 0.0384, against 0.0374 for the best engine (L-BFGS).
+    ``final_beta=None`` keeps β fixed.
+    """
+    return RAAR(
+        beta=beta, final_beta=final_beta, schedule_iterations=schedule_iterations, **options
+    )
 
 
 def difference_map(fourier_relaxation: float = 0.1, **options) -> RAAR:
@@ -203,8 +235,11 @@ def difference_map(fourier_relaxation: float = 0.1, **options) -> RAAR:
     The Fourier projection is relaxed by default, as PtychoShelves' ``pfft_relaxation``: the
     pure map (``fourier_relaxation=0``) wanders off with Poisson-noisy data (measured: object
     error 0.15 → 0.85 within 40 iterations at 1e5 photons per frame). Algebraically, the map
-    with P_F relaxed by r is exactly RAAR with β = 1 − r (tested).
+    with P_F relaxed by r is exactly RAAR with β = 1 − r (tested). As :func:`raar`, β then
+    follows a schedule to ``final_beta`` = 0.1 (``final_beta=None``: the fixed map; measured on
+    the case of :func:`raar`: object error 0.0552 fixed, 0.0378 scheduled).
     """
+    options = {"final_beta": 0.1, "schedule_iterations": 40.0} | options
     return RAAR(beta=1.0, fourier_relaxation=fourier_relaxation, **options)
 
 
