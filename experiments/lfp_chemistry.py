@@ -4,11 +4,21 @@ Simulated "reconstructed" OD volumes at 708.2 and 710.2 eV: phantom plates (``lf
 per-voxel OD of each end member (calibrated spectra, 6.7 nm voxels) → blur to the study's 11 nm
 resolution (Gaussian PSF of 11 nm FWHM) → additive Gaussian noise of σ = ``noise`` × the OD of one
 voxel of LiFePO4 at 708.2 eV. Then the study's analysis: 2×2 unmixing, polar-angle histogram fit,
-30/70 % phase segmentation, particle segmentation and statistics, compared with the truth; each
-noise level is analysed as measured (``smooth 0``) and with the concentrations smoothed inside the
-particles at the resolution scale (``--smooth`` voxels).
+30/70 % phase segmentation, particle segmentation and statistics, compared with the truth. Each
+noise level is analysed three ways: the particle mask thresholded at half density and the
+concentrations as measured (``smooth 0``); the same with the concentrations smoothed inside the
+particles at the resolution scale (``--smooth`` voxels); and the smoothed concentrations inside a
+mask thresholded after a total-variation deconvolution of the total density by the known PSF
+(``tv``; :mod:`diffptycho.analysis.deconvolution`; thresholding the blur loses the rims of
+3-voxel-thick plates).
 
-Run: ``python experiments/lfp_chemistry.py --out lfp_chem_out`` (≈ 1–2 min on 2 cores).
+The noise levels are calibrated by the FSC ½-bit half-period of two independent noise realisations
+of a volume (the study measured 11 nm this way); it is printed for each level. A second table
+scores the phase segmentation against the width of the mixed band across the plates' fronts
+(``mixed_band_m`` of the phantom), from bands narrower than the PSF (the phantom's former
+1–2 voxels) to domains several resolution elements across.
+
+Run: ``python experiments/lfp_chemistry.py --out lfp_chem_out`` (≈ 3–4 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -21,7 +31,9 @@ import numpy as np
 from scipy import ndimage
 
 from diffptycho.analysis import chem_figures, figures
+from diffptycho.analysis import deconvolution as dc
 from diffptycho.analysis import particles as pa
+from diffptycho.analysis import resolution as rs
 from diffptycho.analysis import segmentation as sg
 from diffptycho.io.results import write_results
 from diffptycho.physics import optics
@@ -34,6 +46,9 @@ VOXEL_M = 6.7e-9
 RESOLUTION_M = 11e-9
 MASK_LEVEL = 0.5  # half occupied, as the phantom's labels
 MIN_VOXELS = 50  # smallest particle kept (the smallest plate has ≈ 390 voxels)
+PSF_SIGMA_VOX = RESOLUTION_M / (2 * np.sqrt(2 * np.log(2))) / VOXEL_M
+TV_ITERATIONS = 60  # converged to the noise at ≥ 2 % noise (the mask no longer changes)
+BAND_STUDY_NM = ((7, 13), (13, 20), (20, 30), (30, 45), (45, 60))  # the first: the former bands
 
 
 def od_per_voxel(energies_ev, voxel_m=VOXEL_M) -> np.ndarray:
@@ -45,9 +60,8 @@ def od_per_voxel(energies_ev, voxel_m=VOXEL_M) -> np.ndarray:
 
 def simulate_od(composition, matrix, noise, rng):
     """Blurred (11 nm FWHM) noisy OD volumes (2, z, y, x) at E1, E2."""
-    sigma_vox = RESOLUTION_M / (2 * np.sqrt(2 * np.log(2))) / VOXEL_M
     clean = np.einsum("ij,j...->i...", matrix, composition)
-    blurred = np.stack([ndimage.gaussian_filter(c, sigma_vox) for c in clean])
+    blurred = np.stack([ndimage.gaussian_filter(c, PSF_SIGMA_VOX) for c in clean])
     return blurred + rng.normal(0.0, noise * matrix[0, 0], blurred.shape)
 
 
@@ -79,24 +93,56 @@ def match_particles(pred_labels, truth_labels):
     return pairs, merged
 
 
-def analyse(od, matrix, smooth_vox):
-    """Unmix, segment and measure one volume."""
-    conc = np.asarray(te.unmix_two_energy(od, matrix))
-    mask = sg.occupied_mask(conc.sum(0), MASK_LEVEL)
+def particle_mask(total, method: str) -> tuple[np.ndarray, float]:
+    """Occupied voxels from the total concentration; (mask, residual / noise variance).
+
+    ``threshold``: total ≥ half density. ``tv``: the same after deconvolving the total by the
+    PSF (box 0–1, TV weight from the estimated noise; the ratio is ≈ 1 when the weight obeys the
+    discrepancy principle, NaN for the threshold).
+    """
+    if method == "threshold":
+        return sg.occupied_mask(total, MASK_LEVEL), float("nan")
+    d = dc.tv_deconvolve(np.nan_to_num(total), PSF_SIGMA_VOX, n_iter=TV_ITERATIONS)
+    return sg.occupied_mask(d.field, MASK_LEVEL), d.residual_ratio
+
+
+def classify(conc, mask, smooth_vox):
+    """Smoothed concentrations, LiFePO4 share and phase classes inside a mask."""
     conc_s = te.smooth_concentrations(conc, mask, smooth_vox)
     frac = np.asarray(te.fraction_first(conc_s))
+    return conc_s, frac, sg.phase_classes(frac, mask)
+
+
+def analyse(od, matrix, smooth_vox, mask_method):
+    """Unmix, segment and measure one volume."""
+    conc = np.asarray(te.unmix_two_energy(od, matrix))
+    mask, resid = particle_mask(conc.sum(0), mask_method)
+    conc_s, frac, classes = classify(conc, mask, smooth_vox)
     net = np.einsum("ij,j...->i...", matrix, conc_s)  # OD consistent with the smoothed map
     labels, _ = sg.label_particles(mask, min_voxels=MIN_VOXELS)
     table = pa.particle_properties(labels, conc_s, VOXEL_M, density=conc.sum(0), full_density=1.0)
     return {
         "conc": conc_s,
         "mask": mask,
+        "mask_residual": resid,
         "frac": frac,
         "angle": np.where(mask, np.degrees(np.asarray(te.polar_angle(net))), np.nan),
-        "classes": sg.phase_classes(frac, mask),
+        "classes": classes,
         "labels": labels,
         "table": table,
     }
+
+
+def phase_dice(fields, classes) -> tuple[dict, dict, float]:
+    """Dice per phase class over all voxels, over voxels both call occupied, and of occupancy."""
+    cls_t = np.concatenate([truth_classes(f).ravel() for f in fields])
+    cls_e = np.concatenate([c.ravel() for c in classes])
+    both = (cls_t >= 0) & (cls_e >= 0)
+    return (
+        sg.dice_per_class(cls_e, cls_t),
+        sg.dice_per_class(cls_e[both], cls_t[both]),
+        sg.dice(cls_e >= 0, cls_t >= 0),
+    )
 
 
 def score(fields, res, matrix) -> dict:
@@ -111,8 +157,7 @@ def score(fields, res, matrix) -> dict:
     conc_err = cat(
         [(r["conc"] - f.composition).reshape(2, -1) for f, r in zip(fields, res, strict=True)], 1
     )
-    cls_t = cat([truth_classes(f).ravel() for f in fields])
-    cls_e = cat([r["classes"].ravel() for r in res])
+    dice, dice_phase, dice_occ = phase_dice(fields, [r["classes"] for r in res])
     share_t = cat([f.fepo4_fraction for f in fields])
     share_e = cat([r["table"].share_second for r in res])
     thick, share_err, merged = [], [], 0
@@ -126,9 +171,10 @@ def score(fields, res, matrix) -> dict:
     return {
         "rmse_share": float(np.sqrt(np.mean(err[both] ** 2))),
         "rmse_conc": np.sqrt(np.mean(conc_err[:, inside] ** 2, axis=1)),
-        "dice": sg.dice_per_class(cls_e, cls_t),
-        "dice_phase_only": sg.dice_per_class(cls_e[both], cls_t[both]),
-        "dice_occupied": sg.dice(cls_e >= 0, cls_t >= 0),
+        "dice": dice,
+        "dice_phase_only": dice_phase,
+        "dice_occupied": dice_occ,
+        "mask_residual": float(np.mean([r["mask_residual"] for r in res])),
         "fit": te.fit_polar_histogram(cat([r["angle"].ravel() for r in res]), matrix),
         "active": {
             t: (pa.active_fraction(share_t, t), pa.active_fraction(share_e, t))
@@ -140,64 +186,155 @@ def score(fields, res, matrix) -> dict:
     }
 
 
+def fsc_half_period_m(field, matrix, noise) -> float:
+    """FSC ½-bit half-period in m of two independent noise realisations of the 708.2 eV volume."""
+    rng = np.random.default_rng(99)
+    a, b = (simulate_od(field.composition, matrix, noise, rng)[0] for _ in range(2))
+    c = rs.crossing(rs.fsc(a, b, window="hann"), voxel_size_m=VOXEL_M)
+    return c.half_period_m if c.crossed else float("nan")
+
+
+def band_study(args, matrix) -> dict:
+    """Phase-segmentation Dice against the width of the mixed band (no solid-solution plates).
+
+    The plates and the noise are the same for every band width (the phantom draws geometry and
+    chemistry from separate streams), so the total density, hence the particle mask, is too: it
+    is computed once per volume and noise level.
+    """
+    out, masks = {}, {}
+    for noise in args.band_noise:
+        for lo, hi in BAND_STUDY_NM:
+            fields = [
+                lfp_field(
+                    (args.size,) * 3,
+                    VOXEL_M,
+                    args.particles,
+                    seed=s,
+                    mixed_band_m=(lo * 1e-9, hi * 1e-9),
+                    solid_solution_fraction=0.0,
+                )
+                for s in range(args.volumes)
+            ]
+            rng = np.random.default_rng(1234)
+            classes = {0.0: [], args.smooth: []}
+            for i, f in enumerate(fields):
+                conc = np.asarray(
+                    te.unmix_two_energy(simulate_od(f.composition, matrix, noise, rng), matrix)
+                )
+                total = conc.sum(0)
+                if (i, noise) not in masks:
+                    masks[i, noise] = (total, particle_mask(total, "tv")[0])
+                np.testing.assert_allclose(total, masks[i, noise][0], atol=1e-5)  # float32
+                for smooth in classes:
+                    classes[smooth].append(classify(conc, masks[i, noise][1], smooth)[2])
+            mixed_share = np.mean(
+                np.concatenate([(truth_classes(f) == sg.MIXED)[f.labels > 0] for f in fields])
+            )
+            out[noise, lo, hi] = {
+                "mixed_share": float(mixed_share),
+                **{smooth: phase_dice(fields, c) for smooth, c in classes.items()},
+            }
+    return out
+
+
 def run(args) -> dict:
     os.makedirs(args.out, exist_ok=True)
     m = te.reference_matrix(*od_per_voxel(np.array([LFP_E1_EV, LFP_E2_EV])).T)
     fields = [
         lfp_field((args.size,) * 3, VOXEL_M, args.particles, seed=s) for s in range(args.volumes)
     ]
-    rows, keep = {}, {}
+    analyses = (("threshold", 0.0), ("threshold", args.smooth), ("tv", args.smooth))
+    rows, keep, fsc = {}, {}, {}
     for noise in args.noise:
+        fsc[noise] = fsc_half_period_m(fields[0], m, noise)
         rng = np.random.default_rng(1234)
         ods = [simulate_od(f.composition, m, noise, rng) for f in fields]
-        for smooth in (0.0, args.smooth):
+        for method, smooth in analyses:
             t0 = time.perf_counter()
-            res = [analyse(od, m, smooth) for od in ods]
-            rows[noise, smooth] = score(fields, res, m) | {"seconds": time.perf_counter() - t0}
-            keep[noise, smooth] = (ods, res)
-    return {"rows": rows, "fields": fields, "results": keep, "matrix": m}
+            res = [analyse(od, m, smooth, method) for od in ods]
+            key = (noise, method, smooth)
+            rows[key] = score(fields, res, m) | {"seconds": time.perf_counter() - t0}
+            keep[key] = (ods, res)
+    bands = band_study(args, m) if args.band_noise else {}
+    return {
+        "rows": rows,
+        "fields": fields,
+        "results": keep,
+        "matrix": m,
+        "fsc": fsc,
+        "bands": bands,
+    }
+
+
+def _dice3(d: dict) -> str:
+    return " ".join(f"{d.get(c, np.nan):.3f}" for c in (sg.FIRST_RICH, sg.MIXED, sg.SECOND_RICH))
 
 
 def report(out, args) -> None:
     m, fields = out["matrix"], out["fields"]
     n = sum(f.n_particles for f in fields)
+    kinds = np.concatenate([f.kind for f in fields])
     print(
         f"OD per voxel at (708.2, 710.2) eV: LiFePO4 {m[:, 0].round(4)}, FePO4 {m[:, 1].round(4)}"
     )
     print(
-        f"{len(fields)} volumes {args.size}³ × {VOXEL_M * 1e9:.1f} nm, {n} plates, PSF 11 nm FWHM"
+        f"{len(fields)} volumes {args.size}³ × {VOXEL_M * 1e9:.1f} nm, {n} plates "
+        f"({', '.join(f'{np.sum(kinds == k)} {k}' for k in np.unique(kinds))}), mixed bands "
+        "30–60 nm, PSF 11 nm FWHM"
     )
     print(
-        "noise smooth | RMSE share  RMSE c(LFP,FP) | Dice 0/1/2 full | Dice 0/1/2 phase-only |"
-        " occ  | centres (σ) °        | f at centres ± err"
+        "noise σ (× OD of 1 voxel LiFePO4 at 708.2 eV) → FSC ½-bit half-period of two noise "
+        "realisations: "
+        + ", ".join(f"{k:.3f} → {v * 1e9:.1f} nm" for k, v in out["fsc"].items() if np.isfinite(v))
     )
-    for (noise, smooth), r in out["rows"].items():
-        d, dp, fit = r["dice"], r["dice_phase_only"], r["fit"]
+    print(
+        "noise mask smooth | RMSE share  RMSE c(LFP,FP) | Dice 0/1/2 full  | Dice 0/1/2 "
+        "phase-only | occ   (resid/σ²) | centres (σ) °          | f at centres ± err"
+    )
+    for (noise, method, smooth), r in out["rows"].items():
+        fit = r["fit"]
         print(
-            f"{noise:5.2f} {smooth:5.1f}  | {r['rmse_share']:.3f}       {r['rmse_conc'][0]:.3f} "
-            f"{r['rmse_conc'][1]:.3f}   | {d.get(0, np.nan):.3f} {d.get(1, np.nan):.3f} "
-            f"{d.get(2, np.nan):.3f} | {dp.get(0, np.nan):.3f} {dp.get(1, np.nan):.3f} "
-            f"{dp.get(2, np.nan):.3f}     | {r['dice_occupied']:.3f} | "
+            f"{noise:5.3f} {method:9s} {smooth:3.1f} | {r['rmse_share']:.3f}       "
+            f"{r['rmse_conc'][0]:.3f} {r['rmse_conc'][1]:.3f}   | {_dice3(r['dice'])} | "
+            f"{_dice3(r['dice_phase_only'])}      | {r['dice_occupied']:.3f} "
+            f"({r['mask_residual']:4.2f})     | "
             f"{fit.centres_deg[0]:.1f} ({fit.sigmas_deg[0]:.1f}) {fit.centres_deg[1]:.1f} "
             f"({fit.sigmas_deg[1]:.1f}) | {fit.fraction_first[0]:.2f}±{fit.fraction_error[0]:.2f} "
             f"{fit.fraction_first[1]:.2f}±{fit.fraction_error[1]:.2f}"
         )
     print(
-        "noise smooth | active >15 %: truth ± err → est (n) | active >25 %: truth ± err → est"
-        " | thickness |Δ|≤1 vox, max |Δ| (vox) | merged | particle share RMSE"
+        "noise mask smooth | active >15 %: truth ± err → est (n) | active >25 %: truth ± err → "
+        "est | thickness |Δ|≤1 vox, max |Δ| (vox) | merged | particle share RMSE"
     )
-    for (noise, smooth), r in out["rows"].items():
+    for (noise, method, smooth), r in out["rows"].items():
         (t15, e15), (t25, e25) = r["active"][0.15], r["active"][0.25]
         dt = r["thickness_err_vox"]
         ok15 = "ok" if abs(e15.fraction - t15.fraction) <= t15.error else "OUT"
         ok25 = "ok" if abs(e25.fraction - t25.fraction) <= t25.error else "OUT"
         print(
-            f"{noise:5.2f} {smooth:5.1f}  | {t15.fraction:.3f} ± {t15.error:.3f} → "
+            f"{noise:5.3f} {method:9s} {smooth:3.1f} | {t15.fraction:.3f} ± {t15.error:.3f} → "
             f"{e15.fraction:.3f} ({e15.n}) {ok15} | {t25.fraction:.3f} ± {t25.error:.3f} → "
             f"{e25.fraction:.3f} {ok25}"
             f" | {np.mean(np.abs(dt) <= 1):.2f} of {dt.size}, {np.max(np.abs(dt)):.2f}"
             f" | {r['merged']} | {r['particle_share_rmse']:.3f}"
         )
+    if out["bands"]:
+        print(
+            f"Dice vs mixed-band width (front plates only, no solid-solution plates; tv mask; "
+            f"PSF FWHM = {RESOLUTION_M / VOXEL_M:.2f} voxels)"
+        )
+        print(
+            f"band nm (voxels)    noise | mixed share | smooth 0: Dice 0/1/2 full / phase-only"
+            f"       | smooth {args.smooth}: Dice 0/1/2 full / phase-only"
+        )
+        for (noise, lo, hi), r in out["bands"].items():
+            cells = " | ".join(
+                f"{_dice3(r[sm][0])} / {_dice3(r[sm][1])}" for sm in (0.0, args.smooth)
+            )
+            print(
+                f"{lo:2d}–{hi:2d} ({lo * 1e-9 / VOXEL_M:.1f}–{hi * 1e-9 / VOXEL_M:.1f}) "
+                f"{noise:5.3f} | {r['mixed_share']:.3f}       | {cells}"
+            )
 
 
 def validate_projection(field, conc, noise_od: float, rng, out_dir: str) -> dict:
@@ -240,7 +377,7 @@ def validate_projection(field, conc, noise_od: float, rng, out_dir: str) -> dict
 
 
 def save(out, args) -> None:
-    key = (args.nominal, args.smooth)
+    key = (args.nominal, "tv", args.smooth)
     m, field = out["matrix"], out["fields"][0]
     ods, res = out["results"][key]
     od, r0 = ods[0], res[0]
@@ -296,8 +433,8 @@ def save(out, args) -> None:
             path(f"{name}.txt"), np.column_stack([grid, per_voxel[:, j]]), header="eV OD/voxel"
         )
     data = {}
-    for (noise, smooth), row in out["rows"].items():
-        k = f"noise_{noise:.2f}_smooth_{smooth:.1f}"
+    for (noise, method, smooth), row in out["rows"].items():
+        k = f"noise_{noise:.3f}_{method}_smooth_{smooth:.1f}"
         data |= {
             f"{k}/rmse_share": row["rmse_share"],
             f"{k}/rmse_conc": row["rmse_conc"],
@@ -306,6 +443,17 @@ def save(out, args) -> None:
             f"{k}/thickness_err_vox": row["thickness_err_vox"],
             **row["fit"].as_datasets(f"{k}/gaussian_fit"),
         }
+    for (noise, lo, hi), row in out["bands"].items():
+        k = f"band_study/noise_{noise:.3f}_band_{lo}_{hi}_nm"
+        for smooth in (0.0, args.smooth):
+            full, phase, _ = row[smooth]
+            data |= {
+                f"{k}/smooth_{smooth:.1f}/dice": [full.get(c, np.nan) for c in (0, 1, 2)],
+                f"{k}/smooth_{smooth:.1f}/dice_phase_only": [
+                    phase.get(c, np.nan) for c in (0, 1, 2)
+                ],
+            }
+    data |= {"fsc_half_period_m": [out["fsc"][k] for k in args.noise]}
     write_results(path("lfp_chemistry.h5"), data, config=vars(args))
 
 
@@ -315,9 +463,16 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=96, help="volume edge in voxels")
     p.add_argument("--particles", type=int, default=20, help="plates per volume")
     p.add_argument("--volumes", type=int, default=3, help="independent phantom volumes")
-    p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
+    p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02, 0.035, 0.05, 0.1])
     p.add_argument("--nominal", type=float, default=0.05, help="noise level of the figures")
     p.add_argument("--smooth", type=float, default=0.7, help="smoothing σ in voxels")
+    p.add_argument(
+        "--band-noise",
+        type=float,
+        nargs="*",
+        default=[0.0, 0.05],
+        help="noise levels of the band-width study (none: skip it)",
+    )
     args = p.parse_args(argv)
     if args.nominal not in args.noise:
         args.noise.append(args.nominal)

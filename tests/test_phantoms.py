@@ -27,6 +27,8 @@ def test_lfp_fractions_are_volume_fractions(field):
     near = ndimage.binary_dilation(field.labels > 0, structure=np.ones((3, 3, 3)))
     assert np.all(c[:, ~near] == 0)  # nothing outside the particles (and their surface voxels)
     assert np.all(c.sum(0)[field.labels > 0] >= 0.5)
+    # an odd number of sub-voxel samples: no voxel sits on the labels' half-occupied threshold
+    assert not np.any(np.isclose(c.sum(0), 0.5))
     assert field.species == ("LiFePO4", "FePO4")
 
 
@@ -86,6 +88,8 @@ def test_lfp_chemistry_truth(field):
     kinds = np.array(field.kind)
     assert np.all(field.fepo4_fraction[kinds == "inactive"] == 0)
     assert np.all(field.fepo4_fraction[kinds == "full"] == 1)
+    ss = field.fepo4_fraction[kinds == "solid_solution"]
+    assert np.all((ss >= 0.3) & (ss <= 0.7))
     # Active particles (> 25 % FePO4) and inactive ones coexist, so "active fraction" is meaningful.
     assert 0 < np.mean(field.fepo4_fraction > 0.25) < 1
     # Pure LiFePO4, pure FePO4 and mixed (30–70 %) voxels all occur inside the plates.
@@ -99,6 +103,80 @@ def test_lfp_inactive_fraction_over_many_particles():
     assert 0.1 < np.mean(np.array(f.kind) == "inactive") < 0.6
     active = f.fepo4_fraction > 0.15
     assert 0.3 < active.mean() < 0.95
+
+
+def _band_width_vox(field, p):
+    """In-plane width (voxels) of plate p's voxels with mixed material, across the band."""
+    c, owner = field.composition, field.labels == p + 1
+    total = c.sum(0)
+    share = np.where(total > 0, c[1] / np.where(total > 0, total, 1), np.nan)
+    mixed = owner & (total > 0.999) & (share > 0.01) & (share < 0.99)
+    if mixed.sum() < 2:
+        return 0.0
+    xyz = np.argwhere(mixed).astype(float)
+    u, v = xyz @ field.axes[p, 0], xyz @ field.axes[p, 1]  # in voxels (unit axes)
+    phi = np.linspace(0, np.pi, 721)
+    s = np.cos(phi)[:, None] * u + np.sin(phi)[:, None] * v
+    return float(np.min(np.ptp(s, axis=1)))
+
+
+@pytest.mark.parametrize("band_m", [10e-9, 40e-9])
+def test_lfp_mixed_band_width_is_the_parameter(band_m):
+    f = phantoms.lfp_field(
+        (64, 64, 64),
+        VOX,
+        n_particles=8,
+        seed=4,
+        inactive_fraction=0.0,
+        solid_solution_fraction=0.0,
+        mixed_band_m=(band_m, band_m),
+    )
+    fronts = [p for p in range(f.n_particles) if f.kind[p] == "front"]
+    assert len(fronts) >= 5
+    widths = np.array([_band_width_vox(f, p) for p in fronts])
+    band = band_m / VOX
+    # A voxel holds mixed material when one of its 3 × 3 × 3 samples (≤ √3/3 voxel from its
+    # centre) is in the band; a band clipped by the plate's edge can only be narrower, but an
+    # unclipped one is at least as wide as set.
+    assert np.all(widths <= band + 2 * np.sqrt(3) / 3)
+    assert widths.max() >= band
+
+
+def test_lfp_chemistry_parameters_keep_the_geometry():
+    a = phantoms.lfp_field((48, 48, 48), VOX, n_particles=4, seed=2)
+    b = phantoms.lfp_field(
+        (48, 48, 48),
+        VOX,
+        n_particles=4,
+        seed=2,
+        mixed_band_m=(7e-9, 13e-9),
+        solid_solution_fraction=0.5,
+        inactive_fraction=0.0,
+    )
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.composition.sum(0), b.composition.sum(0), rtol=1e-12)
+    np.testing.assert_array_equal(a.thickness_m, b.thickness_m)
+    assert "inactive" not in b.kind
+
+
+def test_lfp_solid_solution_plates_are_uniformly_mixed():
+    f = phantoms.lfp_field(
+        (64, 64, 64),
+        VOX,
+        n_particles=8,
+        seed=1,
+        inactive_fraction=0.0,
+        solid_solution_fraction=0.9,
+    )
+    kinds = np.array(f.kind)
+    assert set(kinds) <= {"solid_solution", "full"} and np.sum(kinds == "solid_solution") >= 5
+    owner = _owner(f.labels)
+    c = f.composition
+    for p in np.flatnonzero(kinds == "solid_solution"):
+        mine = (owner == p + 1) & (c.sum(0) > 0)
+        share = c[1][mine] / c.sum(0)[mine]
+        np.testing.assert_allclose(share, f.fepo4_fraction[p], rtol=1e-12)
+        assert 0.3 <= f.fepo4_fraction[p] <= 0.7
 
 
 def test_lfp_seeds_reproduce():
@@ -129,6 +207,10 @@ def test_lfp_coarse_voxels_keep_plates_solid():
         (dict(n_particles=500), "n_particles"),
         (dict(plate_size_m=(100e-9, -1.0, 20e-9)), "plate_size_m"),
         (dict(inactive_fraction=1.5), "inactive_fraction"),
+        (dict(solid_solution_fraction=0.95), "solid_solution_fraction"),
+        (dict(mixed_band_m=(60e-9, 30e-9)), "mixed_band_m"),
+        (dict(mixed_band_m=(-1e-9, 30e-9)), "mixed_band_m"),
+        (dict(mixed_band_m=(30e-9,)), "mixed_band_m"),
     ],
 )
 def test_lfp_rejects_bad_inputs(kwargs, name):

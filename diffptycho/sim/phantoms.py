@@ -16,8 +16,9 @@ import numpy as np
 
 __all__ = ["LFPField", "VanadiumField", "lfp_field", "vanadium_field"]
 
-_SUPERSAMPLE = 2  # sub-voxel samples per axis for partial-volume occupancy
+_SUPERSAMPLE = 3  # sub-voxel samples per axis; odd, so that no voxel is exactly half occupied
 _MAX_FAILURES = 500  # consecutive rejected placements before giving up
+_FULL_FRACTION = 0.1  # share of the active LiFePO4 plates that are fully delithiated
 
 
 def _check_shape(shape, ndim: int, name: str) -> tuple[int, ...]:
@@ -53,7 +54,9 @@ class LFPField:
         thickness_m: (P,) plate thickness in m (= ``size_m[:, 2]``).
         fepo4_fraction: (P,) volume-weighted FePO4 fraction of each particle.
         volume_m3: (P,) particle volume in m³ (sum of occupancies × voxel volume).
-        kind: (P,) domain layout: "inactive", "front" (planar front with a mixed band) or "full".
+        kind: (P,) domain layout: "inactive" (all LiFePO4), "front" (LiFePO4 | mixed band |
+            FePO4 across a planar front), "solid_solution" (uniformly mixed) or "full" (all
+            FePO4).
         voxel_size_m: voxel edge in m.
         species: names of the composition channels.
     """
@@ -96,19 +99,18 @@ def _random_frame(rng: np.random.Generator) -> np.ndarray:
     return q.T
 
 
-def _domains(rng, kind, u, v, half_l, half_w, mixed):
-    """FePO4 fraction at in-plane coordinates (u, v) of a plate of a given layout."""
+def _domains(kind: str, s: np.ndarray, front: float, band: float, mixed: float) -> np.ndarray:
+    """FePO4 fraction at signed in-plane distances ``s`` (voxels) across a plate of one layout.
+
+    A "front" plate is LiFePO4 for s < front − band/2, FePO4 for s > front + band/2 and of
+    composition ``mixed`` in between (the band where the two phases meet).
+    """
     if kind == "inactive":
-        return np.zeros_like(u)
+        return np.zeros_like(s)
     if kind == "full":
-        return np.ones_like(u)
-    # A planar front across the plate, perpendicular to a random in-plane direction, with a
-    # band of mixed composition (30–70 % FePO4) where the two phases meet.
-    phi = rng.uniform(0, 2 * np.pi)
-    s = u * np.cos(phi) + v * np.sin(phi)
-    extent = abs(half_l * np.cos(phi)) + abs(half_w * np.sin(phi))
-    front = rng.uniform(-0.8, 0.8) * extent
-    band = rng.uniform(0.15, 0.3) * extent
+        return np.ones_like(s)
+    if kind == "solid_solution":
+        return np.full_like(s, mixed)
     return np.where(s < front - band / 2, 0.0, np.where(s > front + band / 2, 1.0, mixed))
 
 
@@ -120,6 +122,8 @@ def lfp_field(
     *,
     plate_size_m: tuple[float, float, float] = (100e-9, 80e-9, 20e-9),
     inactive_fraction: float = 0.3,
+    mixed_band_m: tuple[float, float] = (30e-9, 60e-9),
+    solid_solution_fraction: float = 0.1,
 ) -> LFPField:
     """LiFePO4/FePO4 nano-plates at random positions and tilts, with chemical domains.
 
@@ -127,9 +131,24 @@ def lfp_field(
     orientation, non-overlapping (at least one voxel apart) and inside the cylinder inscribed in
     the (z, x) plane, so that they stay in the field of view at every angle about y. In-plane
     dimensions are clamped to fit the volume; the thickness is kept at ≥ 1.5 voxels (no holes).
-    A fraction ``inactive_fraction`` of the plates is all LiFePO4; the others have a planar front
-    (LiFePO4 | mixed 30–70 % | FePO4) or, rarely, are fully delithiated. Occupancy is sampled
-    2 × 2 × 2 per voxel, so surface voxels hold partial volume.
+    A fraction ``inactive_fraction`` of the plates is all LiFePO4. Of the active ones, 10 % are
+    fully delithiated (all FePO4), a fraction ``solid_solution_fraction`` is uniformly mixed (a
+    solid-solution plate) and the others have a planar front across the plate, perpendicular to a
+    random in-plane direction: LiFePO4 | mixed band | FePO4. The band is the intermediate region
+    where the two phases meet; its width is uniform in ``mixed_band_m`` (clipped by the plate's
+    edges, as is the front, which lies anywhere in the central 80 % of the plate). Mixed regions
+    hold one composition per plate, uniform in 30–70 % FePO4. The default bands, 30–60 nm, are
+    domains several resolution elements across, as the intermediate regions seen in the LiFePO4
+    studies; a band about as narrow as the point-spread function (≲ 11 nm) is blurred into the
+    ramp from LiFePO4 to FePO4 and is segmented poorly from noisy data. Occupancy is sampled
+    3 × 3 × 3 per voxel, so surface voxels hold partial volume (and voxels across a domain
+    boundary, partial composition); with an odd number of samples no voxel is exactly half
+    occupied, so ``labels`` (voxels at least half occupied) has no ties at its threshold.
+
+    Geometry (positions, sizes, orientations) and chemistry come from two independent random
+    streams of ``seed``, and every plate draws the same random numbers for its chemistry, so that
+    changing ``mixed_band_m``, ``solid_solution_fraction`` or ``inactive_fraction`` keeps the
+    plates where they are and changes only their domains.
 
     Args:
         shape: (z, y, x) voxels.
@@ -138,6 +157,8 @@ def lfp_field(
         seed: random seed.
         plate_size_m: mean length, width and thickness in m.
         inactive_fraction: probability that a plate is all LiFePO4.
+        mixed_band_m: (smallest, largest) width in m of the mixed band across a "front" plate.
+        solid_solution_fraction: probability that an active plate is uniformly mixed (≤ 0.9).
 
     Returns:
         The field with its per-particle truth.
@@ -154,7 +175,18 @@ def lfp_field(
     mean = np.array([_check_positive(s, "plate_size_m") for s in plate_size_m]) / vox
     if not 0.0 <= inactive_fraction <= 1.0:
         raise ValueError(f"inactive_fraction={inactive_fraction!r}: expected a value in [0, 1]")
-    rng = np.random.default_rng(seed)
+    if not 0.0 <= solid_solution_fraction <= 1.0 - _FULL_FRACTION:
+        raise ValueError(
+            f"solid_solution_fraction={solid_solution_fraction!r}: expected a value in "
+            f"[0, {1.0 - _FULL_FRACTION:g}]"
+        )
+    band_m = np.asarray(mixed_band_m, dtype=np.float64)
+    if band_m.shape != (2,) or not (np.all(np.isfinite(band_m)) and 0 <= band_m[0] <= band_m[1]):
+        raise ValueError(
+            f"mixed_band_m={mixed_band_m!r}: expected (smallest, largest) widths in m, "
+            "0 ≤ smallest ≤ largest"
+        )
+    rng, chem_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     radius = 0.5 * min(shape[0], shape[2]) - 1.0  # cylinder about y, in voxels
     mean[:2] = np.minimum(mean[:2], 0.6 * min(radius, 0.5 * shape[1] - 1.0))
     mean[2] = min(max(mean[2], 1.5), mean[1])
@@ -200,10 +232,22 @@ def lfp_field(
         if not occ.any() or np.any(occupied[box] & (occ > 0)):
             continue
         failures = 0
-        kind = "inactive" if rng.uniform() < inactive_fraction else "front"
-        kind = "full" if kind == "front" and rng.uniform() < 0.1 else kind
-        u, v = coords[..., 0], coords[..., 1]
-        x_fp = _domains(rng, kind, u, v, size[0] / 2, size[1] / 2, rng.uniform(0.3, 0.7))
+        # the same six draws for every plate (see the docstring)
+        u_kind, u_active, phi, u_front, u_band, mixed = chem_rng.uniform(size=6)
+        if u_kind < inactive_fraction:
+            kind = "inactive"
+        elif u_active < _FULL_FRACTION:
+            kind = "full"
+        elif u_active < _FULL_FRACTION + solid_solution_fraction:
+            kind = "solid_solution"
+        else:
+            kind = "front"
+        phi *= 2 * np.pi
+        s = coords[..., 0] * np.cos(phi) + coords[..., 1] * np.sin(phi)
+        extent = abs(size[0] * np.cos(phi)) + abs(size[1] * np.sin(phi))  # along s, voxels
+        front = (u_front - 0.5) * 0.8 * extent
+        band = (band_m[0] + u_band * (band_m[1] - band_m[0])) / vox
+        x_fp = _domains(kind, s, front, band, 0.3 + 0.4 * mixed)
         x_fp = (np.where(inside, x_fp, 0.0).sum(1) / np.maximum(inside.sum(1), 1)).reshape(hi - lo)
         label = len(truth["kind"]) + 1
         occupancy[box] += occ
