@@ -42,7 +42,9 @@ def _add_demo(sub) -> None:
     )
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     p.add_argument("--iterations", type=int, default=150, help="joint-refinement steps")
-    p.add_argument("--seed", type=int, default=3, help="phantom/noise seed (3: active plates)")
+    p.add_argument(
+        "--seed", type=int, default=6, help="phantom/noise seed (6: one active, one inactive plate)"
+    )
     p.set_defaults(_run=cmd_demo)
 
 
