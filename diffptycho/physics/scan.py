@@ -58,6 +58,21 @@ def _corner_and_fraction(
     return corner.astype(jnp.int32), (top_left - corner).astype(dtype)
 
 
+def _padded_object(obj, shape) -> tuple[Array, tuple[int, int], tuple[int, int]]:
+    """``(object, its shape, patch shape)``: inexact, padded when exactly as large as a patch.
+
+    An object exactly as large as the patch gets one zero row/column for the bilinear block.
+    """
+    obj = jnp.asarray(obj)
+    if not jnp.issubdtype(obj.dtype, jnp.inexact):
+        obj = obj.astype(jnp.result_type(float))
+    obj_shape, shape = obj.shape, (int(shape[0]), int(shape[1]))
+    padded, _ = _block_shape(obj_shape, shape)
+    if padded != obj_shape:
+        obj = jnp.pad(obj, ((0, padded[0] - obj_shape[0]), (0, padded[1] - obj_shape[1])))
+    return obj, obj_shape, shape
+
+
 def _real_dtype(dtype):
     return jnp.finfo(dtype).dtype
 
@@ -82,14 +97,8 @@ def extract_patch(
         >>> extract_patch(obj, jnp.array([0.0, 0.5]), (2, 2)).tolist()
         [[14.5, 15.5], [20.5, 21.5]]
     """
-    obj = jnp.asarray(obj)
-    if not jnp.issubdtype(obj.dtype, jnp.inexact):
-        obj = obj.astype(jnp.result_type(float))
-    obj_shape = obj.shape
-    shape = (int(shape[0]), int(shape[1]))
+    obj, obj_shape, shape = _padded_object(obj, shape)
     padded, block_shape = _block_shape(obj_shape, shape)
-    if padded != obj_shape:  # object exactly as large as the patch: one zero row/column
-        obj = jnp.pad(obj, ((0, padded[0] - obj_shape[0]), (0, padded[1] - obj_shape[1])))
     corner, frac = _corner_and_fraction(
         jnp.asarray(position), obj_shape, shape, padded, _real_dtype(obj.dtype)
     )
@@ -117,14 +126,7 @@ def extract_patches(
     Returns:
         Patches, shape ``(n, py, px)``.
     """
-    obj = jnp.asarray(obj)
-    if not jnp.issubdtype(obj.dtype, jnp.inexact):
-        obj = obj.astype(jnp.result_type(float))
-    obj_shape = obj.shape
-    shape = (int(shape[0]), int(shape[1]))
-    padded, _ = _block_shape(obj_shape, shape)
-    if padded != obj_shape:  # object exactly as large as the patch: one zero row/column
-        obj = jnp.pad(obj, ((0, padded[0] - obj_shape[0]), (0, padded[1] - obj_shape[1])))
+    obj, obj_shape, shape = _padded_object(obj, shape)
     return _extract(obj, jnp.asarray(positions), obj_shape, shape)
 
 
