@@ -8,9 +8,16 @@ importing this module registers one, so ``vmap`` composes with their derivatives
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import linear_call
+
+
+def sum_terms(terms: list[jax.Array], like: jax.Array) -> jax.Array:
+    """Sum of the tangent terms of a ``custom_jvp`` rule (zeros like ``like`` when none)."""
+    return functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(like)
 
 
 def _register_linear_call_batching() -> bool:

@@ -24,7 +24,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero, linear_call
 
 from diffptycho._typing import Array, Float, Int, Positions, Shaped
-from diffptycho.physics import _linear  # noqa: F401  (linear_call batching rule)
+from diffptycho.physics._linear import sum_terms  # importing it registers linear_call batching
 
 
 def _block_shape(
@@ -269,7 +269,7 @@ def _extract_jvp(obj_shape, shape, primals, tangents):
         d_pos = d_pos.astype(frac.dtype)[:, :, None, None]
         terms.append(d_pos[:, 0] * _extract_impl(obj, corners, frac, shape, "y"))
         terms.append(d_pos[:, 1] * _extract_impl(obj, corners, frac, shape, "x"))
-    return out, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(out)
+    return out, sum_terms(terms, out)
 
 
 _extract.defjvp(_extract_jvp, symbolic_zeros=True)
@@ -314,7 +314,7 @@ def _insert_jvp(obj_shape, primals, tangents):
             return jnp.stack(pair, axis=1).astype(positions.dtype)
 
         terms.append(linear_call(fun, fun_t, (patches, corners, frac), d_pos))
-    full = functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(out)
+    full = sum_terms(terms, out)
     return out[: obj_shape[0], : obj_shape[1]], full[: obj_shape[0], : obj_shape[1]]
 
 

@@ -50,6 +50,7 @@ from jax.custom_derivatives import SymbolicZero, linear_call
 
 from diffptycho._typing import Angles, Array, Shaped, Volume
 from diffptycho.physics._linear import LINEAR_CALL_BATCHES as _LINEAR_CALL_BATCHES
+from diffptycho.physics._linear import sum_terms as _sum_terms
 
 __all__ = ["project", "backproject"]
 
@@ -242,10 +243,6 @@ def _backproject_jvp(n_z, n_x, primals, tangents):
 
 _project.defjvp(_project_jvp, symbolic_zeros=True)
 _backproject.defjvp(_backproject_jvp, symbolic_zeros=True)
-
-
-def _sum_terms(terms: list[Array], like: Array) -> Array:
-    return functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(like)
 
 
 def _pair(a: Array, b: Array, dtype: jnp.dtype) -> Array:
