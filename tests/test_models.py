@@ -187,3 +187,18 @@ def test_bad_model_input_names_the_argument(rng):
         as_energies([708.2 * 1.602176634e-19])
     with pytest.raises(ValueError, match="energies_ev"):
         as_energies([-1.0])
+
+
+@pytest.mark.parametrize("propagator", [FarField(), NearField(1e-8, 1e-10, 1e-3)])
+def test_native_intensities_are_the_centred_ones_relaid(rng, propagator):
+    from diffptycho.models.ptycho import scan_intensities
+
+    obj = jnp.asarray(np.exp(1j * rng.uniform(0, 1, (24, 24))))
+    probe = jnp.asarray(rng.standard_normal((2, 8, 8)) + 1j * rng.standard_normal((2, 8, 8)))
+    pos = jnp.asarray(rng.uniform(-4, 4, (5, 2)))
+    bg = jnp.asarray(rng.uniform(0, 1, (8, 8)))
+    centred = scan_intensities(obj, probe, pos, propagator, bg)
+    native = scan_intensities(obj, probe, pos, propagator, bg, native=True)
+    np.testing.assert_allclose(native, propagator.to_native(centred), rtol=1e-12, atol=1e-12)
+    if isinstance(propagator, FarField):  # the layouts really differ (frames are not symmetric)
+        assert not np.allclose(native, centred)

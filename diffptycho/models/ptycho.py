@@ -23,6 +23,8 @@ def scan_intensities(
     positions: Float[Array, "n 2"],
     propagator: AbstractPropagator,
     background: Float[Array, "py px"] | None = None,
+    *,
+    native: bool = False,
 ) -> Float[Array, "n py px"]:
     """Far-field (or near-field) intensities of a ptychographic scan.
 
@@ -32,15 +34,19 @@ def scan_intensities(
         positions: probe positions (y, x) in object pixels relative to the object centre.
         propagator: exit-wave → detector propagator.
         background: incoherent background added to every frame (photons), or None.
+        native: frames in the propagator's native layout (``propagator.to_native`` of the
+            centred ones; the engines' fast path, see ``AbstractPropagator``).
 
     Returns:
         Expected photon counts per detector pixel, one frame per position.
     """
     patches = scan.extract_patches(transmission, positions, probe.shape[-2:])
-    waves = propagator(probe[None, :, :, :] * patches[:, None, :, :])
-    frames = propagation.intensity(waves, axis=1)
+    waves = probe[None, :, :, :] * patches[:, None, :, :]
+    frames = propagation.intensity(
+        propagator.native(waves) if native else propagator(waves), axis=1
+    )
     if background is not None:
-        frames = frames + background[None]
+        frames = frames + (propagator.to_native(background) if native else background)[None]
     return frames
 
 

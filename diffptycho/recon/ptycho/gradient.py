@@ -24,15 +24,14 @@ import jax.numpy as jnp
 import optax
 
 from diffptycho._typing import Array, Int, Positions
+from diffptycho.models.ptycho import scan_intensities
 from diffptycho.physics import scan
-from diffptycho.recon.ptycho import projections as proj
 from diffptycho.recon.ptycho.constraints import Refinement, check_refinement, end_of_iteration
 from diffptycho.recon.ptycho.data import (
     NativeLayout,
     PtychoData,
     batch_indices,
     frame_losses,
-    native_background,
 )
 from diffptycho.recon.ptycho.projections import illumination
 from diffptycho.recon.solve import AbstractSolver
@@ -95,10 +94,15 @@ def _set(model, params, scales):
 
 def batch_loss(model, data: PtychoData, idx: Int[Array, " b"], weights: Array, loss: str) -> Array:
     """Weighted mean frame loss of the positions ``idx`` (padding has weight 0)."""
-    prop = model.propagator
-    frames, mask = data.take_native(idx, prop)
-    _, waves = proj.exit_waves(model.object, model.probe, model.positions[idx])
-    predicted = proj.model_intensity(prop.native(waves), native_background(model))
+    frames, mask = data.take_native(idx, model.propagator)
+    predicted = scan_intensities(
+        model.object,
+        model.probe,
+        model.positions[idx],
+        model.propagator,
+        model.background,
+        native=True,
+    )
     per_frame = frame_losses(predicted, frames, mask, loss)
     return jnp.sum(weights * per_frame) / jnp.maximum(jnp.sum(weights), 1)
 
