@@ -19,14 +19,14 @@ amplitude and the phase with the linear ramp removed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import os
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+__all__ = ["ALGORITHMS", "add_parser", "run"]
 
 ALGORITHMS = ("raar", "dm", "epie", "rpie", "mpie", "lsqml", "adam", "lbfgs")
 """Engine names the command accepts (keys of ``diffptycho.recon.ptycho.ENGINES``)."""
@@ -83,110 +83,6 @@ def read_scan(path: str, entry: int = 1):
     return scans[entry - 1]
 
 
-def probe_guess(frames: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Probe guess (py, px) from the mean diffraction pattern: F⁻¹ √⟨I⟩ with zero phase.
-
-    Its far-field intensity is the mean pattern, so it has the right size in reciprocal
-    space; its real-space support is then refined by the engine.
-
-    Args:
-        frames: (n, fy, fx) centred frames in photons.
-        mask: valid pixels (True) or None; masked pixels take the mean of the valid ones.
-
-    Returns:
-        Complex probe (fy, fx) with Σ|P|² = mean photons per frame.
-    """
-    mean = np.mean(np.asarray(frames, dtype=np.float64), axis=0)
-    if mask is not None:
-        mean = np.where(mask, mean, mean[np.asarray(mask)].mean())
-    amp = np.sqrt(np.clip(mean, 0.0, None))
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(amp), norm="ortho"))
-
-
-def starting_model(scan, probe_modes: int = 1, background: bool = False):
-    """The starting :class:`~diffptycho.models.Ptycho2D` for a scan (see the module docstring).
-
-    Args:
-        scan: a :class:`~diffptycho.io.scan.PtychoScan`.
-        probe_modes: number of incoherent probe modes M.
-        background: start an incoherent background (1 % of the mean count per pixel) to be
-            retrieved; None otherwise.
-
-    Returns:
-        The model (object complex64 ones, probe (M, ny, nx), positions (n, 2) in px).
-    """
-    import jax.numpy as jnp
-
-    from diffptycho.models import Ptycho2D
-    from diffptycho.physics import probe as probes
-    from diffptycho.physics import scan as scans
-    from diffptycho.recon.ptycho.constraints import probe_power_from_frames
-
-    frames, positions = scan.data, scan.positions_px
-    shape = frames.shape[-2:]
-    start = scan.illumination if scan.illumination is not None else probe_guess(frames, scan.mask)
-    probe = np.asarray(probes.probe_from_array(start, probe_modes))
-    power = probe_power_from_frames(frames, scan.mask)
-    probe = probe * np.sqrt(power / max(float(np.sum(np.abs(probe) ** 2)), 1e-300))
-    obj_shape = scans.object_shape_for(positions, shape)
-    bg = None
-    if background:
-        bg = jnp.full(shape, max(1e-2 * float(frames.mean()), 1e-3), jnp.float32)
-    return Ptycho2D(
-        object=jnp.ones(obj_shape, jnp.complex64),
-        probe=jnp.asarray(probe.astype(np.complex64)),
-        positions=jnp.asarray(positions.astype(np.float32)),
-        background=bg,
-    )
-
-
-def make_engine(algorithm: str, **options: Any):
-    """``ENGINES[algorithm](**options)``, after checking that the engine takes every option.
-
-    Args:
-        algorithm: a key of ``diffptycho.recon.ptycho.ENGINES`` (e.g. ``"raar"``).
-        **options: engine options (``refinement``, ``batch_size``, ``loss``, …).
-
-    Returns:
-        The engine, an :class:`~diffptycho.recon.solve.AbstractSolver`.
-
-    Raises:
-        ValueError: the registry or the engine is not available, or the engine does not take
-            one of the options (named in the message).
-    """
-    try:
-        from diffptycho.recon.ptycho import ENGINES
-    except ImportError as err:
-        raise ValueError(
-            f"the ptychography engine registry (diffptycho.recon.ptycho.ENGINES) is not "
-            f"available in this installation ({err})"
-        ) from None
-    if algorithm not in ENGINES:
-        raise ValueError(
-            f"--algorithm {algorithm}: no such engine here; available: {sorted(ENGINES)}"
-        )
-    factory = ENGINES[algorithm]
-    accepted = _accepted_options(factory)
-    if accepted is not None:
-        unknown = sorted(k for k in options if k not in accepted)
-        if unknown:
-            raise ValueError(f"engine {algorithm!r} does not take the option(s) {unknown}")
-    return factory(**options)
-
-
-def _accepted_options(factory) -> set[str] | None:
-    """Keyword names a factory (or the Module it builds, for ``**options``) accepts."""
-    params = inspect.signature(factory).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return set(params)
-    target = inspect.signature(factory).return_annotation
-    if isinstance(target, str):
-        target = getattr(sys.modules.get(factory.__module__), target, None)
-    if dataclasses.is_dataclass(target):
-        return set(params) | {f.name for f in dataclasses.fields(target)}
-    return None  # unknown: let the factory decide
-
-
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """Engine options from the command line (batch size and loss only when given)."""
     from diffptycho.recon.ptycho.constraints import PositionRefinement, Refinement
@@ -219,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     from diffptycho.recon.ptycho.data import PtychoData
+    from diffptycho.recon.ptycho.start import make_engine, starting_model
     from diffptycho.recon.solve import DivergenceError, solve
 
     t0 = time.perf_counter()

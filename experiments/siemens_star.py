@@ -28,13 +28,13 @@ from diffptycho.analysis import figures
 from diffptycho.analysis.phase import remove_phase_ramp
 from diffptycho.analysis.prtf import detector_waves, prtf_model
 from diffptycho.analysis.resolution import crossing, frc
-from diffptycho.cli_ptycho import make_engine, starting_model
 from diffptycho.io.results import write_results
 from diffptycho.io.scan import PtychoScan
 from diffptycho.io.siemens import SIEMENS_STAR_FILE, read_siemens_star
 from diffptycho.recon.ptycho.constraints import Refinement
 from diffptycho.recon.ptycho.data import PtychoData
 from diffptycho.recon.ptycho.metrics import illuminated_region
+from diffptycho.recon.ptycho.start import make_engine, starting_model
 from diffptycho.recon.solve import solve
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

@@ -16,6 +16,7 @@ from diffptycho.io.results import read_results
 from diffptycho.models import Ptycho2D
 from diffptycho.physics import optics
 from diffptycho.physics.scan import object_shape_for
+from diffptycho.recon.ptycho import start
 from diffptycho.recon.solve import AbstractSolver
 from diffptycho.sim.patterns import raster_positions
 
@@ -176,7 +177,7 @@ def test_pixel_unit_scan(tmp_path, simulated):
 def test_starting_model_without_illumination(simulated):
     _, probe, pos, frames = simulated
     scan = PtychoScan(frames, pos, ENERGY_EV)
-    model = cli_ptycho.starting_model(scan, probe_modes=2)
+    model = start.starting_model(scan, probe_modes=2)
     assert model.probe.shape == (2, *PROBE_SHAPE)
     assert model.object.shape == object_shape_for(pos, PROBE_SHAPE)
     np.testing.assert_array_equal(np.asarray(model.object), 1.0)
@@ -184,7 +185,7 @@ def test_starting_model_without_illumination(simulated):
     power = float(np.sum(np.abs(np.asarray(model.probe)) ** 2))
     top = np.sort(frames.sum(axis=(1, 2)))[-max(1, len(frames) // 20) :].mean()
     assert power == pytest.approx(top, rel=1e-5)
-    guess = cli_ptycho.probe_guess(frames)
+    guess = start.probe_guess(frames)
     far = np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(guess), norm="ortho"))) ** 2
     np.testing.assert_allclose(far, frames.mean(axis=0), rtol=1e-6, atol=1e-6)
 
@@ -221,7 +222,7 @@ def test_missing_entry(tmp_path, cxi_with_probe, capsys):
 
 def test_unknown_engine_name():
     with pytest.raises(ValueError, match="no such engine|registry"):
-        cli_ptycho.make_engine("not-an-engine")
+        start.make_engine("not-an-engine")
 
 
 def _namespace(data, output, **kw):

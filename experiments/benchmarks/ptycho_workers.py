@@ -81,10 +81,10 @@ def _diffptycho(case, engine: str, iterations: int, batch: int | None, rec: Reco
     import jax.numpy as jnp
 
     import diffptycho
-    from diffptycho.cli_ptycho import make_engine
     from diffptycho.models import Ptycho2D
     from diffptycho.recon.ptycho.constraints import Refinement
     from diffptycho.recon.ptycho.data import PtychoData
+    from diffptycho.recon.ptycho.start import make_engine
     from diffptycho.recon.solve import solve
 
     t_import = time.time()

@@ -1,0 +1,149 @@
+"""Starting models for ptychography built from the data alone, and engines built by name.
+
+Every real scan starts without a known probe. :func:`probe_guess` derives one from the
+diffraction frames: the back-propagated square root of the mean pattern, whose far-field
+intensity is the mean pattern (so it has the right extent in reciprocal space), scaled to the
+photon count of the brightest frames (:func:`~.constraints.probe_power_from_frames`).
+:func:`starting_model` puts it together with a unit object on the smallest grid that holds every
+probe patch; :func:`make_engine` builds an engine of :data:`~diffptycho.recon.ptycho.ENGINES`
+after checking that it takes every option given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from diffptycho._typing import Array, Complex, Float
+from diffptycho.models import Ptycho2D
+from diffptycho.physics import probe as probes
+from diffptycho.physics import scan as scans
+from diffptycho.recon.ptycho.constraints import probe_power_from_frames
+from diffptycho.recon.solve import AbstractSolver
+
+__all__ = ["make_engine", "probe_guess", "scaled_probe", "starting_model"]
+
+
+def probe_guess(
+    frames: Float[Array, "n fy fx"], mask: np.ndarray | None = None
+) -> Complex[np.ndarray, "fy fx"]:
+    """Probe guess (fy, fx) from the mean diffraction pattern: F⁻¹ √⟨I⟩ with zero phase.
+
+    Args:
+        frames: (n, fy, fx) centred frames in photons.
+        mask: valid pixels (True) or None; masked pixels take the mean of the valid ones.
+
+    Returns:
+        Complex probe (fy, fx) with Σ|P|² = mean photons per frame.
+
+    Examples:
+        >>> import numpy as np
+        >>> frames = np.ones((3, 4, 4))
+        >>> round(float(np.sum(np.abs(probe_guess(frames)) ** 2)), 6)
+        16.0
+    """
+    mean = np.mean(np.asarray(frames, dtype=np.float64), axis=0)
+    if mask is not None:
+        mean = np.where(mask, mean, mean[np.asarray(mask)].mean())
+    amp = np.sqrt(np.clip(mean, 0.0, None))
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(amp), norm="ortho"))
+
+
+def scaled_probe(
+    start: np.ndarray,
+    frames: Float[Array, "n fy fx"],
+    mask: np.ndarray | None = None,
+    probe_modes: int = 1,
+) -> Complex[np.ndarray, "mode fy fx"]:
+    """``start`` extended to ``probe_modes`` incoherent modes and scaled to the frames' power.
+
+    Args:
+        start: probe array (fy, fx) or (M, fy, fx), e.g. :func:`probe_guess` or a file's
+            illumination or the probe of a neighbouring scan.
+        frames: (n, fy, fx) counts, for the power (photons per frame).
+        mask: valid detector pixels or None.
+        probe_modes: number of modes of the result.
+
+    Returns:
+        (probe_modes, fy, fx) complex64 modes with Σ_m Σ|P_m|² = photons per bright frame.
+    """
+    modes = np.asarray(probes.probe_from_array(start, probe_modes))
+    power = probe_power_from_frames(frames, mask)
+    modes = modes * np.sqrt(power / max(float(np.sum(np.abs(modes) ** 2)), 1e-300))
+    return modes.astype(np.complex64)
+
+
+def starting_model(scan, probe_modes: int = 1, background: bool = False) -> Ptycho2D:
+    """The starting :class:`~diffptycho.models.Ptycho2D` of one scan, from the file alone.
+
+    The object is ones on the smallest grid that holds every probe patch
+    (:func:`~diffptycho.physics.scan.object_shape_for`); the probe is the file's illumination
+    or, without one, :func:`probe_guess`, scaled by :func:`scaled_probe`.
+
+    Args:
+        scan: a :class:`~diffptycho.io.scan.PtychoScan`.
+        probe_modes: number of incoherent probe modes M.
+        background: start an incoherent background (1 % of the mean count per pixel) to be
+            retrieved; None otherwise.
+
+    Returns:
+        The model (object complex64 ones, probe (M, ny, nx), positions (n, 2) in px).
+    """
+    frames, positions = scan.data, scan.positions_px
+    shape = frames.shape[-2:]
+    start = scan.illumination if scan.illumination is not None else probe_guess(frames, scan.mask)
+    probe = scaled_probe(start, frames, scan.mask, probe_modes)
+    obj_shape = scans.object_shape_for(positions, shape)
+    bg = None
+    if background:
+        bg = jnp.full(shape, max(1e-2 * float(frames.mean()), 1e-3), jnp.float32)
+    return Ptycho2D(
+        object=jnp.ones(obj_shape, jnp.complex64),
+        probe=jnp.asarray(probe),
+        positions=jnp.asarray(positions.astype(np.float32)),
+        background=bg,
+    )
+
+
+def make_engine(algorithm: str, **options: Any) -> AbstractSolver:
+    """``ENGINES[algorithm](**options)``, after checking that the engine takes every option.
+
+    Args:
+        algorithm: a key of :data:`~diffptycho.recon.ptycho.ENGINES` (e.g. ``"raar"``).
+        **options: engine options (``refinement``, ``batch_size``, ``loss``, …).
+
+    Returns:
+        The engine, an :class:`~diffptycho.recon.solve.AbstractSolver`.
+
+    Raises:
+        ValueError: no such engine, or the engine does not take one of the options (named).
+    """
+    from diffptycho.recon.ptycho import ENGINES
+
+    if algorithm not in ENGINES:
+        raise ValueError(f"engine {algorithm!r}: no such engine here; available: {sorted(ENGINES)}")
+    factory = ENGINES[algorithm]
+    accepted = _accepted_options(factory)
+    if accepted is not None:
+        unknown = sorted(k for k in options if k not in accepted)
+        if unknown:
+            raise ValueError(f"engine {algorithm!r} does not take the option(s) {unknown}")
+    return factory(**options)
+
+
+def _accepted_options(factory) -> set[str] | None:
+    """Keyword names a factory (or the Module it builds, for ``**options``) accepts."""
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return set(params)
+    target = inspect.signature(factory).return_annotation
+    if isinstance(target, str):
+        target = getattr(sys.modules.get(factory.__module__), target, None)
+    if dataclasses.is_dataclass(target):
+        return set(params) | {f.name for f in dataclasses.fields(target)}
+    return None  # unknown: let the factory decide
