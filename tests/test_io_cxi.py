@@ -157,7 +157,7 @@ def test_minimal_foreign_cxi(tmp_path):
     assert scan.energy_ev == pytest.approx(710.2, rel=1e-14)
     assert (scan.distance_m, scan.pixel_size_m) == (0.3, (75e-6, 75e-6))
     assert scan.mask is None and scan.illumination is None
-    assert (scan.angle_deg, scan.name) == (0.0, "entry_1")
+    assert (scan.angle_deg, scan.name) == (None, "entry_1")  # never a default angle
     # object pixel = λ z / (n p) per axis
     lam = wavelength(scan.energy_ev)
     assert scan.object_pixel_size_m == pytest.approx(

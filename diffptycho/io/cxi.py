@@ -1,13 +1,16 @@
 """Ptychography scans in CXI (Coherent X-ray Imaging, HDF5) files.
 
-One ``entry_k`` (k = 1, 2, …) holds one scan at the standard CXI 1.5 paths; the tilt angle of
-each scan goes in our own field ``entry_k/sample_1/geometry_1/angle_deg`` and simulation ground
-truth in the separate top-level group ``diffptycho_truth/``. docs/file-formats.md is the full
-reference. Conversions at this boundary:
+One ``entry_k`` (k = 1, 2, …) holds one scan at the standard CXI 1.5 paths. The tilt angle of
+each scan is written in three places — our own field ``sample_1/geometry_1/angle_deg``, NeXus
+``sample_1/rotation_angle`` and CXI ``sample_1/geometry_1/orientation`` — and read from the
+first present (:mod:`diffptycho.io._cxi_angle` has the orientation convention). Simulation
+ground truth goes in the separate top-level group ``diffptycho_truth/``. docs/file-formats.md is
+the full reference. Conversions at this boundary:
 
 - positions: our API uses (y, x) in m; CXI ``translation`` is (N, 3) with columns (x, y, z);
 - energy: our API uses eV; CXI ``source_1/energy`` is in joules;
-- mask: our API uses ``True`` = valid pixel; CXI ``detector_1/mask`` is nonzero = bad pixel.
+- mask: our API uses ``True`` = valid pixel; CXI ``detector_1/mask`` is nonzero = bad pixel;
+- angle: our API uses degrees; NeXus ``rotation_angle`` may be in rad (its ``units`` say so).
 """
 
 from __future__ import annotations
@@ -23,10 +26,31 @@ import numpy as np
 
 from diffptycho import __version__
 from diffptycho.io._atomic import atomic_h5_file, open_h5_readonly
-from diffptycho.io.scan import CXIFormatError, PtychoScan, _FieldError
+from diffptycho.io._cxi_angle import (
+    ANGLE,
+    ORIENTATION,
+    ROTATION_ANGLE,
+    angle_from_orientation,
+    orientation_from_angle,
+    read_angle,
+)
+from diffptycho.io.scan import CXIFormatError, PtychoScan, ScanHeader, _FieldError
 from diffptycho.physics.optics import EV_TO_J, ev_to_joule, joule_to_ev
 
-__all__ = ["CXI_VERSION", "CXIFormatError", "PtychoScan", "read_cxi", "read_cxi_truth", "write_cxi"]
+__all__ = [
+    "CXI_VERSION",
+    "CXIFormatError",
+    "PtychoScan",
+    "ScanHeader",
+    "angle_from_orientation",
+    "orientation_from_angle",
+    "read_cxi",
+    "read_cxi_entry",
+    "read_cxi_header",
+    "read_cxi_headers",
+    "read_cxi_truth",
+    "write_cxi",
+]
 
 CXI_VERSION = 150
 """Value of the root ``cxi_version`` dataset we write (CXI format 1.5)."""
@@ -35,7 +59,6 @@ CXI_VERSION = 150
 DATA = "data_1/data"
 DETECTOR_DATA = "instrument_1/detector_1/data"
 TRANSLATION = "sample_1/geometry_1/translation"
-ANGLE = "sample_1/geometry_1/angle_deg"
 ENERGY = "instrument_1/source_1/energy"
 ILLUMINATION = "instrument_1/source_1/illumination"
 DISTANCE = "instrument_1/detector_1/distance"
@@ -117,7 +140,10 @@ def _write_entry(entry: h5py.Group, scan: PtychoScan) -> None:
     pixel_units = scan.object_pixel_size_m is None
     y, x = scan.positions_m.T
     put(TRANSLATION, np.stack([x, y, np.zeros_like(x)], axis=1), "pixel" if pixel_units else "m")
-    put(ANGLE, scan.angle_deg, "degree")
+    if scan.angle_deg is not None:  # the same angle in the three places readers look
+        put(ANGLE, scan.angle_deg, "degree")
+        put(ROTATION_ANGLE, scan.angle_deg, "degree")
+        put(ORIENTATION, orientation_from_angle(scan.angle_deg))
     put(ENERGY, ev_to_joule(scan.energy_ev), "J")
     if scan.distance_m is not None:
         put(DISTANCE, scan.distance_m, "m")
@@ -136,8 +162,9 @@ def read_cxi(path: str | os.PathLike[str]) -> list[PtychoScan]:
 
     Accepts files written by other programs: data at ``data_1/data`` or only at
     ``instrument_1/detector_1/data`` (soft links are followed), (N, 3) or (N, 2) translations
-    in CXI (x, y[, z]) order, and missing optional fields (distance, pixel sizes, mask,
-    illumination, angle, title).
+    in CXI (x, y[, z]) order, the tilt angle in any of the three places :func:`read_cxi_headers`
+    lists, and missing optional fields (distance, pixel sizes, mask, illumination, angle,
+    title).
 
     Args:
         path: the CXI file.
@@ -152,13 +179,105 @@ def read_cxi(path: str | os.PathLike[str]) -> list[PtychoScan]:
     """
     path = os.fspath(path)
     with open_h5_readonly(path, CXIFormatError, "a CXI file") as f:
-        names = sorted((int(m[1]), key) for key in f if (m := _ENTRY.match(key)))
-        if not names:
-            raise CXIFormatError(
-                f"{path}: no 'entry_1' group (found {sorted(f)}); a CXI file holds each scan in "
-                "a group entry_1, entry_2, …"
-            )
-        return [_read_entry(path, f[key]) for _, key in names]
+        return [_read_entry(path, f[key]) for key in _entry_names(path, f)]
+
+
+def read_cxi_entry(path: str | os.PathLike[str], entry: str | int) -> PtychoScan:
+    """Read one scan of a CXI file, leaving the other entries on disk.
+
+    Args:
+        path: the CXI file.
+        entry: the entry group name (``"entry_3"``) or its number k (``3``).
+
+    Returns:
+        The :class:`PtychoScan` of that entry.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CXIFormatError: the entry does not exist (the message lists those that do) or breaks
+            the conventions, as in :func:`read_cxi`.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> scans = [PtychoScan(np.ones((1, 4, 4)), [[0.0, 0.0]], energy_ev=700.0, angle_deg=a)
+        ...          for a in (-30.0, 30.0)]
+        >>> path = os.path.join(tempfile.mkdtemp(), "tilt.cxi")
+        >>> write_cxi(path, scans)
+        >>> read_cxi_entry(path, "entry_2").angle_deg
+        30.0
+    """
+    path = os.fspath(path)
+    with open_h5_readonly(path, CXIFormatError, "a CXI file") as f:
+        return _read_entry(path, f[_entry_name(path, f, entry)])
+
+
+def read_cxi_headers(path: str | os.PathLike[str]) -> list[ScanHeader]:
+    """Read what describes each scan of a CXI file without loading frames, mask or probe.
+
+    The tilt angle of each entry is read from the first of these that is present (inside
+    ``entry_k/sample_1/``): ``geometry_1/angle_deg`` (diffptycho, degrees), ``rotation_angle``
+    (NeXus; ``units`` degrees or radians, degrees when the attribute is absent) and
+    ``geometry_1/orientation`` (CXI direction cosines, which must describe a rotation about
+    y: see :func:`angle_from_orientation`). A scan with none of them has ``angle_deg=None``.
+
+    Args:
+        path: the CXI file.
+
+    Returns:
+        One :class:`ScanHeader` per entry, ordered by entry number.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CXIFormatError: as :func:`read_cxi`, except for checks of the frame values.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> scan = PtychoScan(np.ones((3, 8, 8)), np.zeros((3, 2)), energy_ev=708.2,
+        ...                   angle_deg=12.5)
+        >>> path = os.path.join(tempfile.mkdtemp(), "scan.cxi")
+        >>> write_cxi(path, scan)
+        >>> (header,) = read_cxi_headers(path)
+        >>> header.n_frames, header.frame_shape, header.angle_deg, header.angle_source
+        (3, (8, 8), 12.5, '/entry_1/sample_1/geometry_1/angle_deg')
+    """
+    path = os.fspath(path)
+    with open_h5_readonly(path, CXIFormatError, "a CXI file") as f:
+        return [_read_header(path, f[key]) for key in _entry_names(path, f)]
+
+
+def read_cxi_header(path: str | os.PathLike[str], entry: str | int) -> ScanHeader:
+    """Read the :class:`ScanHeader` of one entry (``"entry_3"`` or ``3``) without its frames.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CXIFormatError: no such entry (the message lists those that exist), or as
+            :func:`read_cxi_headers`.
+    """
+    path = os.fspath(path)
+    with open_h5_readonly(path, CXIFormatError, "a CXI file") as f:
+        return _read_header(path, f[_entry_name(path, f, entry)])
+
+
+def _entry_names(path: str, f: h5py.File) -> list[str]:
+    names = sorted((int(m[1]), key) for key in f if (m := _ENTRY.match(key)))
+    if not names:
+        raise CXIFormatError(
+            f"{path}: no 'entry_1' group (found {sorted(f)}); a CXI file holds each scan in "
+            "a group entry_1, entry_2, …"
+        )
+    return [key for _, key in names]
+
+
+def _entry_name(path: str, f: h5py.File, entry: str | int) -> str:
+    name = f"entry_{entry}" if isinstance(entry, int | np.integer) else str(entry).strip("/")
+    names = _entry_names(path, f)
+    if name not in names:
+        raise CXIFormatError(
+            f"{path}: no group '/{name}'; the file holds {', '.join(names)} (pass one of them)"
+        )
+    return name
 
 
 def read_cxi_truth(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -227,7 +346,7 @@ def _scalar(path: str, ds: h5py.Dataset) -> float:
     return float(value.reshape(-1)[0])
 
 
-def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
+def _data_dataset(path: str, entry: h5py.Group) -> h5py.Dataset:
     data_ds = _get(path, entry, DATA)
     if data_ds is None:
         data_ds = _get(path, entry, DETECTOR_DATA)
@@ -238,14 +357,20 @@ def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
             f"is missing (and so is {entry.name}/{DETECTOR_DATA})",
             "write the (N, ny, nx) diffraction frames in counts there",
         )
-    data = np.asarray(data_ds[()])
-    if data.ndim != 3:
+    if data_ds.ndim != 3:
         raise _fail(
             path,
             data_ds.name,
-            f"has shape {data.shape}, expected 3-D (N, ny, nx)",
+            f"has shape {data_ds.shape}, expected 3-D (N, ny, nx)",
             "store frames as (N, ny, nx); flatten grid scans to one frame axis",
         )
+    return data_ds
+
+
+def _read_header(path: str, entry: h5py.Group) -> ScanHeader:
+    """Everything of one entry but the frames, mask and probe arrays, validated."""
+    data_ds = _data_dataset(path, entry)
+    n_frames = int(data_ds.shape[0])
 
     trans_ds = _require(path, entry, TRANSLATION, "the (N, 3) sample positions (x, y, z) in m")
     trans = np.asarray(trans_ds[()], dtype=np.float64)
@@ -256,13 +381,15 @@ def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
             f"has shape {trans.shape}, expected (N, 3) or (N, 2)",
             "store one row (x, y, z) in m per frame",
         )
-    if trans.shape[0] != data.shape[0]:
+    if trans.shape[0] != n_frames:
         raise _fail(
             path,
             trans_ds.name,
-            f"has {trans.shape[0]} positions but '{data_ds.name}' has {data.shape[0]} frames",
+            f"has {trans.shape[0]} positions but '{data_ds.name}' has {n_frames} frames",
             "store exactly one position per frame (drop the extra frames or positions)",
         )
+    if not np.all(np.isfinite(trans)):
+        raise _fail(path, trans_ds.name, "contains NaN/inf", "store finite positions")
     trans_units = _check_units(
         path, trans_ds, _METRES | {"pixel"}, "CXI stores translations in m; convert to m"
     )
@@ -291,7 +418,10 @@ def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
         ds = _get(path, entry, name)
         if ds is not None:
             _check_units(path, ds, _METRES, "CXI stores lengths in m; convert to m")
-        geometry[key] = None if ds is None else _scalar(path, ds)
+        value = None if ds is None else _scalar(path, ds)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise _fail(path, f"{entry.name}/{name}", f"is {value!r}", "store a length > 0 in m")
+        geometry[key] = value
     if (geometry["x_pixel"] is None) != (geometry["y_pixel"] is None):
         missing = X_PIXEL if geometry["x_pixel"] is None else Y_PIXEL
         raise _fail(
@@ -318,34 +448,54 @@ def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
             "translations with units='pixel'",
         )
 
-    mask_ds = _get(path, entry, MASK)
-    mask = None if mask_ds is None else np.asarray(mask_ds[()]) == 0
-    probe_ds = _get(path, entry, ILLUMINATION)
-    angle_ds = _get(path, entry, ANGLE)
-    title_ds = _get(path, entry, TITLE)
     pixel = None if geometry["y_pixel"] is None else (geometry["y_pixel"], geometry["x_pixel"])
+    angle_deg, angle_source = read_angle(path, entry)
+    title_ds = _get(path, entry, TITLE)
+    name = entry.name.lstrip("/")
+    return ScanHeader(
+        path=path,
+        entry=name,
+        title=name if title_ds is None else _string(title_ds),
+        frames_dataset=data_ds.name,
+        n_frames=n_frames,
+        frame_shape=(int(data_ds.shape[1]), int(data_ds.shape[2])),
+        energy_ev=float(joule_to_ev(energy_j)),
+        positions_m=trans[:, [1, 0]],  # CXI (x, y, z) → our (y, x)
+        distance_m=geometry["distance"],
+        pixel_size_m=pixel,
+        angle_deg=angle_deg,
+        angle_source=angle_source,
+        has_mask=_get(path, entry, MASK) is not None,
+        has_illumination=_get(path, entry, ILLUMINATION) is not None,
+    )
+
+
+def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
+    header = _read_header(path, entry)
+    mask_ds = _get(path, entry, MASK)
+    probe_ds = _get(path, entry, ILLUMINATION)
     fields = {
-        "data": data_ds.name,
-        "positions_m": trans_ds.name,
-        "energy_ev": energy_ds.name,
+        "data": header.frames_dataset,
+        "positions_m": f"{entry.name}/{TRANSLATION}",
+        "energy_ev": f"{entry.name}/{ENERGY}",
         "distance_m": f"{entry.name}/{DISTANCE}",
         "pixel_size_m": f"{entry.name}/{X_PIXEL}",
         "mask": f"{entry.name}/{MASK}",
         "illumination": f"{entry.name}/{ILLUMINATION}",
-        "angle_deg": f"{entry.name}/{ANGLE}",
+        "angle_deg": header.angle_source,
         "name": f"{entry.name}/{TITLE}",
     }
     try:
         return PtychoScan(
-            data=data,
-            positions_m=trans[:, [1, 0]],  # CXI (x, y, z) → our (y, x)
-            energy_ev=float(joule_to_ev(energy_j)),
-            distance_m=geometry["distance"],
-            pixel_size_m=pixel,
-            mask=mask,
+            data=np.asarray(_data_dataset(path, entry)[()]),
+            positions_m=header.positions_m,
+            energy_ev=header.energy_ev,
+            distance_m=header.distance_m,
+            pixel_size_m=header.pixel_size_m,
+            mask=None if mask_ds is None else np.asarray(mask_ds[()]) == 0,
             illumination=None if probe_ds is None else probe_ds[()],
-            angle_deg=0.0 if angle_ds is None else _scalar(path, angle_ds),
-            name=entry.name.lstrip("/") if title_ds is None else _string(title_ds),
+            angle_deg=header.angle_deg,
+            name=header.title,
         )
     except _FieldError as err:
         raise _fail(path, fields[err.field], err.problem, err.fix) from None

@@ -2,6 +2,7 @@
 
 :class:`PtychoScan` is what :mod:`diffptycho.io.cxi` reads and writes; the field checks live
 here so that a scan built in a script fails as early and as clearly as one read from a file.
+:class:`ScanHeader` describes a scan in a file without its frames (cheap to read for many).
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class PtychoScan:
         mask: (ny, nx) bool detector mask, True = valid pixel; None means all pixels valid.
         illumination: complex probe, (ny, nx) or (M, ny, nx) for M modes, at the sample plane;
             None if unknown.
-        angle_deg: tilt angle of this scan in degrees (rotation about y, DESIGN.md axes).
+        angle_deg: tilt angle of this scan in degrees (right-handed rotation about +y, beam
+            along +z: the axes of :mod:`diffptycho.physics.tomography`), or None when unknown
+            (not in the file). Only a lone 2-D scan may treat None as 0°.
         name: free-form scan name.
 
     Examples:
@@ -69,7 +72,7 @@ class PtychoScan:
     pixel_size_m: tuple[float, float] | None = None
     mask: np.ndarray | None = None
     illumination: np.ndarray | None = None
-    angle_deg: float = 0.0
+    angle_deg: float | None = None
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -156,24 +159,103 @@ class PtychoScan:
             if not np.all(np.isfinite(probe)):
                 raise _FieldError("illumination", "contains NaN/inf", "give a finite probe")
             put("illumination", probe)
-        angle = float(self.angle_deg)
-        if not math.isfinite(angle):
-            raise _FieldError("angle_deg", f"{angle!r} is not finite", "give degrees")
-        put("angle_deg", angle)
+        if self.angle_deg is not None:
+            angle = float(self.angle_deg)
+            if not math.isfinite(angle):
+                raise _FieldError("angle_deg", f"{angle!r} is not finite", "give degrees")
+            put("angle_deg", angle)
         put("name", str(self.name))
 
     @property
     def object_pixel_size_m(self) -> tuple[float, float] | None:
         """Object-plane pixel size (y, x) in m, λ·distance / (n·pixel) per axis; None if unknown."""
-        if self.distance_m is None or self.pixel_size_m is None:
-            return None
-        lam = float(wavelength(self.energy_ev))
-        _, ny, nx = self.data.shape
-        py, px = self.pixel_size_m
-        return lam * self.distance_m / (ny * py), lam * self.distance_m / (nx * px)
+        return object_pixel_size(
+            self.energy_ev, self.distance_m, self.pixel_size_m, self.data.shape[-2:]
+        )
 
     @property
     def positions_px(self) -> np.ndarray:
         """(N, 2) positions (y, x) in object pixels (as stored for pixel-unit data)."""
+        size = self.object_pixel_size_m
+        return self.positions_m if size is None else self.positions_m / np.asarray(size)
+
+
+def object_pixel_size(
+    energy_ev: float,
+    distance_m: float | None,
+    pixel_size_m: tuple[float, float] | None,
+    frame_shape: tuple[int, int],
+) -> tuple[float, float] | None:
+    """Far-field object pixel size (y, x) in m: λ·distance / (n·pixel) per axis.
+
+    Args:
+        energy_ev: photon energy in eV.
+        distance_m: sample–detector distance in m, or None.
+        pixel_size_m: detector pixel size (y, x) in m, or None.
+        frame_shape: frame size (ny, nx) in detector pixels.
+
+    Returns:
+        (y, x) in m, or None when the distance or the pixel size is unknown.
+
+    Examples:
+        >>> [round(p * 1e9, 2) for p in object_pixel_size(708.2, 0.1, (11e-6, 11e-6), (64, 64))]
+        [248.68, 248.68]
+    """
+    if distance_m is None or pixel_size_m is None:
+        return None
+    lam = float(wavelength(energy_ev))
+    (ny, nx), (py, px) = frame_shape, pixel_size_m
+    return lam * distance_m / (ny * py), lam * distance_m / (nx * px)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScanHeader:
+    """One scan of a CXI file described without its frames, mask or probe.
+
+    Read by :func:`diffptycho.io.cxi.read_cxi_headers`; values are validated as for
+    :class:`PtychoScan` except the frame values, which are not read.
+
+    Attributes:
+        path: the file.
+        entry: the entry group name (``"entry_3"``).
+        title: the scan name (the entry name when the file has no title).
+        frames_dataset: HDF5 path of the (N, ny, nx) frames.
+        n_frames: number of frames N (= scan positions).
+        frame_shape: (ny, nx) detector pixels.
+        energy_ev: photon energy in eV.
+        positions_m: (N, 2) float64 positions (y, x) in m (object pixels for pixel-unit data).
+        distance_m: sample–detector distance in m, or None.
+        pixel_size_m: detector pixel size (y, x) in m, or None.
+        angle_deg: tilt angle in degrees, or None when the file holds none.
+        angle_source: HDF5 path the angle was read from, or None.
+        has_mask: the file holds a detector mask.
+        has_illumination: the file holds a probe.
+    """
+
+    path: str
+    entry: str
+    title: str
+    frames_dataset: str
+    n_frames: int
+    frame_shape: tuple[int, int]
+    energy_ev: float
+    positions_m: np.ndarray
+    distance_m: float | None
+    pixel_size_m: tuple[float, float] | None
+    angle_deg: float | None
+    angle_source: str | None
+    has_mask: bool
+    has_illumination: bool
+
+    @property
+    def object_pixel_size_m(self) -> tuple[float, float] | None:
+        """Object-plane pixel size (y, x) in m (see :func:`object_pixel_size`); None if unknown."""
+        return object_pixel_size(
+            self.energy_ev, self.distance_m, self.pixel_size_m, self.frame_shape
+        )
+
+    @property
+    def positions_px(self) -> np.ndarray:
+        """(N, 2) positions (y, x) in object pixels."""
         size = self.object_pixel_size_m
         return self.positions_m if size is None else self.positions_m / np.asarray(size)
