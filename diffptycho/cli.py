@@ -26,6 +26,23 @@ def _add_simulate(sub) -> None:
     p.add_argument("--angles", type=int, default=24, help="number of angles (lfp)")
     p.add_argument("--photons", type=float, default=1e5, help="incident photons per frame")
     p.add_argument("--pixel-nm", type=float, default=None, help="voxel/pixel size in nm")
+    p.add_argument(
+        "--misalign-px",
+        type=float,
+        default=0.0,
+        help="lfp: standard deviation in pixels of the unrecorded sample shift of each scan",
+    )
+    p.add_argument(
+        "--oversample",
+        type=int,
+        default=2,
+        help="lfp: the sample is simulated this many times finer than the voxels (default 2)",
+    )
+    p.add_argument(
+        "--known-probe",
+        action="store_true",
+        help="lfp: write the true probe as the illumination (default: no probe in the file)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(_run=cmd_simulate)
 
@@ -49,23 +66,34 @@ def _add_demo(sub) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """``diffptycho simulate``."""
-    from diffptycho.sim import datasets
+    """``diffptycho simulate``.
 
-    geometry = datasets.ScanGeometry(photons_per_frame=args.photons)
-    geometry = geometry.fitted_to((args.size, args.size))
+    lfp is simulated as an experiment records it (finer sample, another projector, unrecorded
+    sample shifts, probe not in the file); vanadium with the package's own forward model.
+    """
+    import dataclasses
+
+    from diffptycho.sim import datasets, tiltseries
+
     if args.kind == "lfp":
-        ds = datasets.simulate_lfp_tomo(
+        geometry = datasets.ScanGeometry(photons_per_frame=args.photons)
+        ds = tiltseries.simulate_lfp_tilt_series(
             volume_shape=(args.size,) * 3,
             voxel_size_m=(args.pixel_nm or 6.7) * 1e-9,
-            angles_deg=np.linspace(-80.0, 77.0, args.angles),
-            geometry=geometry,
+            angles_deg=np.linspace(*tiltseries.STUDY_ANGLES_DEG, args.angles),
+            geometry=geometry.fitted_to((args.size, args.size)),
+            oversample=args.oversample,
+            shift_sigma_px=args.misalign_px,
             seed=args.seed,
+            known_probe=args.known_probe,
         )
     else:
         ds = datasets.simulate_vanadium_2d(
             image_shape=(args.size, args.size),
             pixel_size_m=(args.pixel_nm or 20.0) * 1e-9,
+            geometry=dataclasses.replace(
+                datasets.VANADIUM_GEOMETRY, photons_per_frame=args.photons
+            ),
             seed=args.seed,
         )
     datasets.write_dataset(args.output, ds)
@@ -104,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _subcommand_modules() -> list:
     """Modules that each add one sub-command: ``add_parser(subparsers)`` and ``run(args)``."""
-    from diffptycho import cli_chem, cli_ptycho, cli_tomo
+    from diffptycho import cli_chem, cli_inspect, cli_ptycho, cli_run, cli_spectrotomo, cli_tomo
 
-    return [cli_ptycho, cli_tomo, cli_chem]
+    return [cli_ptycho, cli_tomo, cli_chem, cli_spectrotomo, cli_run, cli_inspect]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -86,6 +86,9 @@ class SimulatedDataset:
         distance_m: sample–detector distance in m.
         probe: probe modes per energy (energy, mode, py, px).
         truth: ground-truth arrays (composition or thickness, spectra, labels …).
+        illumination_known: whether :func:`write_dataset` writes ``probe`` into the file as
+            the illumination (False: the probe is unknown, as from a beamline, and the truth
+            holds it).
     """
 
     frames: np.ndarray
@@ -97,6 +100,7 @@ class SimulatedDataset:
     distance_m: float
     probe: np.ndarray
     truth: dict[str, np.ndarray]
+    illumination_known: bool = True
 
     def tomo_model(self, composition: np.ndarray | None = None) -> SpectroPtychoTomo:
         """The full-chain model of this dataset's geometry (known probe, positions, spectra).
@@ -227,11 +231,15 @@ def simulate_lfp_tomo(
     )
 
 
+VANADIUM_GEOMETRY = ScanGeometry(scan_shape=(8, 8), step_px=4.0)
+"""Default scan geometry of :func:`simulate_vanadium_2d`."""
+
+
 def simulate_vanadium_2d(
     image_shape: tuple[int, int] = (48, 48),
     pixel_size_m: float = 20e-9,
     energies_ev: np.ndarray | None = None,
-    geometry: ScanGeometry = ScanGeometry(scan_shape=(8, 8), step_px=4.0),
+    geometry: ScanGeometry = VANADIUM_GEOMETRY,
     seed: int = 0,
 ) -> SimulatedDataset:
     """Multi-energy 2-D spectro-ptychography of vanadium-oxide particles (V K edge).
@@ -306,7 +314,7 @@ def write_dataset(path, dataset: SimulatedDataset) -> None:
                     distance_m=dataset.distance_m,
                     pixel_size_m=(float(det_px[e]), float(det_px[e])),
                     mask=None,
-                    illumination=dataset.probe[e],
+                    illumination=dataset.probe[e] if dataset.illumination_known else None,
                     angle_deg=float(angle),
                     name=f"E{energy:.2f}eV_theta{angle:+.2f}deg",
                 )
@@ -314,4 +322,6 @@ def write_dataset(path, dataset: SimulatedDataset) -> None:
     truth = dict(dataset.truth)
     truth["pixel_size_m"] = np.asarray(dataset.pixel_size_m)
     truth["padding_px"] = np.asarray(dataset.padding_px)
+    if not dataset.illumination_known:
+        truth["probe"] = dataset.probe
     write_cxi(path, scans, truth=truth)
