@@ -78,10 +78,12 @@ def _package_version(name: str) -> str:
 
 def _array(what: str, value: Any) -> np.ndarray:
     arr = np.asarray(value)
-    if arr.dtype.kind in "OUSV" or arr.dtype.hasobject:
+    if arr.dtype.kind == "U":  # names (e.g. species) are stored as UTF-8 byte strings
+        arr = np.char.encode(arr, "utf-8")
+    if arr.dtype.kind in "OV" or arr.dtype.hasobject:
         raise TypeError(
-            f"{what}: dtype {arr.dtype} cannot be stored as a numeric HDF5 dataset; "
-            "pass numeric arrays (put text in config)"
+            f"{what}: dtype {arr.dtype} cannot be stored as an HDF5 dataset; "
+            "pass numeric arrays or strings (put other things in config)"
         )
     return arr
 

@@ -1,0 +1,46 @@
+"""``diffptycho run CONFIG.toml``: the staged pipeline described in a file.
+
+The file names the inputs, the references, the output and the settings of every stage (see
+:mod:`diffptycho.pipeline.config` for every key); an experiment is then a reproducible script.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from diffptycho.cli_spectrotomo import STAGE_NAMES, report
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``run`` sub-command."""
+    p = subparsers.add_parser(
+        "run",
+        help="run the staged pipeline described in a TOML file",
+        description="Run (or resume) the pipeline of CONFIG.toml: top-level input (files or "
+        "globs), references (CSV), output (HDF5), and one table per stage: [tilt_series], "
+        "[ptychography], [projections], [registration], [alignment], [tomography], "
+        "[chemistry]. Relative paths are relative to the file. Unknown keys are errors.",
+    )
+    p.add_argument("config", help="TOML configuration file")
+    p.add_argument("--restart-from", choices=STAGE_NAMES, default=None)
+    p.add_argument("--stop-after", choices=STAGE_NAMES, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-figures", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """``diffptycho run``."""
+    from diffptycho.pipeline import load_config, run_pipeline
+
+    return report(
+        run_pipeline(
+            load_config(args.config),
+            restart_from=args.restart_from,
+            stop_after=args.stop_after,
+            progress=not args.no_progress,
+            figures=not args.no_figures,
+        )
+    )

@@ -1,0 +1,710 @@
+"""The six stages of the staged pipeline, each a function ``(context, settings) → outputs``.
+
+1. :func:`ptychography` — per scan, with probe retrieval from a data-derived start;
+2. :func:`projections` — optical density and phase, vacuum level normalised;
+3. :func:`registration` — every energy registered to a reference energy, per angle;
+4. :func:`alignment` — rotation-axis alignment (rough, then reprojection or joint);
+5. :func:`tomography` — OD volume per energy;
+6. :func:`chemistry` — composition per voxel from reference spectra.
+
+A stage reads what earlier stages produced from ``context.outputs[name]`` and returns a
+:class:`StageOutput` (arrays, units, history); :mod:`diffptycho.pipeline.runner` saves each
+output in its own group ``stages/<name>/`` of the results file, so a run restarts from any stage
+and a user can swap one stage for a function of their own with the same signature.
+
+Sign conventions. Per-scan alignment parameters ``(shift_y px, shift_x px, rotation rad,
+log scale)`` are those of :class:`~diffptycho.models.tomo.TomoProjections`: the measured
+projection is the transform applied to the ideal one, so ``shift_px`` is the shift of the
+sample found in each scan (positive: to larger row / column indices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from diffptycho.pipeline.config import (
+    AlignmentSettings,
+    ChemistrySettings,
+    ProjectionSettings,
+    PtychographySettings,
+    RegistrationSettings,
+    TomographySettings,
+)
+
+__all__ = [
+    "STAGES",
+    "Context",
+    "Stage",
+    "StageOutput",
+    "alignment",
+    "chemistry",
+    "normalise_transmission",
+    "projections",
+    "ptychography",
+    "registration",
+    "tomography",
+]
+
+
+@dataclasses.dataclass
+class StageOutput:
+    """What a stage produced.
+
+    Attributes:
+        arrays: ``{name: array}`` saved under ``stages/<stage>/<name>``.
+        units: ``{name: unit}`` of those arrays.
+        history: ``{name: array}`` traces (e.g. convergence curves), saved with the arrays.
+        complete: False while a long stage has only part of its work done (a resumable
+            snapshot); the runner then resumes the stage instead of skipping it.
+    """
+
+    arrays: dict[str, np.ndarray]
+    units: dict[str, str] = dataclasses.field(default_factory=dict)
+    history: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    complete: bool = True
+
+
+@dataclasses.dataclass
+class Context:
+    """What every stage sees.
+
+    Attributes:
+        series: the tilt series (:class:`~diffptycho.io.tiltseries.TiltSeries` or any object
+            with ``energies_ev``, ``angles_deg``, ``shape``, ``frame_shapes``, ``scan(e, a)``,
+            ``positions_px(e, a)`` and ``object_pixel_size_m(e)``).
+        outputs: outputs of the stages run so far, by stage name (arrays only).
+        references: ``(species, spectra)`` with spectra (energy, species) δ + iβ at the
+            series' energies, or None.
+        progress: show progress bars.
+        checkpoint: called by long stages with a partial :class:`StageOutput` so that an
+            interrupted run resumes (the runner saves it).
+        log: prints a line of progress.
+    """
+
+    series: Any
+    outputs: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    references: tuple[list[str], np.ndarray] | None = None
+    progress: bool = True
+    checkpoint: Callable[[StageOutput], None] = lambda out: None
+    log: Callable[[str], None] = print
+
+    def need(self, stage: str, name: str) -> np.ndarray:
+        """An array of an earlier stage, with a clear error if that stage has not run."""
+        if stage not in self.outputs or name not in self.outputs[stage]:
+            raise ValueError(
+                f"stage needs '{stage}/{name}', which is not there: run the '{stage}' stage "
+                "first (or restart from it)"
+            )
+        return self.outputs[stage][name]
+
+
+# --------------------------------------------------------------------------- 1 ptychography
+
+
+def centred_positions(series) -> list[list[np.ndarray]]:
+    """Every scan's positions in object pixels, centred on the middle of the whole series.
+
+    Instruments write absolute motor positions; one offset (the centre of the bounding box of
+    all scans, in m when the geometry is known) is removed from every scan, so relative
+    positions between scans — and so the sample's drift — are kept.
+    """
+    n_e, n_a = series.shape
+    raw = [
+        [np.asarray(series.positions_px(e, a), np.float64) for a in range(n_a)] for e in range(n_e)
+    ]
+    sizes = [series.object_pixel_size_m(e) for e in range(n_e)]
+    scale = [np.ones(2) if s is None else np.asarray(s) for s in sizes]
+    metres = np.concatenate([raw[e][a] * scale[e] for e in range(n_e) for a in range(n_a)])
+    centre = 0.5 * (metres.min(axis=0) + metres.max(axis=0))
+    return [[raw[e][a] - centre / scale[e] for a in range(n_a)] for e in range(n_e)]
+
+
+def _engine(settings: PtychographySettings, group_sizes=None):
+    from diffptycho.recon.ptycho import PositionRefinement, Refinement
+    from diffptycho.recon.ptycho.start import make_engine
+
+    positions = PositionRefinement(group_sizes=group_sizes) if settings.refine_positions else None
+    options: dict[str, Any] = {"refinement": Refinement(probe=True, positions=positions)}
+    if settings.batch_size is not None:
+        options["batch_size"] = settings.batch_size
+    if settings.loss is not None:
+        options["loss"] = settings.loss
+    return make_engine(settings.engine, **options)
+
+
+def _solve(model, engine, frames, mask, iterations: int, progress: bool, description: str):
+    """Run an engine; a divergence keeps the last finite model and is reported, not fatal."""
+    from diffptycho.recon.ptycho import PtychoData
+    from diffptycho.recon.solve import DivergenceError, solve
+
+    data = PtychoData(jnp.asarray(frames), None if mask is None else jnp.asarray(mask))
+    try:
+        model, history = solve(
+            model, engine, data, iterations, progress=progress, description=description
+        )
+        return model, np.asarray(history.loss), True
+    except DivergenceError as err:
+        return err.model, np.asarray(err.history.loss), False
+
+
+def ptychography(context: Context, settings: PtychographySettings) -> StageOutput:
+    """Stage 1: reconstruct every scan's complex transmission, retrieving the probe.
+
+    Returns arrays ``objects`` (E, A, H, W) complex64 (H, W common to all scans; array
+    centre = position (0, 0) after centring), ``probes`` (E, A, M, py, px), ``positions_px``
+    (E, A, n, 2) (refined when asked; NaN rows pad scans with fewer positions),
+    ``final_loss`` (E, A), ``converged`` (E, A) bool (False: the engine diverged and the last
+    finite model was kept) and ``done`` (E, A) bool.
+    """
+    from diffptycho.models import Ptycho2D
+    from diffptycho.physics import scan as scans
+    from diffptycho.recon.ptycho.start import probe_guess, scaled_probe
+
+    series = context.series
+    n_e, n_a = series.shape
+    positions = centred_positions(series)
+    frame_shapes = [tuple(series.frame_shapes[e]) for e in range(n_e)]
+    if len(set(frame_shapes)) != 1:
+        raise ValueError(
+            f"frame shapes differ between energies ({frame_shapes}); crop the frames to one "
+            "size so every energy's object shares one grid"
+        )
+    frame = frame_shapes[0]
+    everything = np.concatenate([p for row in positions for p in row])
+    field = scans.object_shape_for(everything, frame)
+    n_max = max(len(p) for row in positions for p in row)
+    modes = settings.probe_modes
+
+    previous = context.outputs.get("ptychography", {})
+    if previous and previous["objects"].shape[2:] == field:
+        out = {k: np.array(v) for k, v in previous.items()}
+    else:
+        out = {
+            "objects": np.ones((n_e, n_a, *field), np.complex64),
+            "probes": np.zeros((n_e, n_a, modes, *frame), np.complex64),
+            "positions_px": np.full((n_e, n_a, n_max, 2), np.nan),
+            "final_loss": np.full((n_e, n_a), np.nan),
+            "converged": np.zeros((n_e, n_a), bool),
+            "done": np.zeros((n_e, n_a), bool),
+        }
+    units = {
+        "objects": "1 (complex transmission)",
+        "probes": "photons^0.5 per pixel",
+        "positions_px": "pixel",
+        "final_loss": "per frame",
+    }
+    last_save = time.perf_counter()
+
+    def snapshot(complete: bool) -> StageOutput:
+        return StageOutput(dict(out), units, complete=complete)
+
+    for e in range(n_e):
+        if settings.shared_probe:
+            if not out["done"][e].all():
+                _shared_probe_energy(context, settings, e, positions[e], field, out)
+                context.checkpoint(snapshot(False))
+            continue
+        probe = None
+        for a in range(n_a):
+            if out["done"][e, a]:
+                probe = out["probes"][e, a]
+                continue
+            scan = series.scan(e, a)
+            first = probe is None
+            if first:
+                use_file = settings.file_probe and scan.illumination is not None
+                probe = scan.illumination if use_file else probe_guess(scan.data, scan.mask)
+            start = Ptycho2D(
+                jnp.ones(field, jnp.complex64),
+                jnp.asarray(scaled_probe(probe, scan.data, scan.mask, modes)),
+                jnp.asarray(positions[e][a], jnp.float32),
+            )
+            iterations = settings.probe_iterations if first else settings.iterations
+            model, loss, ok = _solve(
+                start,
+                _engine(settings),
+                scan.data,
+                scan.mask,
+                iterations,
+                context.progress,
+                f"ptycho E{series.energies_ev[e]:.1f} θ{series.angles_deg[a]:+.1f}",
+            )
+            if not ok:
+                context.log(
+                    f"ptychography: scan (E {e}, θ {a}) diverged; kept its last finite model"
+                )
+            probe = np.asarray(model.probe)
+            n = len(positions[e][a])
+            out["objects"][e, a] = np.asarray(model.object)
+            out["probes"][e, a] = probe
+            out["positions_px"][e, a, :n] = np.asarray(model.positions)
+            out["final_loss"][e, a] = loss[-1] if loss.size else np.nan
+            out["converged"][e, a] = ok
+            out["done"][e, a] = True
+            if time.perf_counter() - last_save > 30.0:
+                context.checkpoint(snapshot(False))
+                last_save = time.perf_counter()
+    return snapshot(True)
+
+
+def _shared_probe_energy(context, settings, e, positions, field, out) -> None:
+    """All scans of energy ``e`` at once, one probe (multiscan canvas)."""
+    from diffptycho.recon.ptycho import multiscan_model, split_object
+    from diffptycho.recon.ptycho.multiscan import split_positions
+    from diffptycho.recon.ptycho.start import probe_guess, scaled_probe
+
+    series = context.series
+    n_a = series.shape[1]
+    scans = [series.scan(e, a) for a in range(n_a)]
+    frames = np.concatenate([s.data for s in scans])
+    mask = scans[0].mask
+    start = (
+        scans[0].illumination
+        if settings.file_probe and scans[0].illumination is not None
+        else probe_guess(frames, mask)
+    )
+    probe = jnp.asarray(scaled_probe(start, frames, mask, settings.probe_modes))
+    objects = [jnp.ones(field, jnp.complex64)] * n_a
+    pos = [jnp.asarray(p, jnp.float32) for p in positions]
+    model, layout = multiscan_model(objects, probe, pos)
+    model, loss, ok = _solve(
+        model,
+        _engine(settings, layout.counts),
+        frames,
+        mask,
+        settings.probe_iterations,
+        context.progress,
+        f"ptycho E{series.energies_ev[e]:.1f} (shared probe)",
+    )
+    for a, (obj, p) in enumerate(
+        zip(
+            split_object(model.object, layout),
+            split_positions(model.positions, layout),
+            strict=True,
+        )
+    ):
+        out["objects"][e, a] = np.asarray(obj)
+        out["probes"][e, a] = np.asarray(model.probe)
+        out["positions_px"][e, a, : len(p)] = np.asarray(p)
+    out["final_loss"][e] = loss[-1] if loss.size else np.nan
+    out["converged"][e] = ok
+    out["done"][e] = True
+
+
+# --------------------------------------------------------------------------- 2 projections
+
+
+def normalise_transmission(
+    obj: np.ndarray, region: np.ndarray, erosion_px: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Divide out the vacuum level and phase ramp of a reconstructed transmission.
+
+    A ptychographic object is known up to a complex factor (traded against the probe) and a
+    linear phase ramp. The vacuum (empty) region is found as the illuminated pixels whose
+    optical density, relative to the brightest illuminated amplitude, lies below Otsu's
+    threshold; it is eroded by ``erosion_px`` so that sample edges stay out. The phase
+    offset and ramp are fitted on it and removed, and the amplitude divided by its mean there,
+    so vacuum has T = 1.
+
+    Args:
+        obj: (H, W) complex transmission.
+        region: (H, W) bool, the illuminated pixels.
+        erosion_px: erosion of the vacuum region in pixels.
+
+    Returns:
+        ``(T, vacuum)``: the normalised transmission (H, W) complex128 and the vacuum mask.
+
+    Raises:
+        ValueError: the scan lights fewer than 16 pixels, or no vacuum is left.
+    """
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    from diffptycho.analysis.phase import remove_phase_ramp
+
+    obj = np.asarray(obj, np.complex128)
+    region = np.asarray(region, bool)
+    if region.sum() < 16:
+        raise ValueError(f"the scan lights only {int(region.sum())} pixels; expected ≥ 16")
+    amp = np.abs(obj)
+    od0 = -2.0 * np.log(np.maximum(amp, 1e-12) / np.percentile(amp[region], 95))
+    values = od0[region]
+    spread = np.percentile(values, 99) - np.percentile(values, 1)
+    threshold = threshold_otsu(values) if spread > 1e-6 else np.inf
+    vacuum = region & (od0 <= threshold)
+    if erosion_px:
+        eroded = ndimage.binary_erosion(vacuum, iterations=erosion_px)
+        vacuum = eroded if eroded.sum() >= 16 else vacuum
+    if vacuum.sum() < 16:
+        raise ValueError(
+            "no vacuum found in the illuminated field: the scan must include "
+            "some empty space around the sample for the OD normalisation"
+        )
+    flat = remove_phase_ramp(obj, vacuum)
+    flat = flat / np.mean(np.abs(flat[vacuum]))
+    return flat, vacuum
+
+
+def projections(context: Context, settings: ProjectionSettings) -> StageOutput:
+    """Stage 2: OD −ln|T|² and phase k∫δ dz = −arg T of every scan, vacuum normalised.
+
+    Returns ``optical_density`` and ``phase`` (E, A, H, W) (zero outside the illuminated
+    region, phase unwrapped with its ramp and vacuum offset removed), ``illuminated`` and
+    ``vacuum`` masks (E, A, H, W).
+    """
+    from diffptycho.analysis.phase import unwrap_phase
+    from diffptycho.recon.ptycho.metrics import illuminated_region
+
+    objects = context.need("ptychography", "objects")
+    probes = context.need("ptychography", "probes")
+    positions = context.need("ptychography", "positions_px")
+    n_e, n_a, h, w = objects.shape
+    od = np.zeros((n_e, n_a, h, w), np.float32)
+    phase = np.zeros_like(od)
+    lit = np.zeros(od.shape, bool)
+    vac = np.zeros(od.shape, bool)
+    for e in range(n_e):
+        for a in range(n_a):
+            pos = positions[e, a][np.all(np.isfinite(positions[e, a]), axis=1)]
+            region = np.asarray(
+                illuminated_region(
+                    jnp.asarray(probes[e, a]),
+                    jnp.asarray(pos, jnp.float32),
+                    (h, w),
+                    settings.illumination_threshold,
+                )
+            )
+            try:
+                t, vacuum = normalise_transmission(
+                    objects[e, a], region, settings.vacuum_erosion_px
+                )
+            except ValueError as err:
+                raise ValueError(f"projections: scan (energy {e}, angle {a}): {err}") from None
+            wrapped = np.angle(t)
+            phi = unwrap_phase(wrapped, region) if settings.unwrap else wrapped
+            phi = -(phi - np.mean(phi[vacuum]))
+            od[e, a] = np.where(region, -2.0 * np.log(np.maximum(np.abs(t), 1e-6)), 0.0)
+            phase[e, a] = np.where(region, phi, 0.0)
+            lit[e, a], vac[e, a] = region, vacuum
+    return StageOutput(
+        {"optical_density": od, "phase": phase, "illuminated": lit, "vacuum": vac},
+        {"optical_density": "1", "phase": "rad"},
+    )
+
+
+# --------------------------------------------------------------------------- 3 registration
+
+
+def energy_log_scales(series, reference: int) -> np.ndarray:
+    """(E,) log magnification of each energy's object grid against the reference energy's.
+
+    A fixed detector makes the object pixel λz/(N p) follow the wavelength: a feature of size L
+    covers L/p_e pixels at energy e, so energy e's image is the reference image magnified by
+    p_ref/p_e. Zero for pixel-unit data.
+    """
+    sizes = [series.object_pixel_size_m(e) for e in range(series.shape[0])]
+    if sizes[reference] is None:
+        return np.zeros(len(sizes))
+    ref = float(np.mean(sizes[reference]))
+    return np.asarray([np.log(ref / float(np.mean(s))) for s in sizes])
+
+
+def _resample(images: np.ndarray, params: np.ndarray) -> np.ndarray:
+    from diffptycho.recon.tomo.operators import dealign
+
+    return np.asarray(dealign(jnp.asarray(images), jnp.asarray(params)))
+
+
+def registration(context: Context, settings: RegistrationSettings) -> StageOutput:
+    """Stage 3: sub-pixel offset of every energy's projection from the reference energy's.
+
+    Each energy's image is first brought to the reference energy's pixel size, then registered
+    by upsampled cross-correlation (:func:`~diffptycho.recon.align.registration.
+    register_translation`) on the signal of the settings (phase by default, see
+    :class:`~diffptycho.pipeline.config.RegistrationSettings` for why), weighted by the region
+    lit in both scans.
+
+    Returns ``offsets_px`` (E, A, 2): the (y, x) shift of energy e's sample from the reference
+    energy's in scan a (zero for the reference), and ``log_scale`` (E,).
+    """
+    from diffptycho.recon.align.registration import register_translation
+
+    signal = context.need("projections", "optical_density" if settings.signal == "od" else "phase")
+    lit = context.need("projections", "illuminated")
+    n_e, n_a = signal.shape[:2]
+    ref = settings.reference_energy
+    if ref >= n_e:
+        raise ValueError(f"registration.reference_energy = {ref}: the series has {n_e} energies")
+    log_scale = energy_log_scales(context.series, ref)
+    offsets = np.zeros((n_e, n_a, 2))
+    if settings.enabled:
+        for e in range(n_e):
+            if e == ref:
+                continue
+            unscale = np.zeros((n_a, 4))
+            unscale[:, 3] = log_scale[e]
+            moving = _resample(signal[e], unscale)
+            both = _resample(lit[e].astype(np.float32), unscale) * lit[ref]
+            for a in range(n_a):
+                offsets[e, a] = register_translation(
+                    signal[ref, a], moving[a], weights=both[a], upsample=settings.upsample
+                )
+    return StageOutput({"offsets_px": offsets, "log_scale": log_scale}, {"offsets_px": "pixel"})
+
+
+# --------------------------------------------------------------------------- 4 alignment
+
+
+def scan_parameters(
+    angle_params: np.ndarray, offsets_px: np.ndarray, log_scale: np.ndarray
+) -> np.ndarray:
+    """Compose per-angle alignment with per-energy offsets and scales into (E, A, 4).
+
+    The measured projection of energy e is S_e(T_off(A_a(P f))): A_a the angle's similarity
+    transform (on the reference grid), T_off the energy's registration offset, S_e the energy's
+    magnification about the centre. With A_a(r) = s R r + t_a this is
+    r ↦ m s R r + m (t_a + off), one similarity transform per scan.
+    """
+    m = np.exp(log_scale)[:, None, None]
+    out = np.empty((*offsets_px.shape[:2], 4))
+    out[..., :2] = m * (angle_params[None, :, :2] + offsets_px)
+    out[..., 2] = angle_params[None, :, 2]
+    out[..., 3] = angle_params[None, :, 3] + log_scale[:, None]
+    return out
+
+
+def _rough_align(*args, **kwargs):
+    from diffptycho.recon.align.rough import rough_align
+
+    return rough_align(*args, **kwargs)
+
+
+def _reprojection_align(*args, **kwargs):
+    from diffptycho.recon.align.reprojection import reprojection_align
+
+    return reprojection_align(*args, **kwargs)
+
+
+def _joint_align(*args, **kwargs):
+    from diffptycho.recon.align.gradient import joint_align
+
+    return joint_align(*args, **kwargs)
+
+
+def alignment(context: Context, settings: AlignmentSettings) -> StageOutput:
+    """Stage 4: rotation-axis alignment of the tilt series.
+
+    The signal (the mean over energies of the registered OD by default) is aligned by
+    :func:`~diffptycho.recon.align.rough.rough_align` and then, per the settings, by
+    :func:`~diffptycho.recon.align.reprojection.reprojection_align` or
+    :func:`~diffptycho.recon.align.gradient.joint_align`.
+
+    Returns ``angle_params`` (A, 4) of the reference grid, ``params`` (E, A, 4) per scan
+    (see :func:`scan_parameters`), ``shift_px`` (E, A, 2) and convergence history.
+    """
+    key = "optical_density" if settings.signal == "od" else "phase"
+    signal = context.need("projections", key)
+    offsets = context.need("registration", "offsets_px")
+    log_scale = context.need("registration", "log_scale")
+    n_e, n_a = signal.shape[:2]
+    angles = np.deg2rad(np.asarray(context.series.angles_deg, np.float64))
+    zero = np.zeros((n_a, 4))
+    stack = np.mean(
+        [_resample(signal[e], scan_parameters(zero, offsets, log_scale)[e]) for e in range(n_e)],
+        axis=0,
+    )
+    history: dict[str, np.ndarray] = {}
+    params = np.zeros((n_a, 4))
+    if settings.method != "none":
+        rough = _rough_align(stack, angles)
+        params = np.asarray(rough.params, np.float64)
+    if settings.method == "reprojection":
+        result = _reprojection_align(
+            stack,
+            angles,
+            initial=params,
+            similarity=settings.similarity,
+            max_loops=settings.max_loops,
+            tolerance_px=settings.tolerance_px,
+            tomo_iterations=settings.tomo_iterations,
+            progress=context.progress,
+        )
+        params = np.asarray(result.params, np.float64)
+        history = {k: np.asarray(v) for k, v in result.history.items()}
+    elif settings.method == "joint":
+        result = _joint_align(
+            stack,
+            angles,
+            initial=params,
+            similarity=settings.similarity,
+            progress=context.progress,
+        )
+        params = np.asarray(result.params, np.float64)
+        history = {k: np.asarray(v) for k, v in result.history.items()}
+    per_scan = scan_parameters(params, offsets, log_scale)
+    return StageOutput(
+        {"angle_params": params, "params": per_scan, "shift_px": per_scan[..., :2]},
+        {"shift_px": "pixel"},
+        history,
+    )
+
+
+# --------------------------------------------------------------------------- 5 tomography
+
+
+def _crop(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Centre crop keeping the centre pixel (n // 2) where it is."""
+    (h, w), (ny, nx) = images.shape[-2:], shape
+    if ny > h or nx > w:
+        raise ValueError(f"tomography.volume_shape: {shape} is larger than the field {(h, w)}")
+    y0, x0 = h // 2 - ny // 2, w // 2 - nx // 2
+    return images[..., y0 : y0 + ny, x0 : x0 + nx]
+
+
+def tomography(context: Context, settings: TomographySettings) -> StageOutput:
+    """Stage 5: OD volume per energy from the aligned OD projections.
+
+    Every scan's alignment is undone on the whole field (one resampling), the field is cropped
+    to the volume's (y, x) and each energy is reconstructed with the chosen algorithm.
+
+    Returns ``od_volumes`` (E, z, y, x) in OD per voxel and ``aligned_projections``
+    (E, A, y, x).
+    """
+    from diffptycho.recon.tomo.reconstruct import reconstruct
+
+    od = context.need("projections", "optical_density")
+    params = context.need("alignment", "params")
+    n_e, n_a, h, w = od.shape
+    nz, ny, nx = settings.volume_shape or (w, h, w)
+    angles = np.deg2rad(np.asarray(context.series.angles_deg, np.float64))
+    aligned = np.stack([_crop(_resample(od[e], params[e]), (ny, nx)) for e in range(n_e)])
+    volumes = np.empty((n_e, nz, ny, nx), np.float32)
+    loss = []
+    for e in range(n_e):
+        result = reconstruct(
+            aligned[e],
+            angles,
+            settings.algorithm,
+            settings.iterations,
+            shape=(nz, nx),
+            relaxation=settings.relaxation,
+            nonnegative=settings.algorithm not in ("cgls", "fbp"),
+            progress=context.progress,
+        )
+        volumes[e] = np.asarray(result.volume)
+        loss.append(np.asarray(result.loss).reshape(-1))
+    history = {f"loss_energy_{e}": v for e, v in enumerate(loss) if v.size}
+    return StageOutput(
+        {"od_volumes": volumes, "aligned_projections": aligned.astype(np.float32)},
+        {"od_volumes": "1 per voxel"},
+        history,
+    )
+
+
+# --------------------------------------------------------------------------- 6 chemistry
+
+
+def reference_od_per_voxel(
+    spectra: np.ndarray, energies_ev: np.ndarray, voxel_size_m: float
+) -> np.ndarray:
+    """OD of one voxel full of each species at each energy: I[i, j] = 2 k_i β_j(E_i) Δ.
+
+    Args:
+        spectra: δ + iβ (energy, species) per unit volume fraction.
+        energies_ev: photon energies in eV.
+        voxel_size_m: voxel edge in m.
+
+    Returns:
+        (energy, species) matrix.
+    """
+    from diffptycho.physics import optics
+
+    k = np.asarray(optics.wavenumber(np.asarray(energies_ev, dtype=np.float64)))
+    return 2.0 * k[:, None] * np.imag(np.asarray(spectra)) * voxel_size_m
+
+
+def voxel_size_m(series, reference: int = 0) -> float:
+    """Voxel edge (m): the object pixel of the reference energy (1 for pixel-unit data)."""
+    size = series.object_pixel_size_m(reference)
+    return 1.0 if size is None else float(np.mean(size))
+
+
+def chemistry(context: Context, settings: ChemistrySettings) -> StageOutput:
+    """Stage 6: volume fractions of each species per voxel.
+
+    Two energies and two species: exact 2×2 unmixing
+    (:func:`~diffptycho.recon.chem.two_energy.unmix_two_energy`); otherwise non-negative linear
+    combination fitting of the OD spectrum of each voxel
+    (:func:`~diffptycho.recon.chem.lcf.linear_combination_fit`).
+
+    Returns ``composition`` (species, z, y, x) and the ``reference_matrix`` (energy, species)
+    in OD per voxel.
+    """
+    from diffptycho.recon.chem.lcf import linear_combination_fit
+    from diffptycho.recon.chem.two_energy import check_reference_matrix, unmix_two_energy
+
+    if context.references is None:
+        raise ValueError("chemistry needs reference spectra: give --references REFS.csv")
+    species, spectra = context.references
+    volumes = context.need("tomography", "od_volumes")
+    reference = 0
+    if "registration" in context.outputs:
+        reference = int(np.argmin(np.abs(context.outputs["registration"]["log_scale"])))
+    matrix = reference_od_per_voxel(
+        spectra, context.series.energies_ev, voxel_size_m(context.series, reference)
+    )
+    method = settings.method
+    if method == "auto":
+        method = "two-energy" if matrix.shape == (2, 2) else "lcf"
+    if method == "two-energy":
+        if matrix.shape != (2, 2):
+            raise ValueError(
+                f"chemistry.method = 'two-energy' needs 2 energies and 2 species; the data have "
+                f"{matrix.shape[0]} energies and the references {matrix.shape[1]} species"
+            )
+        composition = np.asarray(
+            unmix_two_energy(jnp.asarray(volumes), check_reference_matrix(matrix))
+        )
+    else:
+        composition = np.asarray(
+            linear_combination_fit(jnp.asarray(volumes), jnp.asarray(matrix.T)).weights
+        )
+    return StageOutput(
+        {"composition": composition.astype(np.float32), "reference_matrix": matrix},
+        {"composition": "volume fraction", "reference_matrix": "OD per voxel"},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: its name, its function and the stages it reads.
+
+    Attributes:
+        name: the stage's name (its group in the results file and its TOML section).
+        run: ``(context, settings) → StageOutput``.
+        requires: stages whose outputs it reads.
+    """
+
+    name: str
+    run: Callable[[Context, Any], StageOutput]
+    requires: tuple[str, ...] = ()
+
+
+STAGES: Mapping[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("ptychography", ptychography),
+        Stage("projections", projections, ("ptychography",)),
+        Stage("registration", registration, ("projections",)),
+        Stage("alignment", alignment, ("projections", "registration")),
+        Stage("tomography", tomography, ("projections", "alignment")),
+        Stage("chemistry", chemistry, ("tomography",)),
+    )
+}
+"""The default stages, in order."""
