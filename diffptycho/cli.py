@@ -7,6 +7,7 @@ this boundary and nowhere else.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -102,6 +103,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"wrote {args.output}: {n_e} energies × {n_a} angles × {n_f} frames of "
         f"{ds.frames.shape[-2]}×{ds.frames.shape[-1]} px"
     )
+    if args.kind == "lfp":
+        refs = os.path.splitext(args.output)[0] + "_references.csv"
+        datasets.write_lfp_references(refs)
+        print(f"wrote {refs} (δ, β of LiFePO4 and FePO4 for spectrotomo --references)")
     return 0
 
 

@@ -1,12 +1,18 @@
 """``diffptycho demo``: the whole story on an embedded small default, in minutes on a laptop.
 
-1. simulate two-energy ptychographic tomography of LiFePO4/FePO4 plates (Fe L3 edge, 708.2 and
-   710.2 eV, −80°…+77°, Poisson noise) and write it as CXI;
-2. staged reconstruction: RAAR ptychography per scan → OD projections → ART per energy →
-   two-energy unmixing per voxel;
-3. joint refinement: the full chain (composition → … → far-field intensities) fitted to every
-   frame at once, started from the staged result;
-4. a table of errors against the truth, an HDF5 results file and PNG figures.
+It goes through the same code as a user with an experiment's files:
+
+1. ``simulate``: a two-energy ptychographic tilt series of LiFePO4/FePO4 plates (Fe L3 edge,
+   708.2 and 710.2 eV, −80°…+77°, Poisson noise) as an experiment records it — sample on a
+   2× finer grid, unrecorded sample shifts in every scan, no probe in the file — written as CXI
+   with a references CSV;
+2. ``spectrotomo`` (:func:`~diffptycho.pipeline.run_pipeline`): ptychography per scan with
+   probe retrieval → OD projections → registration of the energies → reprojection alignment
+   → ART per energy → two-energy unmixing per voxel;
+3. joint refinement: the full chain fitted to every frame at once, started from the staged
+   result (its composition, retrieved probes, positions and alignment);
+4. a table of errors against the truth (after removing the volume's arbitrary position), the
+   results files and PNG figures.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ def run_demo(
     ptycho_iterations: int = 30,
     tomo_iterations: int = 20,
     joint_iterations: int = 150,
+    misalign_px: float = 1.0,
     seed: int = 6,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
@@ -41,99 +48,114 @@ def run_demo(
 
     Args:
         out: output directory (created).
-        ptycho_iterations: RAAR iterations per scan of the staged pipeline.
+        ptycho_iterations: ptychography iterations per scan (3× for the first scan of each
+            energy, which retrieves the probe).
         tomo_iterations: ART sweeps per energy.
         joint_iterations: Adam steps of the joint refinement.
-        seed: seed of phantom, scan and noise.
+        misalign_px: standard deviation of the unrecorded sample shift of each scan, px.
+        seed: seed of phantom, scan, shifts and noise.
         progress: show progress bars.
 
     Returns:
         Errors of each method against the truth (see
-        :func:`~diffptycho.analysis.composition.composition_errors`).
+        :func:`~diffptycho.analysis.composition.composition_errors`), after
+        :func:`~diffptycho.analysis.composition.register_to_truth`.
     """
     from diffptycho.analysis import figures
-    from diffptycho.analysis.composition import composition_errors
+    from diffptycho.analysis.composition import composition_errors, register_to_truth
     from diffptycho.io.results import write_results
+    from diffptycho.io.tiltseries import read_tilt_series
+    from diffptycho.pipeline import (
+        AlignmentSettings,
+        PipelineConfig,
+        PtychographySettings,
+        TomographySettings,
+        run_pipeline,
+    )
+    from diffptycho.pipeline.joint_start import joint_model_from_staged
     from diffptycho.recon.joint import joint_reconstruct
-    from diffptycho.recon.pipeline import staged_reconstruct
-    from diffptycho.sim import datasets
+    from diffptycho.sim import datasets, tiltseries
 
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    ds = datasets.simulate_lfp_tomo(seed=seed)
-    datasets.write_dataset(os.path.join(out, "lfp_simulated.cxi"), ds)
+    ds = tiltseries.simulate_lfp_tilt_series(seed=seed, shift_sigma_px=misalign_px)
+    cxi = os.path.join(out, "lfp_tilt_series.cxi")
+    refs = os.path.join(out, "lfp_references.csv")
+    datasets.write_dataset(cxi, ds)
+    datasets.write_lfp_references(refs)
     t_sim = time.perf_counter() - t0
     truth = ds.truth["composition"]
 
     t0 = time.perf_counter()
-    staged = staged_reconstruct(
-        ds.frames,
-        ds.positions_px,
-        ds.probe,
-        ds.energies_ev,
-        ds.angles_deg,
-        truth.shape[1:],
-        ds.truth["spectra"],
-        ds.pixel_size_m,
-        padding_px=ds.padding_px,
-        ptycho_iterations=ptycho_iterations,
-        tomo_iterations=tomo_iterations,
-        progress=progress,
+    config = PipelineConfig(
+        input=(cxi,),
+        output=os.path.join(out, "staged.h5"),
+        references=refs,
+        ptychography=PtychographySettings(iterations=ptycho_iterations),
+        alignment=AlignmentSettings(method="reprojection"),
+        tomography=TomographySettings(iterations=tomo_iterations, volume_shape=truth.shape[1:]),
     )
+    if os.path.exists(config.output):
+        os.remove(config.output)  # a fresh demo, not a resumed one
+    staged = run_pipeline(config, progress=progress, log=lambda line: None)
     t_staged = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    start = ds.tomo_model(np.clip(staged.composition, 0.0, 1.0))
+    series = read_tilt_series(cxi)
+    start, frames = joint_model_from_staged(staged, series)
     joint, history = joint_reconstruct(
-        start, ds.frames, joint_iterations, learning_rate=0.03, progress=progress
+        start, frames, joint_iterations, learning_rate=0.03, progress=progress
     )
     t_joint = time.perf_counter() - t0
-    comp_joint = np.asarray(joint.composition)
 
+    comp_staged, gauge = register_to_truth(staged.composition, truth)
+    comp_joint, _ = register_to_truth(np.asarray(joint.composition), truth)
     errors = {
-        "staged": composition_errors(staged.composition, truth),
+        "staged": composition_errors(comp_staged, truth),
         "staged + joint": composition_errors(comp_joint, truth),
     }
+    shifts = staged.outputs["alignment"]["shift_px"]
+    true_shifts = ds.truth["scan_shift_px"]
+    residual = (shifts - shifts.mean((0, 1))) - (true_shifts - true_shifts.mean((0, 1)))
+    shift_rms = float(np.sqrt(np.mean(residual**2)))
     results = os.path.join(out, "results.h5")
     write_results(
         results,
         {
-            "composition_staged": staged.composition,
+            "composition_staged": comp_staged,
             "composition_joint": comp_joint,
             "composition_truth": truth,
-            "od_projections": staged.od_projections,
-            "od_volumes": staged.od_volumes,
             "energies_ev": ds.energies_ev,
             "angles_deg": ds.angles_deg,
+            "volume_shift_voxels": gauge,
         },
         units={
             "composition_staged": "volume fraction",
             "composition_joint": "volume fraction",
             "composition_truth": "volume fraction",
-            "od_projections": "1",
-            "od_volumes": "1 per voxel",
             "energies_ev": "eV",
-            "angles_deg": "deg",
+            "angles_deg": "degree",
+            "volume_shift_voxels": "voxel",
         },
         config={
             "command": "demo",
             "seed": seed,
-            "ptycho": {"engine": "raar", "iterations": ptycho_iterations},
-            "tomo": {"algorithm": "art", "iterations": tomo_iterations},
+            "misalign_px": misalign_px,
+            "staged": config.to_dict(),
             "joint": {"optimizer": "adam", "learning_rate": 0.03, "iterations": joint_iterations},
             "errors": errors,
+            "shift_rms_px": shift_rms,
         },
         history=history.as_arrays(),
         timings={"simulate": t_sim, "staged": t_staged, "joint": t_joint, **staged.seconds},
     )
 
     y = int(np.argmax(truth.sum(axis=(0, 1, 3))))  # the slice through most material
-    panels = {"FePO4 truth": truth[1, :, y]}
-    panels["FePO4 staged"] = staged.composition[1, :, y]
-    panels["FePO4 staged + joint"] = comp_joint[1, :, y]
-    panels["LiFePO4 truth"] = truth[0, :, y]
-    panels["LiFePO4 staged"] = staged.composition[0, :, y]
-    panels["LiFePO4 staged + joint"] = comp_joint[0, :, y]
+    panels = {}
+    for s, name in enumerate(staged.species):
+        panels[f"{name} truth"] = truth[s, :, y]
+        panels[f"{name} staged"] = comp_staged[s, :, y]
+        panels[f"{name} staged + joint"] = comp_joint[s, :, y]
     figs = [
         figures.image_grid(
             panels,
@@ -143,15 +165,6 @@ def run_demo(
             title=f"volume fractions, slice y = {y} (z down, x across)",
         ),
         figures.loss_curve({"joint refinement": history.loss}, os.path.join(out, "loss.png")),
-        figures.image_grid(
-            {
-                f"OD {e:.1f} eV, θ={ds.angles_deg[a]:.0f}°": staged.od_projections[i, a]
-                for i, e in enumerate(ds.energies_ev)
-                for a in (0, ds.angles_deg.size // 2)
-            },
-            os.path.join(out, "od_projections.png"),
-            title="optical density from ptychography",
-        ),
         figures.image_grid(
             {
                 f"{e:.1f} eV, θ={ds.angles_deg[0]:.0f}°": np.log1p(ds.frames[i, 0, 0])
@@ -166,8 +179,9 @@ def run_demo(
     n_e, n_a, n_f, fy, fx = ds.frames.shape
     nz, ny, nx = truth.shape[1:]
     print(
-        f"\ndiffptycho demo: {n_e} energies × {n_a} angles × {n_f} frames of {fy}×{fx} px; "
-        f"volume {nz}×{ny}×{nx} voxels of {ds.pixel_size_m * 1e9:.1f} nm\n"
+        f"\ndiffptycho demo: {n_e} energies × {n_a} angles × {n_f} frames of {fy}×{fx} px, "
+        f"probe unknown, scans misaligned by σ = {misalign_px:g} px; volume {nz}×{ny}×{nx} "
+        f"voxels of {ds.pixel_size_m * 1e9:.1f} nm\n"
     )
     header = [
         "method",
@@ -192,10 +206,11 @@ def run_demo(
         for name, e in errors.items()
     ]
     print(_table(header, rows))
+    stage_times = ", ".join(f"{k} {v:.1f} s" for k, v in staged.seconds.items())
     print(
-        f"\nstages: ptychography {staged.seconds['ptychography']:.1f} s, tomography "
-        f"{staged.seconds['tomography']:.1f} s, joint {t_joint:.1f} s "
-        f"(loss {history.loss[0]:.4g} → {history.loss[-1]:.4g})"
+        f"\nscan shifts found to {shift_rms:.3f} px RMS (global offset removed); stages: "
+        f"{stage_times}; joint {t_joint:.1f} s (loss {history.loss[0]:.4g} → "
+        f"{history.loss[-1]:.4g})"
     )
-    print(f"results: {results}\nfigures: {', '.join(figs)}")
+    print(f"results: {results}, {config.output}\nfigures: {', '.join(figs)}")
     return errors

@@ -50,3 +50,38 @@ def composition_errors(
         "dice_mixed": float(dice.get(1, np.nan)),
         "dice_second_rich": float(dice.get(2, np.nan)),
     }
+
+
+def register_to_truth(
+    estimate: np.ndarray, truth: np.ndarray, upsample: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move a reconstructed volume onto the truth by the translation that matches them best.
+
+    A tomogram of an experiment has no absolute position: the alignment fixes the volume only
+    up to a translation (the gauge of the scan shifts). Before comparing with a simulation's
+    truth, that translation is found by upsampled cross-correlation of the total volume
+    fractions and removed by a Fourier shift.
+
+    Args:
+        estimate: (species, z, y, x) volume fractions.
+        truth: same shape.
+        upsample: sub-voxel precision 1/``upsample``.
+
+    Returns:
+        ``(moved, shift)``: the estimate moved onto the truth and the (z, y, x) shift in voxels
+        that was applied.
+    """
+    from scipy import ndimage
+    from skimage.registration import phase_cross_correlation
+
+    estimate = np.asarray(estimate, np.float64)
+    truth = np.asarray(truth, np.float64)
+    if estimate.shape != truth.shape:
+        raise ValueError(f"estimate: shape {estimate.shape} differs from the truth {truth.shape}")
+    shift, _, _ = phase_cross_correlation(
+        truth.sum(0), estimate.sum(0), upsample_factor=upsample, normalization=None
+    )
+    moved = np.stack(
+        [np.real(np.fft.ifftn(ndimage.fourier_shift(np.fft.fftn(c), shift))) for c in estimate]
+    )
+    return moved, np.asarray(shift, np.float64)

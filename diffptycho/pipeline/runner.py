@@ -54,6 +54,7 @@ class PipelineResult:
         path: the results file.
         species: species names (empty without references).
         voxel_size_m: voxel edge in m.
+        spectra: δ + iβ (energy, species) of the references at the data's energies, or None.
     """
 
     outputs: dict[str, dict[str, np.ndarray]]
@@ -62,6 +63,7 @@ class PipelineResult:
     path: str
     species: list[str]
     voxel_size_m: float
+    spectra: np.ndarray | None = None
 
     @property
     def composition(self) -> np.ndarray | None:
@@ -246,7 +248,8 @@ def run_pipeline(
         log(f"{name}: done in {seconds[name]:.1f} s")
         if name == stop_after:
             break
-    result = PipelineResult(outputs, seconds, reused, config.output, species, voxel)
+    spectra = None if references is None else references[1]
+    result = PipelineResult(outputs, seconds, reused, config.output, species, voxel, spectra)
     if figures:
         from diffptycho.pipeline.figures import pipeline_figures
 

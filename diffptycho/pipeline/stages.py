@@ -306,11 +306,12 @@ def normalise_transmission(
     """Divide out the vacuum level and phase ramp of a reconstructed transmission.
 
     A ptychographic object is known up to a complex factor (traded against the probe) and a
-    linear phase ramp. The vacuum (empty) region is found as the illuminated pixels whose
-    optical density, relative to the brightest illuminated amplitude, lies below Otsu's
-    threshold; it is eroded by ``erosion_px`` so that sample edges stay out. The phase
-    offset and ramp are fitted on it and removed, and the amplitude divided by its mean there,
-    so vacuum has T = 1.
+    linear phase ramp. The vacuum (empty) region is found from the histogram of the optical
+    density relative to the brightest illuminated amplitude: vacuum is its dominant peak at
+    the low end, and every pixel within three noise widths of it (the width measured on the
+    peak's low side, which sample pixels do not reach) counts as vacuum. The region is eroded
+    by ``erosion_px`` so that sample edges stay out. The phase offset and ramp are fitted on
+    it and removed, and the amplitude divided by its mean there, so vacuum has T = 1.
 
     Args:
         obj: (H, W) complex transmission.
@@ -324,7 +325,6 @@ def normalise_transmission(
         ValueError: the scan lights fewer than 16 pixels, or no vacuum is left.
     """
     from scipy import ndimage
-    from skimage.filters import threshold_otsu
 
     from diffptycho.analysis.phase import remove_phase_ramp
 
@@ -334,10 +334,7 @@ def normalise_transmission(
         raise ValueError(f"the scan lights only {int(region.sum())} pixels; expected ≥ 16")
     amp = np.abs(obj)
     od0 = -2.0 * np.log(np.maximum(amp, 1e-12) / np.percentile(amp[region], 95))
-    values = od0[region]
-    spread = np.percentile(values, 99) - np.percentile(values, 1)
-    threshold = threshold_otsu(values) if spread > 1e-6 else np.inf
-    vacuum = region & (od0 <= threshold)
+    vacuum = region & (od0 <= _vacuum_threshold(od0[region]))
     if erosion_px:
         eroded = ndimage.binary_erosion(vacuum, iterations=erosion_px)
         vacuum = eroded if eroded.sum() >= 16 else vacuum
@@ -349,6 +346,19 @@ def normalise_transmission(
     flat = remove_phase_ramp(obj, vacuum)
     flat = flat / np.mean(np.abs(flat[vacuum]))
     return flat, vacuum
+
+
+def _vacuum_threshold(values: np.ndarray) -> float:
+    """Upper OD of vacuum: the histogram's dominant low peak plus three one-sided widths."""
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    if hi - lo < 1e-9:
+        return float(hi)
+    counts, edges = np.histogram(values, bins=64, range=(lo, hi))
+    counts = np.convolve(counts, np.ones(3) / 3, mode="same")
+    peak = 0.5 * (edges[np.argmax(counts)] + edges[np.argmax(counts) + 1])
+    below = values[values <= peak]
+    width = np.sqrt(np.mean((below - peak) ** 2)) if below.size > 8 else (hi - lo) / 64
+    return float(peak + 3.0 * max(width, (hi - lo) / 256))
 
 
 def projections(context: Context, settings: ProjectionSettings) -> StageOutput:
@@ -415,10 +425,38 @@ def energy_log_scales(series, reference: int) -> np.ndarray:
     return np.asarray([np.log(ref / float(np.mean(s))) for s in sizes])
 
 
-def _resample(images: np.ndarray, params: np.ndarray) -> np.ndarray:
-    from diffptycho.recon.tomo.operators import dealign
+def _resample(images: np.ndarray, params: np.ndarray, order: int = 3) -> np.ndarray:
+    """Undo per-image similarity transforms (the ``dealign`` of the tomography operators).
 
-    return np.asarray(dealign(jnp.asarray(images), jnp.asarray(params)))
+    Cubic-spline resampling (``scipy.ndimage.affine_transform``): the bilinear interpolation
+    of the differentiable operators blurs a projection shifted by half a pixel as much as a
+    pixel-wide boxcar, which costs the volume resolution we are aligning for.
+
+    Args:
+        images: (n, y, x) images (measured projections).
+        params: (n, 4) similarity parameters of the transforms to undo (see
+            :mod:`diffptycho.physics.alignment`).
+        order: spline order.
+
+    Returns:
+        (n, y, x) images on the ideal (aligned) grid, zero where the source is outside.
+    """
+    from scipy import ndimage
+
+    from diffptycho.recon.tomo.operators import inverse_alignment
+
+    images = np.asarray(images)
+    inverse = np.asarray(inverse_alignment(jnp.asarray(np.asarray(params, np.float64))))
+    centre = np.asarray(images.shape[-2:]) // 2
+    out = np.empty(images.shape, np.float32)
+    for i, (ty, tx, theta, log_scale) in enumerate(inverse):
+        cos, sin = np.cos(theta), np.sin(theta)
+        matrix = np.exp(-log_scale) * np.array([[cos, sin], [-sin, cos]])
+        offset = centre - matrix @ (centre + np.array([ty, tx]))
+        out[i] = ndimage.affine_transform(
+            np.asarray(images[i], np.float64), matrix, offset, order=order, mode="constant"
+        )
+    return out
 
 
 def registration(context: Context, settings: RegistrationSettings) -> StageOutput:
@@ -450,7 +488,7 @@ def registration(context: Context, settings: RegistrationSettings) -> StageOutpu
             unscale = np.zeros((n_a, 4))
             unscale[:, 3] = log_scale[e]
             moving = _resample(signal[e], unscale)
-            both = _resample(lit[e].astype(np.float32), unscale) * lit[ref]
+            both = np.clip(_resample(lit[e].astype(np.float32), unscale, order=1), 0, 1) * lit[ref]
             for a in range(n_a):
                 offsets[e, a] = register_translation(
                     signal[ref, a], moving[a], weights=both[a], upsample=settings.upsample
@@ -529,11 +567,10 @@ def alignment(context: Context, settings: AlignmentSettings) -> StageOutput:
             stack,
             angles,
             initial=params,
-            similarity=settings.similarity,
+            iterations=settings.tomo_iterations,
             max_loops=settings.max_loops,
             tolerance_px=settings.tolerance_px,
-            tomo_iterations=settings.tomo_iterations,
-            progress=context.progress,
+            fit="similarity" if settings.similarity else "shift",
         )
         params = np.asarray(result.params, np.float64)
         history = {k: np.asarray(v) for k, v in result.history.items()}
@@ -571,32 +608,53 @@ def tomography(context: Context, settings: TomographySettings) -> StageOutput:
     """Stage 5: OD volume per energy from the aligned OD projections.
 
     Every scan's alignment is undone on the whole field (one resampling), the field is cropped
-    to the volume's (y, x) and each energy is reconstructed with the chosen algorithm.
+    to the volume's (y, x) and each energy is reconstructed with the chosen algorithm. Pixels
+    of the volume's field that a scan did not illuminate (a sample that drifted out of the
+    scanned area) are not data: they are filled with the reprojection of a first
+    reconstruction and the volume is reconstructed again.
 
     Returns ``od_volumes`` (E, z, y, x) in OD per voxel and ``aligned_projections``
     (E, A, y, x).
     """
+    from diffptycho.physics.tomography import project
     from diffptycho.recon.tomo.reconstruct import reconstruct
 
     od = context.need("projections", "optical_density")
+    lit = context.need("projections", "illuminated")
     params = context.need("alignment", "params")
     n_e, n_a, h, w = od.shape
     nz, ny, nx = settings.volume_shape or (w, h, w)
     angles = np.deg2rad(np.asarray(context.series.angles_deg, np.float64))
     aligned = np.stack([_crop(_resample(od[e], params[e]), (ny, nx)) for e in range(n_e)])
+    measured = np.stack(
+        [
+            _crop(_resample(lit[e].astype(np.float32), params[e], order=1), (ny, nx)) > 0.5
+            for e in range(n_e)
+        ]
+    )
     volumes = np.empty((n_e, nz, ny, nx), np.float32)
     loss = []
     for e in range(n_e):
-        result = reconstruct(
-            aligned[e],
-            angles,
-            settings.algorithm,
-            settings.iterations,
-            shape=(nz, nx),
-            relaxation=settings.relaxation,
-            nonnegative=settings.algorithm not in ("cgls", "fbp"),
-            progress=context.progress,
-        )
+        data = aligned[e]
+        # a scan whose sample drifted past the scanned field measured only part of it: fill
+        # the unmeasured pixels with the reprojection of a first reconstruction, then redo
+        passes = 2 if not measured[e].all() else 1
+        for _ in range(passes):
+            result = reconstruct(
+                data,
+                angles,
+                settings.algorithm,
+                settings.iterations,
+                shape=(nz, nx),
+                relaxation=settings.relaxation,
+                nonnegative=settings.algorithm not in ("cgls", "fbp"),
+                progress=context.progress,
+            )
+            if passes == 2:
+                reprojected = np.asarray(
+                    project(jnp.asarray(result.volume, jnp.float32), jnp.asarray(angles))
+                )
+                data = np.where(measured[e], aligned[e], reprojected)
         volumes[e] = np.asarray(result.volume)
         loss.append(np.asarray(result.loss).reshape(-1))
     history = {f"loss_energy_{e}": v for e, v in enumerate(loss) if v.size}

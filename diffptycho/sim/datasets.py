@@ -325,3 +325,25 @@ def write_dataset(path, dataset: SimulatedDataset) -> None:
     if not dataset.illumination_known:
         truth["probe"] = dataset.probe
     write_cxi(path, scans, truth=truth)
+
+
+def write_lfp_references(
+    path, energies_ev: np.ndarray | None = None, species: tuple[str, ...] = ("LiFePO4", "FePO4")
+) -> None:
+    """Write the LFP/FP reference spectra (δ, β of each pure species) as a references CSV.
+
+    The layout is the one ``diffptycho spectrotomo --references`` reads
+    (:func:`diffptycho.io.references.read_reference_csv`).
+
+    Args:
+        path: CSV file to write.
+        energies_ev: energies in eV (default: 700–720 eV in 0.05 eV steps, around the Fe L3
+            edge).
+        species: which species, in the order of the columns.
+    """
+    from diffptycho.io.references import write_reference_csv
+
+    energies = np.arange(700.0, 720.0 + 1e-9, 0.05) if energies_ev is None else energies_ev
+    energies = np.asarray(energies, dtype=np.float64)
+    ref = spectra.lfp_reference_spectra(energies)
+    write_reference_csv(path, energies, species, np.stack([ref[s] for s in species], axis=1))
