@@ -1,0 +1,203 @@
+"""Differentiable alignment: volume and per-projection similarity parameters by gradient.
+
+The unknowns are the leaves ``volume`` and ``alignment`` of one
+:class:`~diffptycho.models.tomo.TomoProjections` (measured = A_k(P f)), trained together by
+:func:`~diffptycho.recon.solve.solve` with an :class:`~diffptycho.recon.solve.OptaxSolver`:
+Adam, with its own step per kind of unknown (volume: relative to its largest value; shifts
+in px; rotations in rad; log-scales), both decaying exponentially, and the volume clamped at
+0 after every step. The loss is the squared misfit of Gaussian-smoothed projections,
+
+    L = ‖G (A(P f) − m)‖² / ‖G m‖²,
+
+the smoothing (σ = ``smoothing_px``) because the model's bilinear resampling blurs more at
+half-pixel offsets than at whole ones, which otherwise pulls shifts towards integers. The run
+starts from the rough alignment (or ``initial``) and an ART volume, and ends by fixing the
+gauge (:func:`~diffptycho.recon.align.gauge.fix_gauge`) and reconstructing the returned volume
+with the final parameters (as :func:`~diffptycho.recon.align.reprojection.reprojection_align`
+does, so the two methods' volumes compare directly).
+"""
+
+from __future__ import annotations
+
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+import optax
+
+from diffptycho._typing import Angles, Array, Float, Projections
+from diffptycho.models.tomo import TomoProjections
+from diffptycho.recon.align.gauge import fix_gauge
+from diffptycho.recon.align.reprojection import (
+    AlignmentResult,
+    parameter_change_px,
+    reconstruct_dealigned,
+)
+from diffptycho.recon.align.rough import _check_stack, rough_align
+from diffptycho.recon.solve import OptaxSolver, solve
+
+__all__ = ["gaussian_smooth", "joint_align"]
+
+
+def gaussian_smooth(images: Float[Array, "... y x"], sigma_px: float) -> Array:
+    """Gaussian blur of the last two axes by σ px (FFT; zero background assumed, periodic).
+
+    Args:
+        images: ``(..., y, x)`` real.
+        sigma_px: standard deviation in px (0: unchanged).
+
+    Returns:
+        The blurred array, same shape.
+    """
+    if sigma_px == 0:
+        return images
+    ny, nx = images.shape[-2:]
+    fy = jnp.fft.fftfreq(ny)[:, None]
+    fx = jnp.fft.rfftfreq(nx)[None, :]
+    gain = jnp.exp(-2 * (jnp.pi * sigma_px) ** 2 * (fy**2 + fx**2)).astype(images.dtype)
+    return jnp.fft.irfft2(jnp.fft.rfft2(images) * gain, s=(ny, nx)).astype(images.dtype)
+
+
+def _scaled(step: Array) -> optax.GradientTransformation:
+    """Multiply updates by a fixed array (per-column steps of the alignment)."""
+    return optax.stateless(lambda updates, params=None: jtu.tree_map(lambda u: u * step, updates))
+
+
+def joint_align(
+    projections: Projections,
+    angles_rad: Angles,
+    *,
+    initial=None,
+    steps: int = 300,
+    volume_step: float = 0.01,
+    shift_step_px: float = 0.05,
+    rotation_step_rad: float = 2e-4,
+    scale_step: float = 2e-4,
+    decay: float = 0.05,
+    smoothing_px: float = 1.0,
+    fit: str = "similarity",
+    algorithm: str = "art",
+    iterations: int = 20,
+    progress: bool = False,
+) -> AlignmentResult:
+    """Align a tilt series by gradient descent on volume and alignment together.
+
+    Args:
+        projections: ``(angle, y, x)`` measured line integrals, real, zero background.
+        angles_rad: ``(angle,)`` rotation angles in rad.
+        initial: ``(angle, 4)`` starting rows; default
+            :func:`~diffptycho.recon.align.rough.rough_align`.
+        steps: optimizer steps.
+        volume_step: Adam step of the volume, as a fraction of the starting volume's maximum.
+        shift_step_px: Adam step of the shifts, px.
+        rotation_step_rad: Adam step of the rotations, rad.
+        scale_step: Adam step of the log-scales.
+        decay: all steps decay exponentially to this fraction by the last step.
+        smoothing_px: σ of the Gaussian applied to model and data in the loss, px.
+        fit: ``"similarity"`` or ``"shift"`` (rotations and scales held at their start).
+        algorithm: algorithm of the starting and final reconstructions.
+        iterations: its iterations.
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`~diffptycho.recon.align.reprojection.AlignmentResult`; its history holds the
+        loss per step (``residual``) and ``seconds``.
+
+    Raises:
+        ValueError: malformed, blank or non-finite projections or angles, unknown ``fit``.
+    """
+    t0 = time.perf_counter()
+    meas, angles = _check_stack(projections, angles_rad)
+    if fit not in ("similarity", "shift"):
+        raise ValueError(f"fit={fit!r}: expected 'similarity' or 'shift'")
+    if steps < 1:
+        raise ValueError(f"steps={steps}: expected ≥ 1")
+    shape = meas.shape[1:]
+    if initial is None:
+        params = rough_align(meas, angles).params
+    else:
+        params = np.array(initial, dtype=float)
+        if params.shape != (meas.shape[0], 4):
+            raise ValueError(f"initial: expected shape ({meas.shape[0]}, 4), got {params.shape}")
+    params = fix_gauge(params, angles, shape).params
+    volume = reconstruct_dealigned(meas, angles, params, algorithm, iterations)
+    dtype = jnp.result_type(float)
+    model = TomoProjections(
+        jnp.asarray(volume, dtype), jnp.asarray(angles, dtype), jnp.asarray(params, dtype)
+    )
+    data = jnp.asarray(meas, dtype)
+    smooth_data = gaussian_smooth(data, smoothing_px)
+    norm = jnp.sum(smooth_data**2)
+
+    def loss(m: TomoProjections, batch) -> Array:
+        return jnp.sum((gaussian_smooth(m(), smoothing_px) - batch) ** 2) / norm
+
+    rot_scale = (1.0, 1.0) if fit == "similarity" else (0.0, 0.0)
+    column_steps = jnp.asarray(
+        [shift_step_px, shift_step_px, rotation_step_rad * rot_scale[0], scale_step * rot_scale[1]],
+        dtype,
+    )
+    schedule = optax.exponential_decay(1.0, steps, decay)
+    v_max = float(np.max(volume)) or 1.0
+    optimizer = optax.multi_transform(
+        {
+            "volume": optax.chain(
+                optax.scale_by_adam(),
+                optax.scale_by_schedule(schedule),
+                optax.scale(-volume_step * v_max),
+            ),
+            "alignment": optax.chain(
+                optax.scale_by_adam(),
+                optax.scale_by_schedule(schedule),
+                optax.scale(-1.0),
+                _scaled(column_steps),
+            ),
+        },
+        lambda tree: eqx.tree_at(
+            lambda m: (m.volume, m.alignment),
+            jtu.tree_map(lambda _: "alignment", tree),
+            ("volume", "alignment"),
+        ),
+    )
+
+    def nonnegative(m: TomoProjections) -> TomoProjections:
+        return eqx.tree_at(lambda t: t.volume, m, jnp.maximum(m.volume, 0))
+
+    solver = OptaxSolver(loss, optimizer, lambda m: (m.volume, m.alignment), nonnegative)
+    model, history = solve(
+        model, solver, smooth_data, steps, progress=progress, description="joint align"
+    )
+    final = np.asarray(jax.device_get(model.alignment), dtype=float)
+    gauge = fix_gauge(final, angles, shape)
+    change = parameter_change_px(params, gauge.params, shape)
+    volume = reconstruct_dealigned(meas, angles, gauge.params, algorithm, iterations)
+    config = dict(
+        method="joint",
+        steps=steps,
+        volume_step=volume_step,
+        shift_step_px=shift_step_px,
+        rotation_step_rad=rotation_step_rad,
+        scale_step=scale_step,
+        decay=decay,
+        smoothing_px=smoothing_px,
+        fit=fit,
+        algorithm=algorithm,
+        iterations=iterations,
+        initial="given" if initial is not None else "rough_align",
+        total_change_px=float(change.max()),
+    )
+    return AlignmentResult(
+        params=gauge.params,
+        volume=volume,
+        axis_offset_px=gauge.axis_offset_px,
+        axis_tilt_rad=float(np.mean(gauge.params[:, 2])),
+        history={
+            "residual": np.asarray(history.loss, dtype=float),
+            "seconds": np.asarray(history.seconds, dtype=float),
+        },
+        seconds=time.perf_counter() - t0,
+        config=config,
+    )
