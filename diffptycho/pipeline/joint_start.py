@@ -71,7 +71,8 @@ def joint_model_from_staged(result, series) -> tuple[SpectroPtychoTomo, np.ndarr
         probe=jnp.asarray(probes),
         positions=jnp.asarray(positions - params[..., None, :2], jnp.float32),
         voxel_size_m=result.voxel_size_m,
-        padding_px=int(pad_y),
+        # the shifted positions may reach past the ptychography field: widen the vacuum margin
+        padding_px=int(pad_y) + int(np.ceil(np.abs(params[..., :2]).max())),
     )
     model.check_scan_geometry()
     return model, frames
