@@ -1,6 +1,6 @@
 """Array type aliases with shapes, shared by the whole package.
 
-Axes follow DESIGN.md: volumes are (z, y, x) with the rotation axis along y and the beam along z
+Axes (README conventions): volumes are (z, y, x) with the rotation axis along y and the beam along z
 at θ = 0; projections are (angle, y, x); stacks lead with energy; scan positions are (n, 2)
 as (y, x).
 """

@@ -7,7 +7,7 @@ energies under ``StackAxis`` and the pixel coordinates under ``PAxis`` (Sample X
 and columns as x (PAxis). The incident flux I0 is a two-column ``.xsp`` spectrum (energy eV,
 counts); reference spectra are two-column text files (energy eV, value) as well.
 
-Optical density OD = −ln(I/I0) (DESIGN.md: OD = −ln|T|²). Units at this boundary are the
+Optical density OD = −ln(I/I0) (as in ptychography, OD = −ln|T|²). Units at this boundary are the
 beamline's (eV, µm); :class:`STXMStack` holds the pixel size in m.
 """
 

@@ -1,6 +1,6 @@
 """Tomographic forward models: volumes → aligned projections → ptychographic scans.
 
-The full chain of DESIGN.md:
+The full chain of the package (README):
 composition c_s(r) ──spectra──▶ index u(E, r) ──rotate, project──▶ ∫u dz ──align A_k──▶
 transmission T(E, θ) ──patch × probe──▶ propagate ──▶ intensities.
 

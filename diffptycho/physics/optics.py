@@ -1,6 +1,6 @@
 """Wavelength, wavenumber and the refractive index n = 1 − δ + iβ of materials.
 
-Conventions (DESIGN.md): SI units inside, wave exp(i(kz − ωt)), λ[nm] = 1239.842/E[eV].
+Conventions (README): SI units inside, wave exp(i(kz − ωt)), λ[nm] = 1239.842/E[eV].
 δ and β come from xraydb's tabulated (Chantler) atomic scattering factors, read offline:
 δ = (r_e λ²/2π) Σ n_j f1_j and β = (r_e λ²/2π) Σ n_j f2_j with n_j atoms per m³.
 """

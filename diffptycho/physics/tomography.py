@@ -20,7 +20,7 @@ or along z (stepping along x otherwise), with the 1/m path length per step. The 
 per voxel gives the transpose: a voxel touches only the two detector pixels around its own t_c.
 So both directions are gathers of two neighbours of a contiguous y-vector (y is the trailing
 "channel" axis of every lookup table), cost the same, and need no scatter-add — autodiff of a
-gather would produce one, measured 5x slower than the forward on CPU (DESIGN.md).
+gather would produce one, measured 5x slower than the forward on CPU.
 
 Differentiation. :func:`project` and :func:`backproject` are ``jax.custom_jvp`` functions whose
 value and data tangent are ``linear_call`` s paired with the other operator, so ``jax.grad``,

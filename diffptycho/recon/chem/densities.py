@@ -1,7 +1,7 @@
 """Projected absorber density and effective electron density from absorption and phase maps.
 
 With N_j the projected number of atoms of element j per m² (∫ n_j dz), the projection
-approximation (DESIGN.md) gives
+approximation (README conventions) gives
 
     μt = OD = −ln|T|² = 2k∫β dz = 2 r_e λ Σ_j N_j f2_j,
     φ = arg T = −k∫δ dz = −r_e λ Σ_j N_j f1_j.
