@@ -15,9 +15,9 @@ ramp. Before a phase image is shown or converted to a physical quantity these ar
   input (it differs from it by exact multiples of 2π); when the true phase changes by less than
   π between neighbours it equals the true phase up to one global 2π·k.
 
-Conversions follow the README conventions: T = exp(−k∫β dz)·exp(−ik∫δ dz), so OD = −ln|T|² = 2k∫β dz and
-the projected phase k∫δ dz = −arg T. Everything here runs on the host (NumPy) after a
-reconstruction; it accepts NumPy or JAX arrays.
+Conversions follow the README conventions: T = exp(−k∫β dz)·exp(−ik∫δ dz), so
+OD = −ln|T|² = 2k∫β dz and the projected phase k∫δ dz = −arg T. Everything here runs on the
+host (NumPy) after a reconstruction; it accepts NumPy or JAX arrays.
 """
 
 from __future__ import annotations
