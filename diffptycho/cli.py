@@ -137,9 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _subcommand_modules() -> list:
     """Modules that each add one sub-command: ``add_parser(subparsers)`` and ``run(args)``."""
-    from diffptycho import cli_chem, cli_inspect, cli_ptycho, cli_run, cli_spectrotomo, cli_tomo
+    from diffptycho import (
+        cli_align,
+        cli_chem,
+        cli_inspect,
+        cli_ptycho,
+        cli_run,
+        cli_spectrotomo,
+        cli_tomo,
+    )
 
-    return [cli_ptycho, cli_tomo, cli_chem, cli_spectrotomo, cli_run, cli_inspect]
+    return [cli_ptycho, cli_tomo, cli_chem, cli_spectrotomo, cli_run, cli_inspect, cli_align]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

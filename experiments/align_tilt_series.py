@@ -1,0 +1,149 @@
+"""Acceptance of tilt-series alignment: reprojection vs joint on a simulated Fe L3-like series.
+
+A 3-D phantom of overlapping ellipsoids is made on a 2× finer grid (128³ for 64³), projected
+there at the study's angles (−80° … +77°), each fine projection moved by a random similarity
+transform with a cubic spline (shifts σ = 5 px, rotations uniform ±1°, scale ±1 %), binned 2×2
+and given 1 % Gaussian noise (σ = 1 % of the largest value). Neither the grid, the
+interpolation nor the binning is the reconstruction's, so this is not an inverse crime.
+
+Errors are measured after bringing each estimate to the truth's gauge
+(:func:`diffptycho.recon.align.match_gauge`: volume translation and mean log-scale, which the
+projections cannot determine); the volume error is ‖f − f_true‖/‖f_true‖ of an ART-20
+reconstruction with those parameters, against the same reconstruction with the true ones.
+
+Usage: python experiments/align_tilt_series.py [--size 64] [--angles 60] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+
+from diffptycho.physics.tomography import project
+from diffptycho.recon.align import (
+    bin_projections,
+    joint_align,
+    match_gauge,
+    reconstruct_dealigned,
+    reprojection_align,
+    rough_align,
+)
+from diffptycho.recon.align.reprojection import _from_binned
+
+
+def phantom(n: int, seed: int = 0, count: int = 14) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z, y, x = (np.mgrid[:n, :n, :n] - (n - 1) / 2) / n
+    vol = np.zeros((n, n, n))
+    for _ in range(count):
+        c = rng.uniform(-0.2, 0.2, 3)
+        r = rng.uniform(0.04, 0.14, 3)
+        v = rng.uniform(0.3, 1.0)
+        inside = ((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2
+        vol += v * (inside <= 1)
+    return vol
+
+
+def transform_spline(img: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """similarity_transform's geometry with a cubic spline (scipy), zeros outside."""
+    cy, cx = img.shape[0] // 2, img.shape[1] // 2
+    sy, sx, th, ls = q
+    m = np.exp(-ls) * np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])
+    off = np.array([cy, cx]) - m @ (np.array([cy, cx]) + np.array([sy, sx]))
+    return ndimage.affine_transform(img, m, offset=off, order=3, mode="constant")
+
+
+def simulate(n, n_angles, sigma_px, rot_deg, scale, noise, seed):
+    rng = np.random.default_rng(seed)
+    fine = phantom(2 * n, seed)
+    angles = np.deg2rad(np.linspace(-80, 77, n_angles))
+    p_fine = np.asarray(project(jnp.asarray(fine, jnp.float32), jnp.asarray(angles))) / 2
+    truth = np.zeros((n_angles, 4))
+    truth[:, :2] = rng.normal(0, sigma_px, (n_angles, 2))
+    truth[:, 2] = np.deg2rad(rng.uniform(-rot_deg, rot_deg, n_angles))
+    truth[:, 3] = np.log1p(rng.uniform(-scale, scale, n_angles))
+    fine_params = _from_binned(truth, (n, n), 2)
+    moved = np.stack([transform_spline(im, q) for im, q in zip(p_fine, fine_params, strict=True)])
+    meas = bin_projections(moved, 2)
+    meas = meas + rng.normal(0, noise * meas.max(), meas.shape)
+    volume = fine.reshape(n, 2, n, 2, n, 2).mean((1, 3, 5))
+    return angles, truth, meas, volume
+
+
+def errors(params, truth, angles, shape):
+    g = match_gauge(params, angles, shape, truth).params
+    e = g - truth
+    return g, dict(
+        shift_rms_px=float(np.sqrt(np.mean(e[:, :2] ** 2))),
+        rotation_rms_deg=float(np.rad2deg(np.sqrt(np.mean(e[:, 2] ** 2)))),
+        scale_rms_pct=float(100 * np.sqrt(np.mean(np.expm1(e[:, 3]) ** 2))),
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--angles", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loops", type=int, default=10, help="reprojection loops at most")
+    ap.add_argument("--steps", type=int, default=300, help="joint optimizer steps")
+    ap.add_argument("--json", default="align_tilt_series.json")
+    args = ap.parse_args()
+    n = args.size
+    angles, truth, meas, vol_true = simulate(n, args.angles, 5.0, 1.0, 0.01, 0.01, args.seed)
+    shape = meas.shape[1:]
+
+    def vol_error(params):
+        v = reconstruct_dealigned(meas, angles, params, "art", 20)
+        return float(np.linalg.norm(v - vol_true) / np.linalg.norm(vol_true))
+
+    perfect = vol_error(truth)
+    rows, history = {}, {}
+    t = time.perf_counter()
+    rough = rough_align(meas, angles)
+    g, rows["rough"] = errors(rough.params, truth, angles, shape)
+    rows["rough"]["seconds"] = time.perf_counter() - t
+    rows["rough"]["volume_error"] = vol_error(g)
+    runs = {
+        "reprojection": lambda: reprojection_align(meas, angles, max_loops=args.loops),
+        "joint": lambda: joint_align(meas, angles, steps=args.steps),
+    }
+    for name, run in runs.items():
+        res = run()
+        g, rows[name] = errors(res.params, truth, angles, shape)
+        rows[name]["seconds"] = res.seconds
+        rows[name]["volume_error"] = vol_error(g)
+        history[name] = {k: v.tolist() for k, v in res.history.items()}
+    print(
+        f"{n}³ voxels, {args.angles} angles −80…77°, shifts σ 5 px, rotations ±1°, scale ±1 %, "
+        f"1 % noise; perfect-alignment ART-20 volume error {perfect:.4f}"
+    )
+    header = f"{'method':<14}{'shift px':>10}{'rot °':>10}{'scale %':>10}{'vol err':>10}"
+    print(header + f"{'vs perfect':>12}{'time s':>9}")
+    for name, row in rows.items():
+        ve = row.get("volume_error", float("nan"))
+        print(
+            f"{name:<14}{row['shift_rms_px']:>10.4f}{row['rotation_rms_deg']:>10.4f}"
+            f"{row['scale_rms_pct']:>10.4f}{ve:>10.4f}{ve / perfect - 1:>+12.1%}"
+            f"{row['seconds']:>9.1f}"
+        )
+    targets = dict(shift_rms_px=0.05, rotation_rms_deg=0.02, scale_rms_pct=0.05)
+    out = dict(
+        config=vars(args),
+        perfect_volume_error=perfect,
+        results=rows,
+        targets=targets,
+        history=history,
+    )
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
