@@ -295,7 +295,7 @@ def refine_similarity(
         >>> y, x = jnp.mgrid[:32, :32]
         >>> ref = jnp.exp(-((y - 16.0) ** 2 / 30 + (x - 15.0) ** 2 / 12))
         >>> true = jnp.array([0.7, -1.2, 0.05, 0.02])
-        >>> q, _ = refine_similarity(ref, similarity_transform(ref, true), jnp.zeros(4))
+        >>> q, _ = refine_similarity(ref, cubic_similarity_transform(ref, true), jnp.zeros(4))
         >>> bool(jnp.allclose(q, true, atol=1e-3))
         True
     """
