@@ -198,7 +198,7 @@ class AlignmentSettings:
         signal: ``"od"`` (default; the mean over energies of the registered optical density)
             or ``"phase"``.
         similarity: also refine in-plane rotation and scale (shifts only when False).
-        max_loops: most loops (reprojection) or steps / 10 (joint).
+        max_loops: most loops (reprojection); the joint method takes 30 × this many steps.
         tolerance_px: the reprojection loop stops once the largest update is below this.
         tomo_iterations: ART sweeps of each reconstruction inside the loop.
     """

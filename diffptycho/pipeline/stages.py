@@ -579,8 +579,9 @@ def alignment(context: Context, settings: AlignmentSettings) -> StageOutput:
             stack,
             angles,
             initial=params,
-            similarity=settings.similarity,
-            progress=context.progress,
+            steps=30 * settings.max_loops,
+            iterations=settings.tomo_iterations,
+            fit="similarity" if settings.similarity else "shift",
         )
         params = np.asarray(result.params, np.float64)
         history = {k: np.asarray(v) for k, v in result.history.items()}
