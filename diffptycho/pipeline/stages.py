@@ -454,7 +454,7 @@ def _resample(images: np.ndarray, params: np.ndarray, order: int = 3) -> np.ndar
         matrix = np.exp(-log_scale) * np.array([[cos, sin], [-sin, cos]])
         offset = centre - matrix @ (centre + np.array([ty, tx]))
         out[i] = ndimage.affine_transform(
-            np.asarray(images[i], np.float64), matrix, offset, order=order, mode="constant"
+            np.asarray(images[i], np.float64), matrix, offset, order=order, mode="grid-constant"
         )
     return out
 
