@@ -220,11 +220,15 @@ def _results(path: str, f: h5py.File) -> dict[str, Any]:
         "datasets": _datasets(f, skip=("provenance", "history", "stages")),
     }
     if "history" in f:
-        info["history"] = {
-            name: f"{ds.size} values, last {_short(ds[()].reshape(-1)[-1])}" if ds.size else "empty"
-            for name, ds in f["history"].items()
-            if isinstance(ds, h5py.Dataset)
-        }
+        traces: dict[str, str] = {}
+
+        def trace(name: str, ds: Any) -> None:  # nested per stage: history/<stage>/<name>
+            if isinstance(ds, h5py.Dataset):
+                last = _short(ds[()].reshape(-1)[-1]) if ds.size else None
+                traces[name] = f"{ds.size} values, last {last}" if ds.size else "empty"
+
+        f["history"].visititems(trace)
+        info["history"] = traces
     if isinstance(f.get("stages"), h5py.Group):
         info["stages"] = {
             name: _datasets(group) if isinstance(group, h5py.Group) else _shape(group)
