@@ -12,6 +12,8 @@ projections cannot determine); the volume error is ‖f − f_true‖/‖f_true�
 reconstruction with those parameters, against the same reconstruction with the true ones.
 
 Usage: python experiments/align_tilt_series.py [--size 64] [--angles 60] [--json out.json]
+[--methods reprojection joint] [--loop-algorithm sirt] [--loop-iterations 100]
+[--interpolation cubic] [--steps 300]
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--loops", type=int, default=10, help="reprojection loops at most")
     ap.add_argument("--steps", type=int, default=300, help="joint optimizer steps")
+    ap.add_argument("--methods", nargs="+", default=["reprojection", "joint"])
+    ap.add_argument("--loop-algorithm", default="sirt", help="reprojection loop reconstruction")
+    ap.add_argument("--loop-iterations", type=int, default=100)
+    ap.add_argument("--interpolation", default="cubic", help="joint loss resampling")
+    ap.add_argument("--rotation-step", type=float, default=None, help="joint Adam step, rad")
+    ap.add_argument("--scale-step", type=float, default=None, help="joint Adam step, log-scale")
     ap.add_argument("--json", default="align_tilt_series.json")
     args = ap.parse_args()
     n = args.size
@@ -109,11 +117,25 @@ def main() -> None:
     g, rows["rough"] = errors(rough.params, truth, angles, shape)
     rows["rough"]["seconds"] = time.perf_counter() - t
     rows["rough"]["volume_error"] = vol_error(g)
-    runs = {
-        "reprojection": lambda: reprojection_align(meas, angles, max_loops=args.loops),
-        "joint": lambda: joint_align(meas, angles, steps=args.steps),
+    joint_steps = {
+        k: v
+        for k, v in (("rotation_step_rad", args.rotation_step), ("scale_step", args.scale_step))
+        if v is not None
     }
-    for name, run in runs.items():
+    runs = {
+        "reprojection": lambda: reprojection_align(
+            meas,
+            angles,
+            max_loops=args.loops,
+            loop_algorithm=args.loop_algorithm,
+            loop_iterations=args.loop_iterations,
+        ),
+        "joint": lambda: joint_align(
+            meas, angles, steps=args.steps, interpolation=args.interpolation, **joint_steps
+        ),
+    }
+    for name in args.methods:
+        run = runs[name]
         res = run()
         g, rows[name] = errors(res.params, truth, angles, shape)
         rows[name]["seconds"] = res.seconds

@@ -30,7 +30,9 @@ import optax
 
 from diffptycho._typing import Angles, Array, Float, Projections
 from diffptycho.models.tomo import TomoProjections
+from diffptycho.physics.tomography import project
 from diffptycho.recon.align.gauge import fix_gauge
+from diffptycho.recon.align.registration import cubic_similarity_transform
 from diffptycho.recon.align.reprojection import (
     AlignmentResult,
     parameter_change_px,
@@ -39,7 +41,28 @@ from diffptycho.recon.align.reprojection import (
 from diffptycho.recon.align.rough import _check_stack, rough_align
 from diffptycho.recon.solve import OptaxSolver, solve
 
-__all__ = ["gaussian_smooth", "joint_align"]
+__all__ = ["INTERPOLATIONS", "aligned_projections", "gaussian_smooth", "joint_align"]
+
+INTERPOLATIONS = ("linear", "cubic")
+"""Resampling of the alignment transform in :func:`joint_align`'s loss."""
+
+
+def aligned_projections(model: TomoProjections, interpolation: str = "linear") -> Array:
+    """The projections of ``model``, with its alignment resampled as asked.
+
+    Args:
+        model: volume, angles and alignment rows.
+        interpolation: ``"linear"`` (the model's own bilinear map, ``model()``) or ``"cubic"``
+            (:func:`~diffptycho.recon.align.registration.cubic_similarity_transform`: Keys'
+            cubic convolution, same geometry, nearly uniform blur at every sub-pixel offset).
+
+    Returns:
+        ``(angle, y, x)`` aligned line integrals (volume unit × m).
+    """
+    if interpolation == "linear":
+        return model()
+    proj = project(model.volume, model.angles_rad) * model.voxel_size_m
+    return jax.vmap(cubic_similarity_transform)(proj, model.alignment)
 
 
 def gaussian_smooth(images: Float[Array, "... y x"], sigma_px: float) -> Array:
@@ -78,6 +101,7 @@ def joint_align(
     scale_step: float = 2e-4,
     decay: float = 0.05,
     smoothing_px: float = 1.0,
+    interpolation: str = "linear",
     fit: str = "similarity",
     algorithm: str = "art",
     iterations: int = 20,
@@ -97,6 +121,8 @@ def joint_align(
         scale_step: Adam step of the log-scales.
         decay: all steps decay exponentially to this fraction by the last step.
         smoothing_px: σ of the Gaussian applied to model and data in the loss, px.
+        interpolation: resampling of the alignment in the loss, one of
+            :data:`INTERPOLATIONS` (:func:`aligned_projections`).
         fit: ``"similarity"`` or ``"shift"`` (rotations and scales held at their start).
         algorithm: algorithm of the starting and final reconstructions.
         iterations: its iterations.
@@ -115,6 +141,10 @@ def joint_align(
         raise ValueError(f"fit={fit!r}: expected 'similarity' or 'shift'")
     if steps < 1:
         raise ValueError(f"steps={steps}: expected ≥ 1")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"interpolation={interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}"
+        )
     shape = meas.shape[1:]
     if initial is None:
         params = rough_align(meas, angles).params
@@ -133,7 +163,8 @@ def joint_align(
     norm = jnp.sum(smooth_data**2)
 
     def loss(m: TomoProjections, batch) -> Array:
-        return jnp.sum((gaussian_smooth(m(), smoothing_px) - batch) ** 2) / norm
+        model_proj = aligned_projections(m, interpolation)
+        return jnp.sum((gaussian_smooth(model_proj, smoothing_px) - batch) ** 2) / norm
 
     rot_scale = (1.0, 1.0) if fit == "similarity" else (0.0, 0.0)
     column_steps = jnp.asarray(
@@ -183,6 +214,7 @@ def joint_align(
         scale_step=scale_step,
         decay=decay,
         smoothing_px=smoothing_px,
+        interpolation=interpolation,
         fit=fit,
         algorithm=algorithm,
         iterations=iterations,
