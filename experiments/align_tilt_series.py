@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["reprojection", "joint"])
     ap.add_argument("--loop-algorithm", default="sirt", help="reprojection loop reconstruction")
     ap.add_argument("--loop-iterations", type=int, default=100)
+    ap.add_argument("--tolerance", type=float, default=0.01, help="reprojection stop, px")
     ap.add_argument("--interpolation", default="cubic", help="joint loss resampling")
     ap.add_argument("--noise", type=float, default=0.01, help="σ as a fraction of the maximum")
     ap.add_argument("--rotation-step", type=float, default=None, help="joint Adam step, rad")
@@ -136,6 +137,7 @@ def main() -> None:
             meas,
             angles,
             max_loops=args.loops,
+            tolerance_px=args.tolerance,
             loop_algorithm=args.loop_algorithm,
             loop_iterations=args.loop_iterations,
         ),

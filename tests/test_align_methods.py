@@ -138,3 +138,11 @@ def test_degenerate_inputs_raise(series, bad):
     for fn in (rough_align, reprojection_align, joint_align):
         with pytest.raises(ValueError, match=match):
             fn(meas, angles)
+
+
+def test_unknown_resampling_or_loop_algorithm_raises(series):
+    angles, _, meas = series
+    with pytest.raises(ValueError, match="interpolation='quintic'"):
+        joint_align(meas, angles, interpolation="quintic")
+    with pytest.raises(ValueError, match="loop_algorithm='kaczmarz'"):
+        reprojection_align(meas, angles, loop_algorithm="kaczmarz")
