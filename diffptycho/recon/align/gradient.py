@@ -9,8 +9,12 @@ in px; rotations in rad; log-scales), both decaying exponentially, and the volum
 
     L = ‖G (A(P f) − m)‖² / ‖G m‖²,
 
-the smoothing (σ = ``smoothing_px``) because the model's bilinear resampling blurs more at
-half-pixel offsets than at whole ones, which otherwise pulls shifts towards integers. The run
+with A resampled by Keys' cubic convolution by default (``interpolation="cubic"``): the
+model's bilinear map blurs more at half-pixel offsets than at whole ones, which pulls shifts
+towards integers and rotations towards zero; the smoothing (σ = ``smoothing_px``) removes
+what is left of that. On the 64³, 60-view acceptance series (1 % noise) the cubic loss and
+rotation/scale steps of 1e-3 reach 0.046° and 0.056 %, the noise floor of registering to the
+true volume's projections; the bilinear loss with steps of 2e-4 stopped at 0.084°. The run
 starts from the rough alignment (or ``initial``) and an ART volume, and ends by fixing the
 gauge (:func:`~diffptycho.recon.align.gauge.fix_gauge`) and reconstructing the returned volume
 with the final parameters (as :func:`~diffptycho.recon.align.reprojection.reprojection_align`
