@@ -200,7 +200,9 @@ class AlignmentSettings:
         similarity: also refine in-plane rotation and scale (shifts only when False).
         max_loops: most loops (reprojection); the joint method takes 30 × this many steps.
         tolerance_px: the reprojection loop stops once the largest update is below this.
-        tomo_iterations: ART sweeps of each reconstruction inside the loop.
+        tomo_iterations: SIRT iterations of each reconstruction inside the reprojection loop
+            (a least-squares solver: ART's sequential sweeps bias the weakly determined
+            rotations and scales).
     """
 
     method: str = "reprojection"
@@ -208,7 +210,7 @@ class AlignmentSettings:
     similarity: bool = True
     max_loops: int = 10
     tolerance_px: float = 0.01
-    tomo_iterations: int = 10
+    tomo_iterations: int = 100
 
     def __post_init__(self) -> None:
         if self.method not in ("reprojection", "joint", "rough", "none"):

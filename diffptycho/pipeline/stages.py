@@ -567,7 +567,7 @@ def alignment(context: Context, settings: AlignmentSettings) -> StageOutput:
             stack,
             angles,
             initial=params,
-            iterations=settings.tomo_iterations,
+            loop_iterations=settings.tomo_iterations,
             max_loops=settings.max_loops,
             tolerance_px=settings.tolerance_px,
             fit="similarity" if settings.similarity else "shift",
@@ -580,7 +580,6 @@ def alignment(context: Context, settings: AlignmentSettings) -> StageOutput:
             angles,
             initial=params,
             steps=30 * settings.max_loops,
-            iterations=settings.tomo_iterations,
             fit="similarity" if settings.similarity else "shift",
         )
         params = np.asarray(result.params, np.float64)
