@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ALGORITHMS", "add_parser", "run"]
+__all__ = ["ALGORITHMS", "add_parser", "positive_int", "run"]
 
 ALGORITHMS = ("raar", "dm", "epie", "rpie", "mpie", "lsqml", "adam", "lbfgs")
 """Engine names the command accepts (keys of ``diffptycho.recon.ptycho.ENGINES``)."""
@@ -42,13 +42,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("data", help="CXI file (one entry_k group per scan)")
     p.add_argument("--algorithm", "-a", choices=ALGORITHMS, default="raar", help="engine")
-    p.add_argument("--iterations", "-n", type=_positive_int, default=100, help="iterations")
+    p.add_argument("--iterations", "-n", type=positive_int, default=100, help="iterations")
     p.add_argument("--output", "-o", required=True, help="results HDF5 file to write")
-    p.add_argument("--probe-modes", type=_positive_int, default=1, help="incoherent modes M")
+    p.add_argument("--probe-modes", type=positive_int, default=1, help="incoherent modes M")
     p.add_argument("--refine-positions", action="store_true", help="refine scan positions")
     p.add_argument("--background", action="store_true", help="retrieve incoherent background")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="positions per batch")
-    p.add_argument("--entry", type=_positive_int, default=1, help="scan: entry_K (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="positions per batch")
+    p.add_argument("--entry", type=positive_int, default=1, help="scan: entry_K (default 1)")
     p.add_argument(
         "--loss",
         choices=("poisson", "amplitude"),
@@ -60,7 +60,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer ≥ 1, with a message naming the value otherwise."""
     try:
         value = int(text)
     except ValueError:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffptycho.cli_ptycho import ALGORITHMS
+from diffptycho.cli_ptycho import ALGORITHMS, positive_int
 
 __all__ = ["add_parser", "config_from_args", "run"]
 
@@ -60,15 +60,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="staged (default; joint is not available yet)",
     )
     p.add_argument("--engine", choices=ALGORITHMS, default="raar", help="ptychography engine")
-    p.add_argument("--iterations", "-n", type=int, default=100, help="iterations per scan")
+    p.add_argument("--iterations", "-n", type=positive_int, default=100, help="iterations per scan")
     p.add_argument(
         "--first-scan-iterations",
-        type=int,
+        type=positive_int,
         default=None,
         help="iterations of the first scan of each energy, which retrieves the probe "
         "(default 3 × --iterations)",
     )
-    p.add_argument("--probe-modes", type=int, default=1, help="incoherent probe modes")
+    p.add_argument("--probe-modes", type=positive_int, default=1, help="incoherent probe modes")
     p.add_argument(
         "--shared-probe", action="store_true", help="one probe per energy shared by all its scans"
     )
@@ -82,7 +82,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="reprojection",
         help="rotation-axis alignment method",
     )
-    p.add_argument("--align-loops", type=int, default=10, help="most alignment loops")
+    p.add_argument("--align-loops", type=positive_int, default=10, help="most alignment loops")
     p.add_argument(
         "--shifts-only",
         action="store_true",
@@ -97,10 +97,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--tomo-algorithm", choices=("art", "sart", "sirt", "cgls", "fbp", "adam"), default="art"
     )
-    p.add_argument("--tomo-iterations", type=int, default=20)
+    p.add_argument("--tomo-iterations", type=positive_int, default=20)
     p.add_argument(
         "--volume-shape",
-        type=int,
+        type=positive_int,
         nargs=3,
         metavar=("Z", "Y", "X"),
         default=None,

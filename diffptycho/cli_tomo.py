@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from diffptycho.cli_ptycho import positive_int
+
 __all__ = ["add_parser", "run"]
 
 
@@ -49,7 +51,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("input", metavar="PROJ.h5", help="projections or Data Exchange file")
     p.add_argument("--algorithm", "-a", choices=ALGORITHMS, default="art")
     p.add_argument(
-        "--iterations", "-n", type=int, default=20, help="sweeps/iterations (ignored by fbp)"
+        "--iterations",
+        "-n",
+        type=positive_int,
+        default=20,
+        help="sweeps/iterations, ≥ 1 (ignored by fbp)",
     )
     p.add_argument("--output", "-o", required=True, metavar="VOL.h5", help="volume file")
     p.add_argument("--relaxation", type=float, default=1.0, help="λ of art/sart/sirt")

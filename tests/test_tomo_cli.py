@@ -85,3 +85,20 @@ def test_errors(tmp_path):
     write_projections(src, np.ones((4, 2, 8)), np.arange(4.0))
     with pytest.raises(ValueError, match="non-negativity"):
         cli_tomo.run(_parse([str(src), "-a", "cgls", "--nonnegative", "-o", str(src) + "v"]))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tomo", "p.h5", "-n", "0", "-o", "v.h5"],
+        ["spectrotomo", "d.cxi", "-o", "o.h5", "--iterations", "0"],
+        ["spectrotomo", "d.cxi", "-o", "o.h5", "--volume-shape", "8", "0", "8"],
+    ],
+)
+def test_non_positive_counts_are_refused_by_the_parser(argv, capsys):
+    from diffptycho import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert "must be ≥ 1" in capsys.readouterr().err
