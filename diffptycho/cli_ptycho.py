@@ -72,16 +72,16 @@ def positive_int(text: str) -> int:
 
 
 def read_scan(path: str, entry: int = 1):
-    """The scan ``entry_<entry>`` of a CXI file (1-based), with a clear error if absent."""
-    from diffptycho.io.cxi import read_cxi
+    """The scan ``entry_<entry>`` of a CXI file (1-based); only that entry's frames are read."""
+    from diffptycho.io.cxi import read_cxi_entry, read_cxi_headers
 
-    scans = read_cxi(path)
-    if not 1 <= entry <= len(scans):
+    n = len(read_cxi_headers(path))
+    if not 1 <= entry <= n:
         raise ValueError(
-            f"{path}: --entry {entry} does not exist; the file holds {len(scans)} scan(s) "
-            f"(entry_1 … entry_{len(scans)})"
+            f"{path}: --entry {entry} does not exist; the file holds {n} scan(s) "
+            f"(entry_1 … entry_{n})"
         )
-    return scans[entry - 1]
+    return read_cxi_entry(path, entry)
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
