@@ -41,8 +41,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "same command resumes, --restart-from recomputes from a stage. OUT.h5 holds "
         "composition (species, z, y, x) volume fractions, species, voxel_size_m, od_volumes "
         "and alignment/shift_px (energy, angle, 2) as (y, x): the shift of the sample found in "
-        "each scan, positive towards larger row/column indices. --mode joint (one "
-        "optimisation from the frames) is not available yet.",
+        "each scan, positive towards larger row/column indices. --mode joint adds one "
+        "optimisation of the whole chain against every diffraction frame: by default it "
+        "starts from the staged result (the staged stages run first; --joint-start staged), "
+        "with --joint-start blank it starts from scratch (zero composition, the data-derived "
+        "probe, nominal positions, no alignment) and skips the staged stages. The same "
+        "layout is written; composition is then the joint result and the staged one stays "
+        "in stages/chemistry.",
     )
     p.add_argument("data", nargs="+", help="CXI files or glob patterns (one entry per scan)")
     p.add_argument(
@@ -55,9 +60,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="results HDF5 file")
     p.add_argument(
         "--mode",
-        choices=("staged",),
+        choices=("staged", "joint"),
         default="staged",
-        help="staged (default; joint is not available yet)",
+        help="staged (default) or joint (see --joint-start)",
+    )
+    p.add_argument(
+        "--joint-start",
+        choices=("staged", "blank"),
+        default="staged",
+        help="joint mode: start from the staged result (default) or from scratch",
+    )
+    p.add_argument("--joint-iterations", type=positive_int, default=150, help="joint steps")
+    p.add_argument("--joint-learning-rate", type=float, default=0.03, help="joint step size")
+    p.add_argument(
+        "--joint-refine",
+        nargs="+",
+        default=["composition", "probe"],
+        help="leaves refined jointly (composition and any of probe, positions, alignment, "
+        "background)",
     )
     p.add_argument("--engine", choices=ALGORITHMS, default="raar", help="ptychography engine")
     p.add_argument("--iterations", "-n", type=positive_int, default=100, help="iterations per scan")
@@ -128,6 +148,13 @@ def config_from_args(args: argparse.Namespace):
         input=tuple(args.data),
         output=args.output,
         references=args.references,
+        mode=args.mode,
+        joint=cfg.JointSettings(
+            start=args.joint_start,
+            iterations=args.joint_iterations,
+            learning_rate=args.joint_learning_rate,
+            refine=tuple(args.joint_refine),
+        ),
         tilt_series=cfg.TiltSeriesSettings(args.energy_tolerance_ev, args.angle_tolerance_deg),
         ptychography=cfg.PtychographySettings(
             engine=args.engine,

@@ -42,6 +42,7 @@ __all__ = [
     "AlignmentSettings",
     "ChemistrySettings",
     "ConfigError",
+    "JointSettings",
     "PipelineConfig",
     "ProjectionSettings",
     "PtychographySettings",
@@ -274,6 +275,53 @@ class ChemistrySettings:
             raise ConfigError(f"chemistry.method = {self.method!r}: use auto, two-energy or lcf")
 
 
+@dataclasses.dataclass(frozen=True)
+class JointSettings:
+    """The joint stage (``mode = "joint"``): the whole chain fitted to every diffraction frame.
+
+    Attributes:
+        start: ``"staged"`` (default): start from the staged pipeline's composition, retrieved
+            probes, positions and alignment (the staged stages run first); ``"blank"``: start
+            from scratch — zero composition, the data-derived probe guess of each energy,
+            nominal (centred) positions, no alignment — without running the staged stages.
+        iterations: optimiser steps.
+        learning_rate: step of the composition (volume fraction per step) and scale of the
+            other leaves' steps (see :func:`~diffptycho.recon.joint.joint_reconstruct`).
+        refine: leaves refined with the composition (``probe``, ``positions``, ``alignment``,
+            ``background``, ``energy_offsets`` where the model has them).
+        angles_per_batch: angles per minibatch (all when None).
+        loss: ``"poisson"`` or ``"amplitude"``.
+    """
+
+    start: str = "staged"
+    iterations: int = 150
+    learning_rate: float = 0.03
+    refine: tuple[str, ...] = ("composition", "probe")
+    angles_per_batch: int | None = None
+    loss: str = "poisson"
+
+    def __post_init__(self) -> None:
+        from diffptycho.recon.joint import TRAINABLE
+
+        if self.start not in ("staged", "blank"):
+            raise ConfigError(f"joint.start = {self.start!r}: use 'staged' or 'blank'")
+        _positive("joint.iterations", self.iterations)
+        if not self.learning_rate > 0:
+            raise ConfigError(f"joint.learning_rate = {self.learning_rate}: expected > 0")
+        refine = tuple(self.refine)
+        unknown = sorted(set(refine) - set(TRAINABLE))
+        if unknown or "composition" not in refine:
+            raise ConfigError(
+                f"joint.refine = {list(refine)}: expected 'composition' and any of "
+                f"{sorted(TRAINABLE)}"
+            )
+        object.__setattr__(self, "refine", refine)
+        if self.angles_per_batch is not None:
+            _positive("joint.angles_per_batch", self.angles_per_batch)
+        if self.loss not in ("poisson", "amplitude"):
+            raise ConfigError(f"joint.loss = {self.loss!r}: use 'poisson' or 'amplitude'")
+
+
 SECTIONS: dict[str, type] = {
     "tilt_series": TiltSeriesSettings,
     "ptychography": PtychographySettings,
@@ -282,6 +330,7 @@ SECTIONS: dict[str, type] = {
     "alignment": AlignmentSettings,
     "tomography": TomographySettings,
     "chemistry": ChemistrySettings,
+    "joint": JointSettings,
 }
 """TOML section name → settings class."""
 
@@ -295,13 +344,16 @@ class PipelineConfig:
         output: results HDF5 file (rewritten atomically after every stage).
         references: CSV of reference spectra (``energy_ev``, ``delta_<s>``, ``beta_<s>``);
             without it the run stops after tomography.
+        mode: ``"staged"`` (the six stages) or ``"joint"`` (the joint stage, after the staged
+            ones when ``joint.start`` is ``"staged"``, alone when it is ``"blank"``).
         tilt_series, ptychography, projections, registration, alignment, tomography,
-        chemistry: the settings of each part.
+        chemistry, joint: the settings of each part.
     """
 
     input: tuple[str, ...]
     output: str
     references: str | None = None
+    mode: str = "staged"
     tilt_series: TiltSeriesSettings = TiltSeriesSettings()
     ptychography: PtychographySettings = PtychographySettings()
     projections: ProjectionSettings = ProjectionSettings()
@@ -309,6 +361,7 @@ class PipelineConfig:
     alignment: AlignmentSettings = AlignmentSettings()
     tomography: TomographySettings = TomographySettings()
     chemistry: ChemistrySettings = ChemistrySettings()
+    joint: JointSettings = JointSettings()
 
     def __post_init__(self) -> None:
         paths = (self.input,) if isinstance(self.input, str) else tuple(self.input)
@@ -316,6 +369,19 @@ class PipelineConfig:
             raise ConfigError("input: no CXI file given")
         object.__setattr__(self, "input", tuple(os.fspath(p) for p in paths))
         object.__setattr__(self, "output", os.fspath(self.output))
+        if self.mode not in ("staged", "joint"):
+            raise ConfigError(f"mode = {self.mode!r}: use 'staged' or 'joint'")
+        if self.mode == "joint" and self.references is None:
+            raise ConfigError("mode = 'joint' fits composition volumes: give references")
+
+    def stage_names(self) -> list[str]:
+        """The stages this configuration runs, in order."""
+        staged = ["ptychography", "projections", "registration", "alignment", "tomography"]
+        if self.references is not None:
+            staged.append("chemistry")
+        if self.mode == "staged":
+            return staged
+        return ["joint"] if self.joint.start == "blank" else [*staged, "joint"]
 
     def input_files(self) -> list[str]:
         """The input patterns expanded (sorted per pattern); a pattern with no file is an error."""
@@ -385,7 +451,7 @@ def config_from_dict(
     Raises:
         ConfigError: an unknown key or a value of the wrong kind (named with ``source``).
     """
-    known = {"input", "output", "references", *SECTIONS}
+    known = {"input", "output", "references", "mode", *SECTIONS}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -409,6 +475,7 @@ def config_from_dict(
         input=tuple(path(p) for p in inputs),
         output=path(values["output"]),
         references=None if refs is None else path(refs),
+        mode=values.get("mode", "staged"),
         **sections,
     )
 

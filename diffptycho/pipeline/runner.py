@@ -35,12 +35,16 @@ from diffptycho.pipeline.stages import STAGES, Context, Stage, StageOutput, voxe
 __all__ = ["PipelineResult", "run_pipeline"]
 
 PRODUCTS = {
-    "od_volumes": ("tomography", "od_volumes", "1 per voxel"),
-    "composition": ("chemistry", "composition", "volume fraction"),
-    "alignment/shift_px": ("alignment", "shift_px", "pixel"),
-    "alignment/params": ("alignment", "params", "(pixel, pixel, rad, 1)"),
+    "od_volumes": [("tomography", "od_volumes", "1 per voxel")],
+    "composition": [
+        ("joint", "composition", "volume fraction"),
+        ("chemistry", "composition", "volume fraction"),
+    ],
+    "alignment/shift_px": [("joint", "shift_px", "pixel"), ("alignment", "shift_px", "pixel")],
+    "alignment/params": [("alignment", "params", "(pixel, pixel, rad, 1)")],
 }
-"""Top-level dataset → (stage, array, unit): the products scripts and users rely on."""
+"""Top-level dataset → (stage, array, unit) sources in order of preference: the products
+scripts and users rely on (in joint mode, the joint stage's)."""
 
 
 @dataclasses.dataclass
@@ -67,8 +71,11 @@ class PipelineResult:
 
     @property
     def composition(self) -> np.ndarray | None:
-        """(species, z, y, x) volume fractions, or None without the chemistry stage."""
-        return self.outputs.get("chemistry", {}).get("composition")
+        """(species, z, y, x) volume fractions (joint stage's if run), or None."""
+        for stage in ("joint", "chemistry"):
+            if "composition" in self.outputs.get(stage, {}):
+                return self.outputs[stage]["composition"]
+        return None
 
 
 def _settings(config: PipelineConfig, name: str) -> Any:
@@ -82,6 +89,8 @@ def _fingerprints(config: PipelineConfig, order: list[str], files: list[str]) ->
     for name in order:
         settings = _settings(config, name)
         chain.append([name, dataclasses.asdict(settings) if settings is not None else None])
+        if name == "joint":  # a blank start takes the volume shape from the tomography settings
+            chain.append(["tomography", dataclasses.asdict(config.tomography)])
         out[name] = json.dumps(chain, sort_keys=True)
     return out
 
@@ -145,9 +154,7 @@ def run_pipeline(
         if name not in table:
             raise ValueError(f"stages: unknown stage {name!r}; the stages are {list(table)}")
         table[name] = stage
-    order = list(table)
-    if config.references is None:
-        order.remove("chemistry")
+    order = config.stage_names()
     for which, name in (("restart_from", restart_from), ("stop_after", stop_after)):
         if name is not None and name not in order:
             raise ValueError(f"{which}={name!r}: choose from {order}")
@@ -200,7 +207,7 @@ def run_pipeline(
     def save() -> None:
         _write(config, series, species, voxel, outputs, histories, units, record)
 
-    context = Context(series, outputs, references, progress, log=log)
+    context = Context(series, outputs, references, progress, log=log, config=config)
     fresh = False
     for name in order:
         old = state.get(name, {})
@@ -268,10 +275,12 @@ def _write(config, series, species, voxel, outputs, histories, units, record) ->
     unit_map = {"energies_ev": "eV", "angles_deg": "degree", "voxel_size_m": "m"}
     if species:
         datasets["species"] = np.asarray(species, dtype="S")
-    for top, (stage, name, unit) in PRODUCTS.items():
-        if record.get(stage, {}).get("complete") and name in outputs.get(stage, {}):
-            datasets[top] = outputs[stage][name]
-            unit_map[top] = unit
+    for top, sources in PRODUCTS.items():
+        for stage, name, unit in sources:  # the first complete source wins (joint first)
+            if record.get(stage, {}).get("complete") and name in outputs.get(stage, {}):
+                datasets[top] = outputs[stage][name]
+                unit_map[top] = unit
+                break
     for stage, arrays in outputs.items():
         for name, value in arrays.items():
             datasets[f"stages/{stage}/{name}"] = value

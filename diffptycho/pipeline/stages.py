@@ -31,6 +31,7 @@ import numpy as np
 from diffptycho.pipeline.config import (
     AlignmentSettings,
     ChemistrySettings,
+    JointSettings,
     ProjectionSettings,
     PtychographySettings,
     RegistrationSettings,
@@ -44,6 +45,7 @@ __all__ = [
     "StageOutput",
     "alignment",
     "chemistry",
+    "joint",
     "normalise_transmission",
     "projections",
     "ptychography",
@@ -85,6 +87,8 @@ class Context:
         checkpoint: called by long stages with a partial :class:`StageOutput` so that an
             interrupted run resumes (the runner saves it).
         log: prints a line of progress.
+        config: the whole :class:`~diffptycho.pipeline.config.PipelineConfig` (for stages that
+            need another stage's settings, e.g. the volume shape), or None.
     """
 
     series: Any
@@ -93,6 +97,7 @@ class Context:
     progress: bool = True
     checkpoint: Callable[[StageOutput], None] = lambda out: None
     log: Callable[[str], None] = print
+    config: Any = None
 
     def need(self, stage: str, name: str) -> np.ndarray:
         """An array of an earlier stage, with a clear error if that stage has not run."""
@@ -739,6 +744,62 @@ def chemistry(context: Context, settings: ChemistrySettings) -> StageOutput:
     )
 
 
+# --------------------------------------------------------------------------- 7 joint
+
+
+def joint(context: Context, settings: JointSettings) -> StageOutput:
+    """The joint stage: composition (and the chosen leaves) fitted to every diffraction frame.
+
+    Started from the staged result (``settings.start == "staged"``) or from scratch
+    (:func:`~diffptycho.pipeline.joint_start.blank_joint_model`), then
+    :func:`~diffptycho.recon.joint.joint_reconstruct`.
+
+    Returns ``composition`` (species, z, y, x), ``probes`` (E, M, py, px), ``positions_px``
+    (E, A, n, 2), ``alignment`` (A, 4), ``shift_px`` (E, A, 2) (the per-scan sample shifts
+    implied by the refined positions and alignment, relative to the start's nominal
+    positions), and the loss history.
+    """
+    from diffptycho.pipeline import joint_start
+    from diffptycho.recon.joint import joint_reconstruct
+
+    if context.references is None:
+        raise ValueError("the joint stage needs reference spectra: give --references REFS.csv")
+    _, spectra = context.references
+    series = context.series
+    reference = 0 if context.config is None else context.config.registration.reference_energy
+    voxel = voxel_size_m(series, min(reference, series.shape[0] - 1))
+    if settings.start == "staged":
+        start = joint_start.joint_model_from_outputs(context.outputs, series, spectra, voxel)
+    else:
+        shape = None if context.config is None else context.config.tomography.volume_shape
+        start = joint_start.blank_joint_model(series, spectra, voxel, shape)
+    frames = joint_start.all_frames(series)
+    model, history = joint_reconstruct(
+        start,
+        frames,
+        settings.iterations,
+        refine=settings.refine,
+        learning_rate=settings.learning_rate,
+        angles_per_batch=settings.angles_per_batch,
+        loss=settings.loss,
+        progress=context.progress,
+    )
+    nominal = np.stack([np.stack(row) for row in centred_positions(series)])
+    moved = nominal - np.asarray(model.positions, np.float64)  # probe −s ≡ sample +s
+    shift = moved.mean(axis=2) + np.asarray(model.alignment, np.float64)[None, :, :2]
+    return StageOutput(
+        {
+            "composition": np.asarray(model.composition, np.float32),
+            "probes": np.asarray(model.probe),
+            "positions_px": np.asarray(model.positions, np.float64),
+            "alignment": np.asarray(model.alignment, np.float64),
+            "shift_px": shift,
+        },
+        {"composition": "volume fraction", "positions_px": "pixel", "shift_px": "pixel"},
+        {"loss": np.asarray(history.loss)},
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """One step of the pipeline: its name, its function and the stages it reads.
@@ -763,6 +824,7 @@ STAGES: Mapping[str, Stage] = {
         Stage("alignment", alignment, ("projections", "registration")),
         Stage("tomography", tomography, ("projections", "alignment")),
         Stage("chemistry", chemistry, ("tomography",)),
+        Stage("joint", joint),
     )
 }
 """The default stages, in order."""
