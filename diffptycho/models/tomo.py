@@ -7,7 +7,9 @@ transmission T(E, θ) ──patch × probe──▶ propagate ──▶ intensit
 Alignment acts on the projected images (shift y/x, in-plane tilt, scale about the image centre):
 for parallel beams these commute with the projection for shifts and scale, and the in-plane
 rotation models a detector/axis tilt, so applying them after projection is both exact for the
-cases measured in practice and much cheaper than resampling the volume per angle.
+cases measured in practice and much cheaper than resampling the volume per angle. An optional per-scan shift
+(``energy_offsets``) on top of the shared alignment models drift between the energies of one
+angle; it is folded into that scan's similarity parameters, so nothing is resampled twice.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class SpectroPtychoTomo(eqx.Module):
         probe: probe modes per energy (energy, mode, py, px).
         positions: scan positions (energy, angle, n, 2) in object pixels (y, x).
         background: background per energy (energy, py, px) or None.
+        energy_offsets: per-scan sample shift (energy, angle, 2) in pixels (y, x), applied
+            after the shared alignment of its angle (thermal drift between energies), or
+            None for none (the cheaper path: species are aligned once, before mixing).
         voxel_size_m: voxel size in m (static); object pixels equal voxels.
         propagator: far field by default.
         padding_px: vacuum (T = 1) added around each projection, in pixels (static), so the
@@ -84,6 +89,7 @@ class SpectroPtychoTomo(eqx.Module):
     voxel_size_m: float = eqx.field(static=True, default=1.0)
     propagator: AbstractPropagator = FarField()
     padding_px: int = eqx.field(static=True, default=0)
+    energy_offsets: Float[Array, "energy angle 2"] | None = None
 
     def __check_init__(self):
         if self.padding_px < 0:
@@ -100,6 +106,11 @@ class SpectroPtychoTomo(eqx.Module):
             )
         if self.probe.shape[0] != n_e:
             raise ValueError(f"probe: leading axis {self.probe.shape[0]} != {n_e} energies")
+        if self.energy_offsets is not None and self.energy_offsets.shape != (n_e, n_a, 2):
+            raise ValueError(
+                f"energy_offsets: expected ({n_e}, {n_a}, 2) shifts (y, x) in pixels, "
+                f"got {self.energy_offsets.shape}"
+            )
 
     def check_scan_geometry(self) -> None:
         """Host-side check that every probe patch lies inside the projections.
@@ -119,17 +130,28 @@ class SpectroPtychoTomo(eqx.Module):
         """Aligned ∫(δ + iβ) dz in m at every energy and angle, vacuum-padded.
 
         The projector is linear, so the species are projected once each and mixed per energy
-        afterwards: S real projections instead of E complex ones.
+        afterwards: S real projections instead of E complex ones. Without ``energy_offsets``
+        the species are also aligned once each, before mixing. With them, the shift of scan
+        (e, a) is folded into the similarity parameters of angle a — a shift applied after
+        r ↦ s·R r + t is the similarity transform with translation t + offset — so each
+        image is resampled once (no double interpolation) and the mixed energies are aligned
+        with their own parameters.
         """
         per_species = jax.vmap(lambda c: tomography.project(c, self.angles_rad))(self.composition)
-        per_species = jax.vmap(lambda p: alignment.align_projections(p, self.alignment))(
-            per_species
-        )
         p = self.padding_px
-        per_species = jnp.pad(per_species, ((0, 0), (0, 0), (p, p), (p, p)))
-        return self.voxel_size_m * jnp.einsum(
-            "es,sayx->eayx", self.spectra, per_species.astype(self.spectra.dtype)
-        )
+        if self.energy_offsets is None:
+            per_species = jax.vmap(lambda q: alignment.align_projections(q, self.alignment))(
+                per_species
+            )
+            per_species = jnp.pad(per_species, ((0, 0), (0, 0), (p, p), (p, p)))
+            return self.voxel_size_m * jnp.einsum(
+                "es,sayx->eayx", self.spectra, per_species.astype(self.spectra.dtype)
+            )
+        mixed = jnp.einsum("es,sayx->eayx", self.spectra, per_species.astype(self.spectra.dtype))
+        params = jnp.broadcast_to(self.alignment, self.energy_offsets.shape[:2] + (4,))
+        params = params.at[..., :2].add(self.energy_offsets.astype(params.dtype))
+        aligned = jax.vmap(alignment.align_projections)(mixed, params)
+        return self.voxel_size_m * jnp.pad(aligned, ((0, 0), (0, 0), (p, p), (p, p)))
 
     def transmission(self) -> Complex[Array, "energy angle y x"]:
         """T(E, θ) = exp(−k∫β dz) · exp(−ik∫δ dz)."""
