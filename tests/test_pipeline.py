@@ -27,6 +27,7 @@ from diffptycho.pipeline import (
     AlignmentSettings,
     ConfigError,
     Context,
+    JointSettings,
     PipelineConfig,
     PtychographySettings,
     TomographySettings,
@@ -48,7 +49,7 @@ SMALL = datasets.ScanGeometry(
     photons_per_frame=1e4,
 )
 ANGLES = np.linspace(-80.0, 77.0, 6)
-ORDER = list(STAGES)
+ORDER = [name for name in STAGES if name != "joint"]  # the staged mode's stages
 VOLUME = (16, 16, 16)
 
 
@@ -589,3 +590,49 @@ def test_figures_are_written_beside_the_output(baseline, tmp_path):
     assert result.reused == ORDER
     pngs = sorted(p.name for p in tmp_path.glob("out_*.png"))
     assert pngs and all(os.path.getsize(tmp_path / p) > 1000 for p in pngs)
+
+
+# --------------------------------------------------------------------------- joint mode
+
+
+def test_joint_mode_reuses_the_staged_stages_and_fits_the_frames(data, baseline, tmp_path):
+    config, staged = baseline
+    output = tmp_path / "joint.h5"
+    shutil.copy(config.output, output)
+    joint_config = dataclasses.replace(
+        config, output=str(output), mode="joint", joint=JointSettings(iterations=40)
+    )
+    result = _quiet(joint_config)
+    assert result.reused == ORDER and list(result.seconds) == ["joint"]
+    loss = read_results(output)["history"]["joint/loss"]
+    assert loss[-1] < 0.9 * loss[0]  # the frames are fitted better than by the staged start
+    np.testing.assert_array_equal(result.composition, result.outputs["joint"]["composition"])
+    assert result.composition.shape == staged.composition.shape
+    assert np.all(result.composition >= 0)
+    truth = data.truth["composition"].sum(0).ravel()
+    corr_staged = np.corrcoef(staged.composition.sum(0).ravel(), truth)[0, 1]
+    corr_joint = np.corrcoef(result.composition.sum(0).ravel(), truth)[0, 1]
+    assert corr_joint > corr_staged - 0.02, (corr_staged, corr_joint)
+
+
+def test_joint_mode_from_scratch_runs_only_the_joint_stage(data, tmp_path):
+    config = dataclasses.replace(
+        _config(data, tmp_path / "blank.h5"),
+        mode="joint",
+        joint=JointSettings(start="blank", iterations=5),
+    )
+    result = _quiet(config)
+    assert list(result.seconds) == ["joint"]
+    with h5py.File(config.output, "r") as f:
+        assert sorted(f["stages"]) == ["joint"]
+        assert f["composition"].shape == (2, *VOLUME)
+        assert f["alignment/shift_px"].shape == (2, len(ANGLES), 2)
+
+
+def test_joint_settings_are_checked():
+    with pytest.raises(ConfigError, match="joint.start"):
+        JointSettings(start="sideways")
+    with pytest.raises(ConfigError, match="joint.refine"):
+        JointSettings(refine=("probe",))
+    with pytest.raises(ConfigError, match="references"):
+        PipelineConfig(input=("a.cxi",), output="o.h5", mode="joint")

@@ -27,6 +27,9 @@ from diffptycho.pipeline.config import (
     ConfigError as ConfigError,
 )
 from diffptycho.pipeline.config import (
+    JointSettings as JointSettings,
+)
+from diffptycho.pipeline.config import (
     PipelineConfig as PipelineConfig,
 )
 from diffptycho.pipeline.config import (
