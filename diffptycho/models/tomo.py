@@ -7,9 +7,11 @@ transmission T(E, θ) ──patch × probe──▶ propagate ──▶ intensit
 Alignment acts on the projected images (shift y/x, in-plane tilt, scale about the image centre):
 for parallel beams these commute with the projection for shifts and scale, and the in-plane
 rotation models a detector/axis tilt, so applying them after projection is both exact for the
-cases measured in practice and much cheaper than resampling the volume per angle. An optional per-scan shift
-(``energy_offsets``) on top of the shared alignment models drift between the energies of one
-angle; it is folded into that scan's similarity parameters, so nothing is resampled twice.
+cases measured in practice and much cheaper than resampling the volume per angle.
+
+An optional per-scan shift (``energy_offsets``) on top of the shared alignment models drift
+between the energies of one angle; it is folded into that scan's similarity parameters, so
+nothing is resampled twice.
 """
 
 from __future__ import annotations
