@@ -4,6 +4,14 @@ One gradient-based optimisation of the full chain (composition → spectra → p
 transmission → probe → far field) against the measured counts of every (energy, angle) scan.
 Which leaves move is a choice of the stage: composition alone, or with probe, positions and
 alignment.
+
+Two solvers drive it. Adam (``solver="adam"``) follows the gradient leaf by leaf; from a blank
+start it stalls, because the tomographic normal operator (a backprojected projection, ~1/|f|)
+is ill-conditioned and the low spatial frequencies converge slowly. Gauss–Newton
+(``solver="gauss-newton"``, :class:`GaussNewtonSolver`) solves the linearised problem of
+amplitude residuals √I − √n with a few conjugate-gradient iterations per step: the weak-object
+chain is nearly linear in the composition, so a handful of steps reach the accuracy that Adam
+reaches only when started from a staged reconstruction (experiments/joint_solver_study.py).
 """
 
 from __future__ import annotations
@@ -17,9 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from diffptycho._typing import Array
 from diffptycho.models import SpectroPtychoTomo
+from diffptycho.recon.chem.simplex import project_composition
 from diffptycho.recon.losses import LOSSES
-from diffptycho.recon.solve import History, OptaxSolver, solve
+from diffptycho.recon.solve import AbstractSolver, History, OptaxSolver, solve, trainable_spec
+
+SOLVERS = ("adam", "gauss-newton")
+"""Solvers :func:`joint_reconstruct` offers, by name."""
 
 TRAINABLE: dict[str, Callable[[SpectroPtychoTomo], Any]] = {
     "composition": lambda m: m.composition,
@@ -27,13 +40,152 @@ TRAINABLE: dict[str, Callable[[SpectroPtychoTomo], Any]] = {
     "positions": lambda m: m.positions,
     "alignment": lambda m: m.alignment,
     "background": lambda m: m.background,
+    "energy_offsets": lambda m: m.energy_offsets,
 }
 """Selectors of the leaves a joint stage may refine, by name."""
 
 
 def clip_composition(model: SpectroPtychoTomo) -> SpectroPtychoTomo:
-    """Project volume fractions onto [0, 1] (a voxel cannot hold more than itself)."""
+    """Deprecated: use :func:`~diffptycho.recon.chem.simplex.project_composition`.
+
+    Clips each volume fraction to [0, 1] (a voxel could then hold 100 % of every species);
+    :func:`joint_reconstruct` projects onto {c ≥ 0, Σ c ≤ 1} instead.
+    """
     return eqx.tree_at(lambda m: m.composition, model, jnp.clip(model.composition, 0.0, 1.0))
+
+
+def _batch_model(model: SpectroPtychoTomo, angle_idx) -> SpectroPtychoTomo:
+    """The model restricted to the scans of ``angle_idx`` (all energies)."""
+    return eqx.tree_at(
+        lambda m: (m.angles_rad, m.alignment, m.positions),
+        model,
+        (model.angles_rad[angle_idx], model.alignment[angle_idx], model.positions[:, angle_idx]),
+    )
+
+
+def joint_residuals(mask=None) -> Callable:
+    """Amplitude residuals (√I − √n)/√frames of a batch ``(frames, angle_indices)``.
+
+    Their sum of squares is the ``"amplitude"`` loss of :func:`joint_loss`; for Poisson counts
+    it is the variance-stabilised likelihood, whose Gauss–Newton matrix JᵀJ is, unlike that of
+    the Poisson NLL at a blank start (where the predicted dark field is ≈ 0), well scaled.
+
+    Args:
+        mask: valid detector pixels (True) or None.
+
+    Returns:
+        ``residuals(model, batch)``, an array (energy, angle, n, fy, fx) in √photons per
+        √frame.
+    """
+
+    def residuals(model: SpectroPtychoTomo, batch) -> jax.Array:
+        frames, angle_idx = batch
+        predicted = _batch_model(model, angle_idx).all_intensities()
+        n = jnp.asarray(frames).astype(predicted.dtype)
+        r = jnp.sqrt(predicted + 1e-9) - jnp.sqrt(n)
+        if mask is not None:
+            r = jnp.where(mask, r, 0.0)
+        n_frames = int(np.prod(frames.shape[:-2]))
+        return r / np.sqrt(n_frames)
+
+    return residuals
+
+
+def _as_real(tree):
+    # complex leaves as (..., 2) real arrays: the Gauss–Newton normal equations are real
+    return jax.tree_util.tree_map(
+        lambda x: jnp.stack([x.real, x.imag], axis=-1) if jnp.iscomplexobj(x) else x, tree
+    )
+
+
+def _from_real(tree, like):
+    return jax.tree_util.tree_map(
+        lambda r, x: (r[..., 0] + 1j * r[..., 1]).astype(x.dtype) if jnp.iscomplexobj(x) else r,
+        tree,
+        like,
+    )
+
+
+class GaussNewtonSolver(AbstractSolver):
+    """Damped Gauss–Newton on residuals, with conjugate-gradient inner solves.
+
+    Each step linearises the residuals r(p) of the trainable leaves p at the current model,
+    solves (JᵀJ + λ I) d = −Jᵀr with ``cg_iterations`` conjugate-gradient iterations (each one
+    a Jacobian-vector and a vector-Jacobian product, about the cost of one gradient), moves to
+    p + d and applies the constraint. λ = ``damping`` × gᵀJᵀJg / gᵀg, the curvature of the
+    linearised problem along the gradient g = Jᵀr, so that ``damping`` is dimensionless.
+    Complex leaves are solved for as (real, imaginary) pairs.
+
+    Attributes:
+        residuals: ``residuals(model, batch) -> array``; the objective is Σ r².
+        loss: ``loss(model, batch) -> scalar`` reported as the step's loss (before the step).
+        where: selector of the trainable leaves (see
+            :func:`~diffptycho.recon.solve.trainable_spec`).
+        constraint: optional projection applied to the model after each step.
+        cg_iterations: conjugate-gradient iterations per step.
+        damping: Levenberg–Marquardt damping relative to the curvature along the gradient.
+
+    Examples:
+        >>> import equinox as eqx, jax.numpy as jnp
+        >>> class Line(eqx.Module):
+        ...     a: jnp.ndarray
+        >>> solver = GaussNewtonSolver(lambda m, b: m.a * jnp.array([1.0, 3.0]) - b,
+        ...                            lambda m, b: jnp.sum((m.a * jnp.array([1.0, 3.0]) - b) ** 2),
+        ...                            lambda m: m.a, damping=0.0)
+        >>> model, _ = solve(Line(jnp.zeros(2)), solver, jnp.array([2.0, 3.0]), 1, progress=False)
+        >>> [round(float(x), 4) for x in model.a]
+        [2.0, 1.0]
+    """
+
+    residuals: Callable[[Any, Any], Array] = eqx.field(static=True)
+    loss: Callable[[Any, Any], Array] = eqx.field(static=True)
+    where: Callable[[Any], Any] = eqx.field(static=True)
+    constraint: Callable[[Any], Any] | None = eqx.field(static=True, default=None)
+    cg_iterations: int = eqx.field(static=True, default=10)
+    damping: float = eqx.field(static=True, default=1e-2)
+
+    def __check_init__(self):
+        if self.cg_iterations < 1:
+            raise ValueError(f"cg_iterations={self.cg_iterations}: expected ≥ 1")
+        if not self.damping >= 0:
+            raise ValueError(f"damping={self.damping}: expected ≥ 0")
+
+    def init(self, model: eqx.Module) -> None:
+        """No state: every step starts from the current model."""
+        return None
+
+    def step(self, model: eqx.Module, state: None, batch: Any) -> tuple[eqx.Module, None, Array]:
+        """One damped Gauss–Newton step; returns the loss before it."""
+        params, static = eqx.partition(model, trainable_spec(model, self.where))
+        params, rest = eqx.partition(params, eqx.is_inexact_array)
+        x0 = _as_real(params)
+
+        def res(x):
+            return self.residuals(eqx.combine(_from_real(x, params), rest, static), batch)
+
+        r, jvp = jax.linearize(res, x0)
+        vjp = jax.linear_transpose(jvp, x0)
+        (g,) = vjp(r)
+        jg = jvp(g)
+        gg = _tree_dot(g, g)
+        lam = self.damping * jnp.vdot(jg, jg) / jnp.where(gg > 0, gg, 1.0)
+
+        def normal(v):
+            (jtjv,) = vjp(jvp(v))
+            return jax.tree_util.tree_map(lambda a, b: a + lam * b, jtjv, v)
+
+        minus_g = jax.tree_util.tree_map(jnp.negative, g)
+        d, _ = jax.scipy.sparse.linalg.cg(normal, minus_g, maxiter=self.cg_iterations)
+        x = jax.tree_util.tree_map(jnp.add, x0, d)
+        new = eqx.combine(_from_real(x, params), rest, static)
+        if self.constraint is not None:
+            new = self.constraint(new)
+        return new, state, self.loss(model, batch)
+
+
+def _tree_dot(a, b) -> Array:
+    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(jnp.vdot, a, b))
+    return sum(leaves, jnp.asarray(0.0))
 
 
 def joint_loss(loss_name: str = "poisson", mask=None) -> Callable:
@@ -46,16 +198,7 @@ def joint_loss(loss_name: str = "poisson", mask=None) -> Callable:
 
     def objective(model: SpectroPtychoTomo, batch) -> jax.Array:
         frames, angle_idx = batch
-        sub = eqx.tree_at(
-            lambda m: (m.angles_rad, m.alignment, m.positions),
-            model,
-            (
-                model.angles_rad[angle_idx],
-                model.alignment[angle_idx],
-                model.positions[:, angle_idx],
-            ),
-        )
-        return loss(sub.all_intensities(), frames, mask)
+        return loss(_batch_model(model, angle_idx).all_intensities(), frames, mask)
 
     return objective
 
@@ -112,6 +255,7 @@ def joint_reconstruct(
     iterations: int,
     *,
     refine: Sequence[str] = ("composition",),
+    solver: str = "adam",
     learning_rate: float = 0.05,
     adam_eps: float | None = None,
     angles_per_batch: int | None = None,
@@ -120,14 +264,24 @@ def joint_reconstruct(
     seed: int = 0,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
+    cg_iterations: int = 10,
+    damping: float = 1e-2,
 ) -> tuple[SpectroPtychoTomo, History]:
-    """Fit the full chain to measured frames with Adam.
+    """Fit the full chain to measured frames with Adam or Gauss–Newton.
+
+    From a blank (zero) composition use ``solver="gauss-newton"`` with ~10 iterations: on the
+    32³, 24-angle LFP tilt series it reaches a relative composition error of 0.21 in 10 s,
+    where Adam needs a staged start (experiments/joint_solver_study.py).
 
     Args:
         model: starting model (e.g. zero composition, known probe and positions).
         frames: measured counts (energy, angle, n, fy, fx).
-        iterations: number of Adam steps.
-        refine: names of the leaves to refine (keys of :data:`TRAINABLE`).
+        iterations: number of Adam steps, or of Gauss–Newton steps (each costing about
+            ``cg_iterations`` + 2 gradients).
+        refine: names of the leaves to refine (keys of :data:`TRAINABLE`); refining
+            ``energy_offsets`` of a model without them starts them at zero.
+        solver: ``"adam"`` or ``"gauss-newton"`` (:class:`GaussNewtonSolver` on the amplitude
+            residuals of :func:`joint_residuals`; the loss history still reports ``loss``).
         learning_rate: Adam step in units of each leaf (volume fraction for composition).
         adam_eps: Adam's ε, the gradient scale below which a leaf barely moves. Limited-angle
             data leave many voxels with tiny gradients that plain Adam (ε = 1e-8) would move
@@ -140,10 +294,29 @@ def joint_reconstruct(
         mesh: split each batch's angles over this device mesh (see :func:`angle_mesh`);
             None runs on the default device.
         progress: show a progress bar.
+        cg_iterations: conjugate-gradient iterations per Gauss–Newton step.
+        damping: Gauss–Newton damping relative to the curvature along the gradient
+            (dimensionless).
 
     Returns:
         The refined model and the loss history.
+
+    Examples:
+        >>> import numpy as np
+        >>> from diffptycho.sim import datasets
+        >>> g = datasets.ScanGeometry(probe_shape=(8, 8), scan_shape=(2, 2), step_px=2.0,
+        ...                           outer_zone_width_m=10e-9, defocus_m=0.2e-6)
+        >>> ds = datasets.simulate_lfp_tomo(volume_shape=(8, 8, 8), geometry=g, n_particles=1,
+        ...                                 angles_deg=np.linspace(-80, 77, 4))
+        >>> fit, history = joint_reconstruct(ds.tomo_model(), ds.frames, 3,
+        ...                                  solver="gauss-newton", progress=False)
+        >>> history.loss[-1] < history.loss[0]
+        True
     """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r}: choose from {SOLVERS}")
+    if solver == "gauss-newton" and mesh is not None:
+        raise ValueError("mesh: the Gauss–Newton solver runs on one device; use solver='adam'")
     unknown = sorted(set(refine) - set(TRAINABLE))
     if unknown:
         raise ValueError(f"refine: unknown leaves {unknown}; choose from {sorted(TRAINABLE)}")
@@ -156,17 +329,37 @@ def joint_reconstruct(
             f"{model.positions.shape[:2]} of the model"
         )
     model.check_scan_geometry()
+    if "energy_offsets" in refine and model.energy_offsets is None:
+        # a model without per-scan drift is the same model with zero offsets
+        model = eqx.tree_at(
+            lambda m: m.energy_offsets,
+            model,
+            jnp.zeros(model.positions.shape[:2] + (2,), model.positions.dtype),
+            is_leaf=lambda x: x is None,
+        )
     if adam_eps is None:
         adam_eps = 1e-5 * float(np.mean(np.sum(frames, axis=(-1, -2))))
     selectors = [TRAINABLE[name] for name in refine]
     mask_j = None if mask is None else jnp.asarray(mask)
     objective = joint_loss(loss, mask_j) if mesh is None else sharded_joint_loss(mesh, loss, mask_j)
-    solver = OptaxSolver(
-        loss=objective,
-        optimizer=optax.adam(learning_rate, eps=adam_eps),
-        where=lambda m: tuple(sel(m) for sel in selectors),
-        constraint=clip_composition if "composition" in refine else None,
-    )
+    where = lambda m: tuple(sel(m) for sel in selectors)  # noqa: E731
+    constraint = project_composition if "composition" in refine else None
+    if solver == "gauss-newton":
+        step_solver = GaussNewtonSolver(
+            residuals=joint_residuals(mask_j),
+            loss=objective,
+            where=where,
+            constraint=constraint,
+            cg_iterations=cg_iterations,
+            damping=damping,
+        )
+    else:
+        step_solver = OptaxSolver(
+            loss=objective,
+            optimizer=optax.adam(learning_rate, eps=adam_eps),
+            where=where,
+            constraint=constraint,
+        )
     frames_j = jnp.asarray(frames)
     per_batch = n_angle if angles_per_batch is None else min(angles_per_batch, n_angle)
     rng = np.random.default_rng(seed)
@@ -183,4 +376,4 @@ def joint_reconstruct(
         idx = jnp.asarray(idx)
         return frames_j[:, idx], idx
 
-    return solve(model, solver, batches, iterations, progress=progress, description="joint")
+    return solve(model, step_solver, batches, iterations, progress=progress, description="joint")
