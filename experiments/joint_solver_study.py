@@ -13,7 +13,10 @@ included) and its ratio to the staged pipeline's.
 Run::
 
     PYTHONPATH=. python experiments/joint_solver_study.py [--seed 6] [--json out.json]
-        [--methods adam-150 gn-8 ...] [--no-staged]
+        [--methods adam-150 gn-8 ...] [--no-staged] [--unknown-probe]
+
+``--unknown-probe`` starts from the data-derived probe guess instead of the true probe and
+refines it with the composition (blank start only: the staged start would bring its own).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ import os
 import tempfile
 import time
 
+import equinox as eqx
 import numpy as np
 import optax
 
 from diffptycho.analysis.composition import composition_errors, register_to_truth
 from diffptycho.recon.chem.simplex import project_composition
 from diffptycho.recon.joint import joint_loss, joint_reconstruct
+from diffptycho.recon.ptycho.start import probe_guess
 from diffptycho.recon.solve import OptaxSolver, solve
 from diffptycho.sim import datasets, tiltseries
 
@@ -41,6 +46,7 @@ CANDIDATES = {
     "gn-4": {"iterations": 4, "solver": "gauss-newton"},
     "gn-8": {"iterations": 8, "solver": "gauss-newton"},
     "gn-16": {"iterations": 16, "solver": "gauss-newton"},
+    "gn-32": {"iterations": 32, "solver": "gauss-newton"},
     "gn-8-cg20": {"iterations": 8, "solver": "gauss-newton", "cg_iterations": 20},
     "gn-8-damp0.1": {"iterations": 8, "solver": "gauss-newton", "damping": 0.1},
     "gn-8-damp1e-3": {"iterations": 8, "solver": "gauss-newton", "damping": 1e-3},
@@ -77,7 +83,7 @@ def staged_composition(ds, workdir: str, progress: bool) -> tuple[np.ndarray, fl
     return np.asarray(result.composition), time.perf_counter() - t0
 
 
-def run_candidate(model, frames, settings: dict, progress: bool):
+def run_candidate(model, frames, settings: dict, progress: bool, refine=("composition",)):
     """Fit ``model`` with one candidate; returns the model, its history and the wall time."""
     settings = dict(settings)
     t0 = time.perf_counter()
@@ -85,14 +91,16 @@ def run_candidate(model, frames, settings: dict, progress: bool):
         solver = OptaxSolver(
             loss=joint_loss(),
             optimizer=optax.lbfgs(),
-            where=lambda m: m.composition,
+            where=lambda m: tuple(getattr(m, name) for name in refine),
             constraint=project_composition,
         )
         batch = (np.asarray(frames), np.arange(frames.shape[1]))
         fit, history = solve(model, solver, batch, settings["iterations"], progress=progress)
     else:
         iterations = settings.pop("iterations")
-        fit, history = joint_reconstruct(model, frames, iterations, progress=progress, **settings)
+        fit, history = joint_reconstruct(
+            model, frames, iterations, refine=refine, progress=progress, **settings
+        )
     return fit, history, time.perf_counter() - t0
 
 
@@ -103,6 +111,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     ap.add_argument("--no-staged", action="store_true", help="blank starts only")
     ap.add_argument("--json", default="joint_solver_study.json", help="results file")
+    ap.add_argument("--unknown-probe", action="store_true", help="probe guess, refined")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
 
@@ -110,6 +119,12 @@ def main() -> None:
     truth = ds.truth["composition"]
     frames = ds.frames
     starts = {"blank": ds.tomo_model()}
+    refine: tuple[str, ...] = ("composition",)
+    if args.unknown_probe:
+        guess = np.stack([probe_guess(frames[e, 0])[None] for e in range(frames.shape[0])])
+        starts = {"blank, probe guess": eqx.tree_at(lambda m: m.probe, starts["blank"], guess)}
+        refine = ("composition", "probe")
+        args.no_staged = True
     rows, t_staged = [], float("nan")
 
     def error(comp):
@@ -137,7 +152,9 @@ def main() -> None:
     )
     for start, model in starts.items():
         for name in args.methods:
-            fit, history, seconds = run_candidate(model, frames, CANDIDATES[name], args.progress)
+            fit, history, seconds = run_candidate(
+                model, frames, CANDIDATES[name], args.progress, refine
+            )
             rows.append(
                 {
                     "start": start,
@@ -150,19 +167,19 @@ def main() -> None:
             )
             r = rows[-1]
             print(
-                f"{start:7s} {name:16s} error {r['error']:.3f} loss {r['loss']:.2f} "
+                f"{start:18s} {name:16s} error {r['error']:.3f} loss {r['loss']:.2f} "
                 f"{seconds:.1f} s",
                 flush=True,
             )
 
     print(
         f"\n32³, {frames.shape[1]} angles, {frames.shape[0]} energies, seed {args.seed}, "
-        "probe and positions known"
+        f"positions known, probe {'guessed and refined' if args.unknown_probe else 'known'}"
     )
-    print(f"{'start':7s} | {'method':16s} | rel. error | loss    | time s | × staged")
+    print(f"{'start':18s} | {'method':16s} | rel. error | loss    | time s | × staged")
     for r in rows:
         print(
-            f"{r['start']:7s} | {r['method']:16s} | {r['error']:10.3f} | "
+            f"{r['start']:18s} | {r['method']:16s} | {r['error']:10.3f} | "
             f"{r.get('loss', float('nan')):7.2f} | {r.get('seconds', float('nan')):6.1f} | "
             f"{r.get('time_ratio', float('nan')):.2f}"
         )
