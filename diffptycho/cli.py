@@ -59,7 +59,7 @@ def _add_demo(sub) -> None:
         "writes HDF5 results and PNG figures.",
     )
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    p.add_argument("--iterations", type=int, default=150, help="joint-refinement steps")
+    p.add_argument("--iterations", type=int, default=32, help="joint Gauss-Newton steps")
     p.add_argument(
         "--seed", type=int, default=6, help="phantom/noise seed (6: one active, one inactive plate)"
     )

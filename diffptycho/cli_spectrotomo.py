@@ -70,7 +70,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="staged",
         help="joint mode: start from the staged result (default) or from scratch",
     )
-    p.add_argument("--joint-iterations", type=positive_int, default=150, help="joint steps")
+    p.add_argument(
+        "--joint-solver",
+        choices=("gauss-newton", "adam"),
+        default="gauss-newton",
+        help="joint solver (default gauss-newton: damped Gauss-Newton with CG inner solves)",
+    )
+    p.add_argument(
+        "--joint-iterations",
+        type=positive_int,
+        default=32,
+        help="joint steps: Gauss-Newton (default 32) or Adam (~150)",
+    )
     p.add_argument("--joint-learning-rate", type=float, default=0.03, help="joint step size")
     p.add_argument(
         "--joint-refine",
@@ -151,6 +162,7 @@ def config_from_args(args: argparse.Namespace):
         mode=args.mode,
         joint=cfg.JointSettings(
             start=args.joint_start,
+            solver=args.joint_solver,
             iterations=args.joint_iterations,
             learning_rate=args.joint_learning_rate,
             refine=tuple(args.joint_refine),

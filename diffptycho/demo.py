@@ -39,7 +39,7 @@ def run_demo(
     *,
     ptycho_iterations: int = 30,
     tomo_iterations: int = 20,
-    joint_iterations: int = 150,
+    joint_iterations: int = 32,
     misalign_px: float = 1.0,
     seed: int = 6,
     progress: bool = True,
@@ -51,7 +51,7 @@ def run_demo(
         ptycho_iterations: ptychography iterations per scan (3× for the first scan of each
             energy, which retrieves the probe).
         tomo_iterations: ART sweeps per energy.
-        joint_iterations: Adam steps of the joint refinement.
+        joint_iterations: Gauss–Newton steps of the joint refinement.
         misalign_px: standard deviation of the unrecorded sample shift of each scan, px.
         seed: seed of phantom, scan, shifts and noise.
         progress: show progress bars.
@@ -64,17 +64,15 @@ def run_demo(
     from diffptycho.analysis import figures
     from diffptycho.analysis.alignment_errors import scan_shift_error_px
     from diffptycho.analysis.composition import composition_errors, register_to_truth
-    from diffptycho.io.results import write_results
-    from diffptycho.io.tiltseries import read_tilt_series
+    from diffptycho.io.results import read_results, write_results
     from diffptycho.pipeline import (
         AlignmentSettings,
+        JointSettings,
         PipelineConfig,
         PtychographySettings,
         TomographySettings,
         run_pipeline,
     )
-    from diffptycho.pipeline.joint_start import joint_model_from_staged
-    from diffptycho.recon.joint import joint_reconstruct
     from diffptycho.sim import datasets, tiltseries
 
     os.makedirs(out, exist_ok=True)
@@ -90,36 +88,32 @@ def run_demo(
     t0 = time.perf_counter()
     config = PipelineConfig(
         input=(cxi,),
-        output=os.path.join(out, "staged.h5"),
+        output=os.path.join(out, "volumes.h5"),
         references=refs,
+        mode="joint",
         ptychography=PtychographySettings(iterations=ptycho_iterations),
         alignment=AlignmentSettings(method="reprojection"),
         tomography=TomographySettings(iterations=tomo_iterations, volume_shape=truth.shape[1:]),
+        joint=JointSettings(iterations=joint_iterations),
     )
     if os.path.exists(config.output):
         os.remove(config.output)  # a fresh demo, not a resumed one
-    staged = run_pipeline(config, progress=progress, log=lambda line: None)
-    t_staged = time.perf_counter() - t0
+    run = run_pipeline(config, progress=progress, log=lambda line: None)
+    t_joint = run.seconds["joint"]
+    t_staged = sum(v for k, v in run.seconds.items() if k != "joint")
+    joint_loss = read_results(config.output)["history"]["joint/loss"]
 
-    t0 = time.perf_counter()
-    series = read_tilt_series(cxi)
-    start, frames = joint_model_from_staged(staged, series)
-    joint, history = joint_reconstruct(
-        start, frames, joint_iterations, learning_rate=0.03, progress=progress
-    )
-    t_joint = time.perf_counter() - t0
-
-    comp_staged, gauge = register_to_truth(staged.composition, truth)
-    comp_joint, _ = register_to_truth(np.asarray(joint.composition), truth)
+    comp_staged, gauge = register_to_truth(run.outputs["chemistry"]["composition"], truth)
+    comp_joint, _ = register_to_truth(run.outputs["joint"]["composition"], truth)
     errors = {
         "staged": composition_errors(comp_staged, truth),
         "staged + joint": composition_errors(comp_joint, truth),
     }
     shift_rms = scan_shift_error_px(
-        staged.outputs["alignment"]["params"],
+        run.outputs["alignment"]["params"],
         ds.truth["scan_shift_px"],
         np.deg2rad(ds.angles_deg),
-        staged.outputs["projections"]["optical_density"].shape[-2:],
+        run.outputs["projections"]["optical_density"].shape[-2:],
     )
     results = os.path.join(out, "results.h5")
     write_results(
@@ -144,18 +138,17 @@ def run_demo(
             "command": "demo",
             "seed": seed,
             "misalign_px": misalign_px,
-            "staged": config.to_dict(),
-            "joint": {"optimizer": "adam", "learning_rate": 0.03, "iterations": joint_iterations},
+            "pipeline": config.to_dict(),
             "errors": errors,
             "shift_rms_px": shift_rms,
         },
-        history=history.as_arrays(),
-        timings={"simulate": t_sim, "staged": t_staged, "joint": t_joint, **staged.seconds},
+        history={"joint_loss": joint_loss},
+        timings={"simulate": t_sim, "staged": t_staged, "joint": t_joint, **run.seconds},
     )
 
     y = int(np.argmax(truth.sum(axis=(0, 1, 3))))  # the slice through most material
     panels = {}
-    for s, name in enumerate(staged.species):
+    for s, name in enumerate(run.species):
         panels[f"{name} truth"] = truth[s, :, y]
         panels[f"{name} staged"] = comp_staged[s, :, y]
         panels[f"{name} staged + joint"] = comp_joint[s, :, y]
@@ -167,7 +160,7 @@ def run_demo(
             shared_range=(0, 1),
             title=f"volume fractions, slice y = {y} (z down, x across)",
         ),
-        figures.loss_curve({"joint refinement": history.loss}, os.path.join(out, "loss.png")),
+        figures.loss_curve({"joint refinement": joint_loss}, os.path.join(out, "loss.png")),
         figures.image_grid(
             {
                 f"{e:.1f} eV, θ={ds.angles_deg[0]:.0f}°": np.log1p(ds.frames[i, 0, 0])
@@ -209,11 +202,10 @@ def run_demo(
         for name, e in errors.items()
     ]
     print(_table(header, rows))
-    stage_times = ", ".join(f"{k} {v:.1f} s" for k, v in staged.seconds.items())
+    stage_times = ", ".join(f"{k} {v:.1f} s" for k, v in run.seconds.items())
     print(
         f"\nscan shifts found to {shift_rms:.3f} px RMS (volume position matched); stages: "
-        f"{stage_times}; joint {t_joint:.1f} s (loss {history.loss[0]:.4g} → "
-        f"{history.loss[-1]:.4g})"
+        f"{stage_times} (joint loss {joint_loss[0]:.4g} → {joint_loss[-1]:.4g})"
     )
     print(f"results: {results}, {config.output}\nfigures: {', '.join(figs)}")
     return errors

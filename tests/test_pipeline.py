@@ -600,7 +600,7 @@ def test_joint_mode_reuses_the_staged_stages_and_fits_the_frames(data, baseline,
     output = tmp_path / "joint.h5"
     shutil.copy(config.output, output)
     joint_config = dataclasses.replace(
-        config, output=str(output), mode="joint", joint=JointSettings(iterations=40)
+        config, output=str(output), mode="joint", joint=JointSettings(iterations=8)
     )
     result = _quiet(joint_config)
     assert result.reused == ORDER and list(result.seconds) == ["joint"]

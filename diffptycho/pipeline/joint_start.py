@@ -139,7 +139,7 @@ def _model(comp, spectra, series, alignment, probes, positions, voxel_size_m, fi
     )
     model = SpectroPtychoTomo(
         composition=jnp.asarray(comp, jnp.float32),
-        spectra=jnp.asarray(spectra),
+        spectra=jnp.asarray(spectra, jnp.complex64),  # the model's precision: float32
         energies_ev=jnp.asarray(series.energies_ev),
         angles_rad=jnp.asarray(np.deg2rad(series.angles_deg)),
         alignment=jnp.asarray(alignment, jnp.float32),

@@ -779,6 +779,7 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
         frames,
         settings.iterations,
         refine=settings.refine,
+        solver=settings.solver,
         learning_rate=settings.learning_rate,
         angles_per_batch=settings.angles_per_batch,
         loss=settings.loss,

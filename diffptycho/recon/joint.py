@@ -172,7 +172,9 @@ class GaussNewtonSolver(AbstractSolver):
 
         def normal(v):
             (jtjv,) = vjp(jvp(v))
-            return jax.tree_util.tree_map(lambda a, b: a + lam * b, jtjv, v)
+            # keep each leaf's dtype: a residual of higher precision than a leaf (e.g. float64
+            # spectra under x64 with a float32 volume) must not promote the CG vectors
+            return jax.tree_util.tree_map(lambda a, b: (a + lam * b).astype(b.dtype), jtjv, v)
 
         minus_g = jax.tree_util.tree_map(jnp.negative, g)
         d, _ = jax.scipy.sparse.linalg.cg(normal, minus_g, maxiter=self.cg_iterations)
