@@ -87,7 +87,7 @@ def run_case(case: Case, args, folder: str) -> dict:
         mode="joint",
         ptychography=PtychographySettings(iterations=args.ptycho_iterations),
         tomography=TomographySettings(volume_shape=(args.size,) * 3),
-        joint=JointSettings(iterations=args.joint_iterations),
+        joint=JointSettings(iterations=args.joint_iterations),  # Gauss–Newton steps
     )
     if os.path.exists(config.output):
         os.remove(config.output)
@@ -177,7 +177,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.size, args.doses, args.angles, args.steps = 24, [1e3, 1e4, 1e5], [16], [3.0]
-        args.ptycho_iterations, args.joint_iterations = 30, 100
+        args.ptycho_iterations, args.joint_iterations = 30, 16
     else:
         args.size, args.doses, args.angles, args.steps = (
             32,
@@ -185,7 +185,7 @@ def main() -> None:
             [12, 24, 48],
             [3.0, 4.5],
         )
-        args.ptycho_iterations, args.joint_iterations = 50, 150
+        args.ptycho_iterations, args.joint_iterations = 50, 32
     os.makedirs(args.out, exist_ok=True)
     rows = []
     for case in cases(args):
