@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from diffptycho.cli_spectrotomo import STAGE_NAMES, report
+from diffptycho.cli_spectrotomo import report
+from diffptycho.pipeline.config import STAGE_NAMES
 
 __all__ = ["add_parser", "run"]
 

@@ -15,21 +15,17 @@ from __future__ import annotations
 import argparse
 
 from diffptycho.cli_ptycho import ALGORITHMS, positive_int
+from diffptycho.pipeline import config as cfg
+from diffptycho.pipeline.config import STAGE_NAMES
 
 __all__ = ["add_parser", "config_from_args", "run"]
 
-STAGE_NAMES = (
-    "ptychography",
-    "projections",
-    "registration",
-    "alignment",
-    "tomography",
-    "chemistry",
-)
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``spectrotomo`` sub-command."""
+    """Register the ``spectrotomo`` sub-command (choices and defaults from the library)."""
+    from diffptycho.recon.joint import SOLVERS
+    from diffptycho.recon.tomo import ALGORITHMS as TOMO_ALGORITHMS
+
     p = subparsers.add_parser(
         "spectrotomo",
         help="tilt series (CXI, one entry per scan) → composition volumes, staged",
@@ -61,37 +57,47 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         choices=("staged", "joint"),
-        default="staged",
+        default=cfg.PipelineConfig.mode,
         help="staged (default) or joint (see --joint-start)",
     )
     p.add_argument(
         "--joint-start",
         choices=("staged", "blank"),
-        default="staged",
+        default=cfg.JointSettings.start,
         help="joint mode: start from the staged result (default) or from scratch",
     )
     p.add_argument(
         "--joint-solver",
-        choices=("gauss-newton", "adam"),
-        default="gauss-newton",
+        choices=SOLVERS,
+        default=cfg.JointSettings.solver,
         help="joint solver (default gauss-newton: damped Gauss-Newton with CG inner solves)",
     )
     p.add_argument(
         "--joint-iterations",
         type=positive_int,
-        default=32,
-        help="joint steps: Gauss-Newton (default 32) or Adam (~150)",
+        default=cfg.JointSettings.iterations,
+        help=f"joint steps: Gauss-Newton (default {cfg.JointSettings.iterations}) or Adam (~150)",
     )
-    p.add_argument("--joint-learning-rate", type=float, default=0.03, help="joint step size")
+    p.add_argument(
+        "--joint-learning-rate",
+        type=float,
+        default=cfg.JointSettings.learning_rate,
+        help="joint step size (Adam)",
+    )
     p.add_argument(
         "--joint-refine",
         nargs="+",
-        default=["composition", "probe"],
+        default=list(cfg.JointSettings.refine),
         help="leaves refined jointly (composition and any of probe, positions, alignment, "
         "background)",
     )
-    p.add_argument("--engine", choices=ALGORITHMS, default="raar", help="ptychography engine")
-    p.add_argument("--iterations", "-n", type=positive_int, default=100, help="iterations per scan")
+    ptycho = cfg.PtychographySettings
+    p.add_argument(
+        "--engine", choices=ALGORITHMS, default=ptycho.engine, help="ptychography engine"
+    )
+    p.add_argument(
+        "--iterations", "-n", type=positive_int, default=ptycho.iterations, help="per scan"
+    )
     p.add_argument(
         "--first-scan-iterations",
         type=positive_int,
@@ -99,7 +105,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="iterations of the first scan of each energy, which retrieves the probe "
         "(default 3 × --iterations)",
     )
-    p.add_argument("--probe-modes", type=positive_int, default=1, help="incoherent probe modes")
+    p.add_argument(
+        "--probe-modes", type=positive_int, default=ptycho.probe_modes, help="incoherent modes"
+    )
     p.add_argument(
         "--shared-probe", action="store_true", help="one probe per energy shared by all its scans"
     )
@@ -110,10 +118,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--align",
         choices=("reprojection", "joint", "rough", "none"),
-        default="reprojection",
+        default=cfg.AlignmentSettings.method,
         help="rotation-axis alignment method",
     )
-    p.add_argument("--align-loops", type=positive_int, default=10, help="most alignment loops")
+    p.add_argument(
+        "--align-loops",
+        type=positive_int,
+        default=cfg.AlignmentSettings.max_loops,
+        help="most alignment loops",
+    )
     p.add_argument(
         "--shifts-only",
         action="store_true",
@@ -122,13 +135,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--register-on",
         choices=("phase", "od"),
-        default="phase",
+        default=cfg.RegistrationSettings.signal,
         help="signal of the cross-energy registration (default phase)",
     )
     p.add_argument(
-        "--tomo-algorithm", choices=("art", "sart", "sirt", "cgls", "fbp", "adam"), default="art"
+        "--tomo-algorithm", choices=TOMO_ALGORITHMS, default=cfg.TomographySettings.algorithm
     )
-    p.add_argument("--tomo-iterations", type=positive_int, default=20)
+    p.add_argument(
+        "--tomo-iterations", type=positive_int, default=cfg.TomographySettings.iterations
+    )
     p.add_argument(
         "--volume-shape",
         type=positive_int,
@@ -137,8 +152,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="volume size in voxels, centred in the field (default: whole field)",
     )
-    p.add_argument("--energy-tolerance-ev", type=float, default=0.05)
-    p.add_argument("--angle-tolerance-deg", type=float, default=0.05)
+    tol = cfg.TiltSeriesSettings
+    p.add_argument("--energy-tolerance-ev", type=float, default=tol.energy_tolerance_ev)
+    p.add_argument("--angle-tolerance-deg", type=float, default=tol.angle_tolerance_deg)
     p.add_argument(
         "--restart-from",
         choices=STAGE_NAMES,
@@ -153,8 +169,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`~diffptycho.pipeline.PipelineConfig` the command line describes."""
-    from diffptycho.pipeline import config as cfg
-
     return cfg.PipelineConfig(
         input=tuple(args.data),
         output=args.output,

@@ -47,6 +47,7 @@ __all__ = [
     "ProjectionSettings",
     "PtychographySettings",
     "RegistrationSettings",
+    "STAGE_NAMES",
     "TiltSeriesSettings",
     "TomographySettings",
     "config_from_dict",
@@ -329,6 +330,17 @@ class JointSettings:
             raise ConfigError(f"joint.loss = {self.loss!r}: use 'poisson' or 'amplitude'")
 
 
+STAGE_NAMES = (
+    "ptychography",
+    "projections",
+    "registration",
+    "alignment",
+    "tomography",
+    "chemistry",
+    "joint",
+)
+"""Every stage, in the order a run takes them (the sections of :data:`SECTIONS` but the first)."""
+
 SECTIONS: dict[str, type] = {
     "tilt_series": TiltSeriesSettings,
     "ptychography": PtychographySettings,
@@ -383,7 +395,7 @@ class PipelineConfig:
 
     def stage_names(self) -> list[str]:
         """The stages this configuration runs, in order."""
-        staged = ["ptychography", "projections", "registration", "alignment", "tomography"]
+        staged = list(STAGE_NAMES[:5])
         if self.references is not None:
             staged.append("chemistry")
         if self.mode == "staged":
