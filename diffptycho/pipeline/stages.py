@@ -433,9 +433,10 @@ def energy_log_scales(series, reference: int) -> np.ndarray:
 def _resample(images: np.ndarray, params: np.ndarray, order: int = 3) -> np.ndarray:
     """Undo per-image similarity transforms (the ``dealign`` of the tomography operators).
 
-    Cubic-spline resampling (``scipy.ndimage.affine_transform``): the bilinear interpolation
-    of the differentiable operators blurs a projection shifted by half a pixel as much as a
-    pixel-wide boxcar, which costs the volume resolution we are aligning for.
+    Cubic-spline resampling (:func:`~diffptycho.recon.align.registration.resample_similarity`
+    of the inverse transforms): the bilinear interpolation of the differentiable operators blurs
+    a projection shifted by half a pixel as much as a pixel-wide boxcar, which costs the volume
+    resolution we are aligning for.
 
     Args:
         images: (n, y, x) images (measured projections).
@@ -444,24 +445,18 @@ def _resample(images: np.ndarray, params: np.ndarray, order: int = 3) -> np.ndar
         order: spline order.
 
     Returns:
-        (n, y, x) images on the ideal (aligned) grid, zero where the source is outside.
+        (n, y, x) float32 images on the ideal (aligned) grid, zero where the source is outside.
     """
-    from scipy import ndimage
-
+    from diffptycho.recon.align.registration import resample_similarity
     from diffptycho.recon.tomo.operators import inverse_alignment
 
-    images = np.asarray(images)
     inverse = np.asarray(inverse_alignment(jnp.asarray(np.asarray(params, np.float64))))
-    centre = np.asarray(images.shape[-2:]) // 2
-    out = np.empty(images.shape, np.float32)
-    for i, (ty, tx, theta, log_scale) in enumerate(inverse):
-        cos, sin = np.cos(theta), np.sin(theta)
-        matrix = np.exp(-log_scale) * np.array([[cos, sin], [-sin, cos]])
-        offset = centre - matrix @ (centre + np.array([ty, tx]))
-        out[i] = ndimage.affine_transform(
-            np.asarray(images[i], np.float64), matrix, offset, order=order, mode="grid-constant"
-        )
-    return out
+    return np.stack(
+        [
+            resample_similarity(image, q, order=order, mode="grid-constant").astype(np.float32)
+            for image, q in zip(np.asarray(images), inverse, strict=True)
+        ]
+    )
 
 
 def registration(context: Context, settings: RegistrationSettings) -> StageOutput:

@@ -41,8 +41,9 @@ from diffptycho.recon.align.reprojection import (
     AlignmentResult,
     parameter_change_px,
     reconstruct_dealigned,
+    starting_params,
 )
-from diffptycho.recon.align.rough import _check_stack, rough_align
+from diffptycho.recon.align.rough import _check_stack
 from diffptycho.recon.solve import OptaxSolver, solve
 
 __all__ = ["INTERPOLATIONS", "aligned_projections", "gaussian_smooth", "joint_align"]
@@ -150,13 +151,7 @@ def joint_align(
             f"interpolation={interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}"
         )
     shape = meas.shape[1:]
-    if initial is None:
-        params = rough_align(meas, angles).params
-    else:
-        params = np.array(initial, dtype=float)
-        if params.shape != (meas.shape[0], 4):
-            raise ValueError(f"initial: expected shape ({meas.shape[0]}, 4), got {params.shape}")
-    params = fix_gauge(params, angles, shape).params
+    params = starting_params(meas, angles, initial)
     volume = reconstruct_dealigned(meas, angles, params, algorithm, iterations)
     dtype = jnp.result_type(float)
     model = TomoProjections(

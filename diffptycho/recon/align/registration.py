@@ -148,7 +148,11 @@ def register_translation(
 
 
 def resample_similarity(
-    image: Float[np.ndarray, "y x"], params: Float[np.ndarray, " 4"], *, order: int = 3
+    image: Float[np.ndarray, "y x"],
+    params: Float[np.ndarray, " 4"],
+    *,
+    order: int = 3,
+    mode: str = "constant",
 ) -> np.ndarray:
     """:func:`~diffptycho.physics.alignment.similarity_transform` with spline interpolation.
 
@@ -161,6 +165,9 @@ def resample_similarity(
         image: ``(ny, nx)`` real image.
         params: ``(shift_y_px, shift_x_px, rotation_rad, log_scale)``.
         order: spline order (1: bilinear, 3: cubic).
+        mode: scipy's boundary mode: ``"constant"`` (zero beyond the last sample centre) or
+            ``"grid-constant"`` (zero beyond the image edge, as the bilinear
+            :func:`~diffptycho.physics.alignment.similarity_transform`).
 
     Returns:
         The transformed ``(ny, nx)`` image (float64).
@@ -172,7 +179,7 @@ def resample_similarity(
     # input = e^−s R(−θ) (output − centre − t) + centre
     matrix = np.exp(-log_scale) * np.array([[cos, sin], [-sin, cos]])
     offset = centre - matrix @ (centre + np.array([sy, sx]))
-    return ndimage.affine_transform(img, matrix, offset=offset, order=order, mode="constant")
+    return ndimage.affine_transform(img, matrix, offset=offset, order=order, mode=mode)
 
 
 def _coarse_grid(

@@ -225,13 +225,7 @@ def reprojection_align(
     if not binning or any(int(b) < 1 for b in binning):
         raise ValueError(f"binning={binning!r}: expected factors ≥ 1, coarse to fine")
     shape = meas.shape[1:]
-    if initial is None:
-        params = rough_align(meas, angles).params
-    else:
-        params = np.array(initial, dtype=float)
-        if params.shape != (meas.shape[0], 4):
-            raise ValueError(f"initial: expected shape ({meas.shape[0]}, 4), got {params.shape}")
-    params = fix_gauge(params, angles, shape).params
+    params = starting_params(meas, angles, initial)
     fixed = np.array([0, 0, 0, 0] if fit == "similarity" else [0, 0, 1, 1], float)
     angles_j = jnp.asarray(angles, jnp.result_type(float))
 
@@ -301,6 +295,34 @@ def reprojection_align(
     )
 
 
+def starting_params(meas: np.ndarray, angles: np.ndarray, initial=None) -> np.ndarray:
+    """``(angle, 4)`` starting rows in the gauge of :func:`fix_gauge`: ``initial`` or rough.
+
+    Raises:
+        ValueError: ``initial`` is not ``(angle, 4)``.
+    """
+    if initial is None:
+        params = rough_align(meas, angles).params
+    else:
+        params = np.array(initial, dtype=float)
+        if params.shape != (meas.shape[0], 4):
+            raise ValueError(f"initial: expected shape ({meas.shape[0]}, 4), got {params.shape}")
+    return fix_gauge(params, angles, meas.shape[1:]).params
+
+
+def _binning_offsets(params: np.ndarray, shape: tuple[int, int], factor: int):
+    """``e`` (the offset between the centred fine and binned grids) and ``s R e`` per row."""
+    c_fine = np.array([n // 2 for n in shape], float)
+    c_bin = np.array([(n // factor) // 2 for n in shape], float)
+    # a point at fine centred coordinate r sits at binned centred coordinate
+    # (r + c_fine − (f − 1)/2)/f − c_bin = r/f + e, with e constant
+    e = (c_fine - (factor - 1) / 2) / factor - c_bin
+    s = np.exp(params[:, 3])
+    cos, sin = np.cos(params[:, 2]), np.sin(params[:, 2])
+    re = np.stack([cos * e[0] - sin * e[1], sin * e[0] + cos * e[1]], -1)
+    return e, s[:, None] * re
+
+
 def _to_binned(params: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndarray:
     """Full-resolution rows → rows of the ``factor``-binned grid.
 
@@ -310,17 +332,10 @@ def _to_binned(params: np.ndarray, shape: tuple[int, int], factor: int) -> np.nd
     if factor == 1:
         return np.array(params, dtype=float)
     p = np.array(params, dtype=float)
-    c_fine = np.array([n // 2 for n in shape], float)
-    c_bin = np.array([(n // factor) // 2 for n in shape], float)
-    # a point at fine centred coordinate r sits at binned centred coordinate
-    # (r + c_fine − (f − 1)/2)/f − c_bin = r/f + e, with e constant
-    e = (c_fine - (factor - 1) / 2) / factor - c_bin
-    s = np.exp(p[:, 3])
-    cos, sin = np.cos(p[:, 2]), np.sin(p[:, 2])
+    e, sre = _binning_offsets(p, shape, factor)
     # A_bin(r_b) = s R r_b + t_b must equal (A(r) in binned coordinates):
     # s R (r_b − e) f / f + t/f + e  →  t_b = t/f + e − s R e
-    re = np.stack([cos * e[0] - sin * e[1], sin * e[0] + cos * e[1]], -1)
-    p[:, :2] = p[:, :2] / factor + e - s[:, None] * re
+    p[:, :2] = p[:, :2] / factor + e - sre
     return p
 
 
@@ -329,11 +344,6 @@ def _from_binned(params: np.ndarray, shape: tuple[int, int], factor: int) -> np.
     if factor == 1:
         return np.array(params, dtype=float)
     p = np.array(params, dtype=float)
-    c_fine = np.array([n // 2 for n in shape], float)
-    c_bin = np.array([(n // factor) // 2 for n in shape], float)
-    e = (c_fine - (factor - 1) / 2) / factor - c_bin
-    s = np.exp(p[:, 3])
-    cos, sin = np.cos(p[:, 2]), np.sin(p[:, 2])
-    re = np.stack([cos * e[0] - sin * e[1], sin * e[0] + cos * e[1]], -1)
-    p[:, :2] = (p[:, :2] - e + s[:, None] * re) * factor
+    e, sre = _binning_offsets(p, shape, factor)
+    p[:, :2] = (p[:, :2] - e + sre) * factor
     return p
