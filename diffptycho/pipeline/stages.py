@@ -693,6 +693,21 @@ def voxel_size_m(series, reference: int = 0) -> float:
     return 1.0 if size is None else float(np.mean(size))
 
 
+def grid_voxel_m(context: Context) -> float:
+    """Voxel edge (m) of the volumes: the object pixel of the energy the others were brought to.
+
+    That energy is the one the registration left unscaled; without a registration stage it is
+    the configured reference energy (0 without a configuration).
+    """
+    if "registration" in context.outputs:
+        reference = int(np.argmin(np.abs(context.outputs["registration"]["log_scale"])))
+    elif context.config is not None:
+        reference = min(context.config.registration.reference_energy, context.series.shape[0] - 1)
+    else:
+        reference = 0
+    return voxel_size_m(context.series, reference)
+
+
 def chemistry(context: Context, settings: ChemistrySettings) -> StageOutput:
     """Stage 6: volume fractions of each species per voxel.
 
@@ -711,12 +726,7 @@ def chemistry(context: Context, settings: ChemistrySettings) -> StageOutput:
         raise ValueError("chemistry needs reference spectra: give --references REFS.csv")
     species, spectra = context.references
     volumes = context.need("tomography", "od_volumes")
-    reference = 0
-    if "registration" in context.outputs:
-        reference = int(np.argmin(np.abs(context.outputs["registration"]["log_scale"])))
-    matrix = reference_od_per_voxel(
-        spectra, context.series.energies_ev, voxel_size_m(context.series, reference)
-    )
+    matrix = reference_od_per_voxel(spectra, context.series.energies_ev, grid_voxel_m(context))
     method = settings.method
     if method == "auto":
         method = "two-energy" if matrix.shape == (2, 2) else "lcf"
@@ -761,8 +771,7 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
         raise ValueError("the joint stage needs reference spectra: give --references REFS.csv")
     _, spectra = context.references
     series = context.series
-    reference = 0 if context.config is None else context.config.registration.reference_energy
-    voxel = voxel_size_m(series, min(reference, series.shape[0] - 1))
+    voxel = grid_voxel_m(context)
     if settings.start == "staged":
         start = joint_start.joint_model_from_outputs(context.outputs, series, spectra, voxel)
     else:
