@@ -104,14 +104,17 @@ def read_dxchange(
             names the dataset path and the fix.
 
     Examples:
-        >>> import os
-        >>> path = "../shared/data/tomo_tooth/tooth.h5"
-        >>> if os.path.exists(path):
-        ...     raw = read_dxchange(path)
-        ...     print(raw.data.shape, raw.white.shape, raw.angles_deg[-1].round(2))
-        ... else:
-        ...     print((181, 2, 640), (10, 2, 640), 179.01)
-        (181, 2, 640) (10, 2, 640) 179.01
+        >>> import os, tempfile
+        >>> import h5py, numpy as np
+        >>> path = os.path.join(tempfile.mkdtemp(), "scan.h5")
+        >>> with h5py.File(path, "w") as f:  # the layout TomoPy / Data Exchange writers use
+        ...     f["exchange/data"] = np.ones((3, 2, 8), np.float32)
+        ...     f["exchange/data_white"] = np.ones((4, 2, 8), np.float32)
+        ...     f["exchange/data_dark"] = np.zeros((4, 2, 8), np.float32)
+        ...     f["exchange/theta"] = np.array([0.0, 60.0, 120.0])
+        >>> raw = read_dxchange(path)
+        >>> print(raw.data.shape, raw.white.shape, raw.angles_deg[-1])
+        (3, 2, 8) (4, 2, 8) 120.0
     """
     path = os.fspath(path)
     with open_h5_readonly(path, TomoFormatError, "a Data Exchange file") as f:

@@ -1,7 +1,7 @@
 """Reader of the measured Siemens-star ptychography test data (``siemens-star-small.npz.bz2``).
 
-The file (Advanced Photon Source test data of an open ptychography package, shipped in
-``../shared/data/ptycho_siemens_star/``) is a bzip2-compressed NumPy ``.npz`` with
+The file (Advanced Photon Source test data shipped with an open ptychography package) is a
+bzip2-compressed NumPy ``.npz`` with
 
 - ``data`` (1, 516, 128, 128) float32: diffraction intensities with the zero frequency at the
   array corner (unshifted FFT layout);
