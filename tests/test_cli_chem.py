@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from diffptycho import cli_chem
+from diffptycho.cli import chem as cli_chem
 
 
 def _run(argv) -> int:
@@ -132,6 +132,6 @@ def test_xanes_hook_registers_the_other_workflows_subcommands(monkeypatch):
         p.set_defaults(func=lambda args: 7)
 
     monkeypatch.setitem(
-        sys.modules, "diffptycho.cli_xanes", types.SimpleNamespace(add_parsers=add_parsers)
+        sys.modules, "diffptycho.cli.xanes", types.SimpleNamespace(add_parsers=add_parsers)
     )
     assert _run(["chem", "fake-xanes"]) == 7

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from diffptycho import cli_ptycho
+from diffptycho.cli import ptycho as cli_ptycho
 from diffptycho.io.cxi import PtychoScan, write_cxi
 from diffptycho.io.results import read_results
 from diffptycho.models import Ptycho2D

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffptycho.analysis.clustering import adjusted_rand_index
-from diffptycho.cli_xanes import add_parsers
+from diffptycho.cli.xanes import add_parsers
 from diffptycho.io.results import read_results
 from diffptycho.physics.optics import wavenumber
 from diffptycho.physics.spectra import vanadium_reference_spectra

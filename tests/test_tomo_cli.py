@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffptycho import cli_tomo
+from diffptycho.cli import tomo as cli_tomo
 from diffptycho.io.dxchange import write_projections
 from diffptycho.io.results import read_results
 from diffptycho.physics.tomography import project

@@ -240,7 +240,7 @@ def object_figure(obj, probe, positions, path: str, title: str | None = None) ->
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry point (``python -m diffptycho.cli_ptycho``), same as the sub-command."""
+    """Stand-alone entry point (``python -m diffptycho.cli.ptycho``), same as the sub-command."""
     parser = argparse.ArgumentParser(prog="diffptycho")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

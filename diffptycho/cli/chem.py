@@ -12,7 +12,7 @@
 
 Reference files are two columns (energy eV, value); their values are ODs per unit amount of the
 end member. PNG figures are written next to OUT.h5 (``OUT_*.png``). The XANES subcommands
-(``xanes-fit``, ``cluster``) are registered from :mod:`diffptycho.cli_xanes` when present.
+(``xanes-fit``, ``cluster``) are registered from :mod:`diffptycho.cli.xanes` when present.
 """
 
 from __future__ import annotations
@@ -113,9 +113,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     # ---- hook: Workflow B (xanes-fit, cluster) lives in diffptycho/cli_xanes.py, which defines
     # add_parsers(chem_subparsers); each of its parsers sets `func`. Absent module: no commands.
     try:
-        from diffptycho.cli_xanes import add_parsers as _add_xanes
+        from diffptycho.cli.xanes import add_parsers as _add_xanes
     except ModuleNotFoundError as err:
-        if err.name != "diffptycho.cli_xanes":
+        if err.name != "diffptycho.cli.xanes":
             raise
     else:
         _add_xanes(sub)

@@ -1,20 +1,15 @@
-"""Command-line interface: ``diffptycho {simulate, demo, ptycho, tomo, chem}``.
-
-Units on the command line are the beamline's (eV, nm, degrees); they are converted to SI at
-this boundary and nowhere else.
-"""
+"""``diffptycho simulate``: datasets with ground truth, written as an experiment writes them."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-from collections.abc import Sequence
 
 import numpy as np
 
 
-def _add_simulate(sub) -> None:
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add ``simulate`` to the sub-command parsers."""
     p = sub.add_parser(
         "simulate",
         help="simulate a dataset with ground truth and write it as CXI",
@@ -45,28 +40,10 @@ def _add_simulate(sub) -> None:
         help="lfp: write the true probe as the illumination (default: no probe in the file)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(_run=cmd_simulate)
+    return p
 
 
-def _add_demo(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="simulate a small LFP dataset and run every pipeline available",
-        description="Runs on an embedded small default in a few minutes on 2 CPU cores: "
-        "simulates two-energy ptycho-tomography of LiFePO4/FePO4 plates, reconstructs the "
-        "chemical composition staged (ptychography, tomography, unmixing) and then jointly "
-        "from the diffraction intensities, prints a table of errors against the truth and "
-        "writes HDF5 results and PNG figures.",
-    )
-    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    p.add_argument("--iterations", type=int, default=32, help="joint Gauss-Newton steps")
-    p.add_argument(
-        "--seed", type=int, default=6, help="phantom/noise seed (6: one active, one inactive plate)"
-    )
-    p.set_defaults(_run=cmd_demo)
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``diffptycho simulate``.
 
     lfp is simulated as an experiment records it (finer sample, another projector, unrecorded
@@ -108,57 +85,3 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         datasets.write_lfp_references(refs)
         print(f"wrote {refs} (δ, β of LiFePO4 and FePO4 for spectrotomo --references)")
     return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``diffptycho demo``: see :mod:`diffptycho.demo`."""
-    from diffptycho.demo import run_demo
-
-    run_demo(args.out, joint_iterations=args.iterations, seed=args.seed)
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``diffptycho`` command."""
-    from diffptycho import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="diffptycho",
-        description="Differentiable X-ray spectro-ptycho-tomography (JAX).",
-    )
-    parser.add_argument("--version", action="version", version=f"diffptycho {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_simulate(sub)
-    _add_demo(sub)
-    for module in _subcommand_modules():
-        module.add_parser(sub).set_defaults(_run=module.run)
-    return parser
-
-
-def _subcommand_modules() -> list:
-    """Modules that each add one sub-command: ``add_parser(subparsers)`` and ``run(args)``."""
-    from diffptycho import (
-        cli_align,
-        cli_chem,
-        cli_inspect,
-        cli_ptycho,
-        cli_run,
-        cli_spectrotomo,
-        cli_tomo,
-    )
-
-    return [cli_ptycho, cli_tomo, cli_chem, cli_spectrotomo, cli_run, cli_inspect, cli_align]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``diffptycho`` command."""
-    args = build_parser().parse_args(argv)
-    try:
-        return args._run(args)
-    except (ValueError, FileNotFoundError, OSError) as err:
-        print(f"diffptycho {args.command}: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

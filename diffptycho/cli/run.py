@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffptycho.cli_spectrotomo import report
+from diffptycho.cli.spectrotomo import report
 from diffptycho.pipeline.config import STAGE_NAMES
 
 __all__ = ["add_parser", "run"]

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from diffptycho.cli_ptycho import positive_int
+from diffptycho.cli.ptycho import positive_int
 
 __all__ = ["add_parser", "run"]
 

@@ -4,7 +4,7 @@
 descriptor maps, the projected absorber density and, with a phase stack, the electron density
 and electrons per absorber atom. ``cluster OUT.h5 [--k K | --elbow]`` adds k-means cluster maps
 (k by the elbow method unless given), cluster fractions, mean spectra and PCA, to a new file or
-atomically to the same one. :mod:`diffptycho.cli_chem` mounts both under ``chem``.
+atomically to the same one. :mod:`diffptycho.cli.chem` mounts both under ``chem``.
 
 Input STACK: HDF5 with ``od`` or ``mu_t`` (energy, y, x) optical density, ``energies_ev``
 (energy,) in eV and optionally ``phase`` (energy, y, x) in rad.

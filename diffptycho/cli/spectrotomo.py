@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffptycho.cli_ptycho import ALGORITHMS, positive_int
+from diffptycho.cli.ptycho import ALGORITHMS, positive_int
 from diffptycho.pipeline import config as cfg
 from diffptycho.pipeline.config import STAGE_NAMES
 

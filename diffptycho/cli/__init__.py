@@ -1,0 +1,53 @@
+"""Command-line interface: ``diffptycho <command>``, one module per sub-command in this package.
+
+Units on the command line are the beamline's (eV, nm, degrees); they are converted to SI at
+this boundary and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``diffptycho`` command."""
+    from diffptycho import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="diffptycho",
+        description="Differentiable X-ray spectro-ptycho-tomography (JAX).",
+    )
+    parser.add_argument("--version", action="version", version=f"diffptycho {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in _subcommand_modules():
+        module.add_parser(sub).set_defaults(_run=module.run)
+    return parser
+
+
+def _subcommand_modules() -> list:
+    """Modules that each add one sub-command: ``add_parser(subparsers)`` and ``run(args)``."""
+    from diffptycho.cli import (
+        align,
+        chem,
+        demo,
+        inspect,
+        ptycho,
+        run,
+        simulate,
+        spectrotomo,
+        tomo,
+    )
+
+    return [simulate, demo, ptycho, tomo, chem, spectrotomo, run, inspect, align]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``diffptycho`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"diffptycho {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,7 @@
+"""``python -m diffptycho.cli``: same as the ``diffptycho`` command."""
+
+import sys
+
+from diffptycho.cli import main
+
+sys.exit(main())
