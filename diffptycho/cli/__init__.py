@@ -20,6 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Differentiable X-ray spectro-ptycho-tomography (JAX).",
     )
     parser.add_argument("--version", action="version", version=f"diffptycho {__version__}")
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not keep compiled JAX code on disk between runs (also: DIFFPTYCHO_NO_CACHE=1; "
+        "the cache lives in DIFFPTYCHO_CACHE_DIR or ~/.cache/diffptycho/jax)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for module in _subcommand_modules():
         module.add_parser(sub).set_defaults(_run=module.run)
@@ -46,6 +52,10 @@ def _subcommand_modules() -> list:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diffptycho`` command."""
     args = build_parser().parse_args(argv)
+    if not args.no_compile_cache:
+        from diffptycho._runtime import enable_compilation_cache
+
+        enable_compilation_cache()
     try:
         return args._run(args)
     except (ValueError, FileNotFoundError, OSError) as err:
