@@ -42,11 +42,12 @@ def _subcommand_modules() -> list:
         ptycho,
         run,
         simulate,
+        spectroptycho,
         spectrotomo,
         tomo,
     )
 
-    return [simulate, demo, ptycho, tomo, chem, spectrotomo, run, inspect, align]
+    return [simulate, demo, ptycho, tomo, chem, spectrotomo, spectroptycho, run, inspect, align]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

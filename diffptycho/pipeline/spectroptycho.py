@@ -1,0 +1,542 @@
+"""2-D spectro-ptychography from diffraction frames: one ptychogram per energy to μt and φ stacks.
+
+The published V K-edge workflow (40 energies across the edge) as one function,
+:func:`run_spectroptycho`, behind ``diffptycho spectroptycho``:
+
+1. **Per-energy ptychography** with probe retrieval: the energies are reconstructed in order
+   of energy, the first from the data-derived probe guess with ``probe_iterations``, each next
+   one starting from its neighbour's probe.
+2. **Projections**: each transmission is vacuum-normalised (histogram vacuum, phase offset and
+   ramp removed) into an optical density μt = −ln|T|² and a phase φ = −arg T (rad, unwrapped).
+3. **One grid for all energies**: a fixed detector makes the object pixel λz/(N·dx) follow the
+   wavelength (2.2 % across 5420–5540 eV); every energy's μt and φ are resampled to the
+   reference energy's pixel (cubic splines, array centre = scan centre at every energy).
+4. **Cross-energy registration** (sub-pixel, on φ): the stage offset of each energy is found and
+   removed; ``valid_mask`` keeps pixels lit at every energy.
+5. Optionally the **Kramers–Kronig constraint** (Hirose et al. 2017 style): after the first
+   pass, ``kk_rounds`` times, every energy runs ``kk_iterations`` more ptychography iterations,
+   then each pixel's (μt, φ) spectrum on the common grid is projected onto KK-consistent pairs
+   (:class:`~diffptycho.recon.chem.kk_projection.KKProjector`) and the change is mapped back
+   onto each energy's own grid and multiplied into its transmission, T ← T·exp(−Δμt/2 − iΔφ).
+6. With reference spectra, **species thickness maps** by non-negative least squares on the
+   stacked (μt, φ) spectra of each pixel.
+
+Units: energies in eV, pixel sizes and thicknesses in m, phases in rad, offsets in pixels of
+the common grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Bool, Complex, Float
+
+__all__ = [
+    "MODES",
+    "SpectroPtychoSettings",
+    "SpectroPtychoResult",
+    "fit_thickness",
+    "read_energy_scans",
+    "run_spectroptycho",
+]
+
+MODES = ("per-energy", "joint")
+"""Reconstruction modes of :func:`run_spectroptycho`."""
+
+
+@dataclass(frozen=True)
+class SpectroPtychoSettings:
+    """Settings of :func:`run_spectroptycho`.
+
+    Attributes:
+        engine: a key of :data:`~diffptycho.recon.ptycho.ENGINES`.
+        iterations: ptychography iterations of every energy after the first.
+        probe_iterations: iterations of the first energy, which retrieves the probe from the
+            data-derived start (default: 3 × ``iterations``).
+        probe_modes: incoherent probe modes.
+        refine_positions: refine the scan positions.
+        batch_size: positions per minibatch (engine default when None).
+        kk: apply the Kramers–Kronig constraint.
+        kk_rounds: alternations of ptychography and KK projection.
+        kk_iterations: ptychography iterations of every energy per KK round.
+        kk_relax: step of each KK projection (1: full projection).
+        element: absorbing element of the KK constraint.
+        edge: its absorption edge.
+        reference_energy: index (in increasing energy) of the energy whose pixel size and
+            position define the common grid.
+        upsample: sub-pixel factor of the cross-energy registration (1/upsample px).
+        register: register the energies (False: offsets are zero).
+        mode: ``"per-energy"`` or ``"joint"``.
+        joint_iterations: Gauss–Newton steps of the joint mode.
+    """
+
+    engine: str = "lsqml"
+    iterations: int = 60
+    probe_iterations: int | None = None
+    probe_modes: int = 1
+    refine_positions: bool = False
+    batch_size: int | None = None
+    kk: bool = False
+    kk_rounds: int = 4
+    kk_iterations: int = 10
+    kk_relax: float = 1.0
+    element: str = "V"
+    edge: str = "K"
+    reference_energy: int = 0
+    upsample: int = 100
+    register: bool = True
+    mode: str = "per-energy"
+    joint_iterations: int = 20
+
+    def __post_init__(self) -> None:
+        from diffptycho.recon.ptycho import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine = {self.engine!r}: choose from {sorted(ENGINES)}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode = {self.mode!r}: choose from {list(MODES)}")
+        for name in ("iterations", "probe_modes", "kk_rounds", "kk_iterations", "upsample"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)}: expected an integer ≥ 1")
+        if not 0.0 < self.kk_relax <= 1.0:
+            raise ValueError(f"kk_relax = {self.kk_relax}: expected a value in (0, 1]")
+
+
+@dataclass
+class SpectroPtychoResult:
+    """What :func:`run_spectroptycho` returns (and writes).
+
+    Attributes:
+        optical_density: μt (energy, y, x) on the common grid, registered.
+        phase: φ (energy, y, x) in rad on the common grid, registered.
+        energies_ev: (energy,) photon energies in eV, increasing.
+        pixel_size_m: pixel of the common grid in m.
+        pixel_sizes_m: (energy,) object pixel of each energy's reconstruction in m.
+        valid_mask: (y, x) pixels lit at every energy.
+        offsets_px: (energy, 2) (y, x) sample offset of each energy from the reference energy
+            in common-grid pixels, as found by the registration.
+        objects: per-energy complex transmissions on their own grids.
+        probes: per-energy probes (mode, py, px).
+        final_loss: (energy,) last loss of each energy's ptychography.
+        thickness: (species, y, x) in m, with references.
+        species: species names, with references.
+        timings: wall-clock seconds per step.
+    """
+
+    optical_density: Float[np.ndarray, "energy y x"]
+    phase: Float[np.ndarray, "energy y x"]
+    energies_ev: Float[np.ndarray, " energy"]
+    pixel_size_m: float
+    pixel_sizes_m: Float[np.ndarray, " energy"]
+    valid_mask: Bool[np.ndarray, "y x"]
+    offsets_px: Float[np.ndarray, "energy 2"]
+    objects: list[Complex[np.ndarray, "h w"]]
+    probes: list[Complex[np.ndarray, "mode py px"]]
+    final_loss: Float[np.ndarray, " energy"]
+    thickness: Float[np.ndarray, "species y x"] | None = None
+    species: list[str] | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def datasets(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The arrays and units written to the output file."""
+        data: dict[str, Any] = {
+            "optical_density": self.optical_density.astype(np.float32),
+            "phase": self.phase.astype(np.float32),
+            "energies_ev": self.energies_ev,
+            "pixel_size_m": np.float64(self.pixel_size_m),
+            "pixel_sizes_m": self.pixel_sizes_m,
+            "valid_mask": self.valid_mask,
+            "offsets_px": self.offsets_px,
+            "final_loss": self.final_loss,
+        }
+        for e, (obj, probe) in enumerate(zip(self.objects, self.probes, strict=True)):
+            data[f"energies/{e:03d}/object"] = obj.astype(np.complex64)
+            data[f"energies/{e:03d}/probe"] = probe.astype(np.complex64)
+        units = {
+            "optical_density": "1",
+            "phase": "rad",
+            "energies_ev": "eV",
+            "pixel_size_m": "m",
+            "pixel_sizes_m": "m",
+            "offsets_px": "pixel",
+        }
+        if self.thickness is not None:
+            data["thickness"] = self.thickness.astype(np.float32)
+            data["species"] = np.asarray(self.species, dtype="S")
+            units["thickness"] = "m"
+        return data, units
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_energy_scans(path: str) -> list:
+    """Every entry of a spectro-ptychography CXI file, sorted by increasing energy.
+
+    Args:
+        path: CXI file with one entry per energy (frames, positions in m, energy, detector
+            distance and pixel size).
+
+    Returns:
+        :class:`~diffptycho.io.scan.PtychoScan` per energy.
+
+    Raises:
+        ValueError: fewer than two entries, two entries at one energy, differing frame
+            shapes, or a scan without its geometry (the object pixel follows the energy and
+            needs the detector distance and pixel size).
+    """
+    from diffptycho.io.cxi import read_cxi_entry, read_cxi_headers
+
+    headers = read_cxi_headers(path)
+    if len(headers) < 2:
+        raise ValueError(
+            f"{path}: {len(headers)} entry; spectro-ptychography needs one entry per energy (≥ 2)"
+        )
+    order = np.argsort([h.energy_ev for h in headers], kind="stable")
+    scans = [read_cxi_entry(path, int(i)) for i in order]
+    energies = np.asarray([s.energy_ev for s in scans])
+    same = np.flatnonzero(np.diff(energies) < 1e-3)
+    if same.size:
+        i = int(same[0])
+        raise ValueError(
+            f"{path}: entries {int(order[i]) + 1} and {int(order[i + 1]) + 1} are both at "
+            f"{energies[i]:.3f} eV; expected one entry per energy"
+        )
+    shapes = {tuple(s.data.shape[-2:]) for s in scans}
+    if len(shapes) != 1:
+        raise ValueError(f"{path}: frame shapes differ between energies ({sorted(shapes)})")
+    for i, s in zip(order, scans, strict=True):
+        if s.object_pixel_size_m is None:
+            raise ValueError(
+                f"{path}: entry {int(i) + 1} has no detector distance or pixel size; the "
+                "object pixel of each energy is derived from them"
+            )
+    return scans
+
+
+def _centred_positions(scans) -> list[np.ndarray]:
+    """Positions per energy in that energy's object pixels, centred on the scan's centre (m)."""
+    metres = np.concatenate([np.asarray(s.positions_m, np.float64) for s in scans])
+    centre = 0.5 * (metres.min(axis=0) + metres.max(axis=0))
+    return [
+        (np.asarray(s.positions_m, np.float64) - centre) / np.asarray(s.object_pixel_size_m)
+        for s in scans
+    ]
+
+
+# --------------------------------------------------------------------------- per energy
+
+
+def _ptycho_settings(settings: SpectroPtychoSettings):
+    from diffptycho.pipeline.config import PtychographySettings
+
+    return PtychographySettings(
+        engine=settings.engine,
+        iterations=settings.iterations,
+        first_scan_iterations=settings.probe_iterations,
+        probe_modes=settings.probe_modes,
+        refine_positions=settings.refine_positions,
+        batch_size=settings.batch_size,
+    )
+
+
+def _reconstruct_energies(scans, positions, settings, progress, log) -> tuple[list, np.ndarray]:
+    """First pass: every energy from its neighbour's probe; returns models and final losses."""
+    from diffptycho.models import Ptycho2D
+    from diffptycho.physics import scan as scan_ops
+    from diffptycho.pipeline.stages import _engine, _solve
+    from diffptycho.recon.ptycho.start import probe_guess, scaled_probe
+
+    ptycho = _ptycho_settings(settings)
+    first_iterations = settings.probe_iterations or 3 * settings.iterations
+    models, losses, probe = [], np.full(len(scans), np.nan), None
+    for e, s in enumerate(scans):
+        field = scan_ops.object_shape_for(positions[e], s.data.shape[-2:])
+        first = probe is None
+        if first:
+            probe = s.illumination if s.illumination is not None else probe_guess(s.data, s.mask)
+        start = Ptycho2D(
+            jnp.ones(field, jnp.complex64),
+            jnp.asarray(scaled_probe(probe, s.data, s.mask, settings.probe_modes)),
+            jnp.asarray(positions[e], jnp.float32),
+        )
+        model, loss, ok = _solve(
+            start,
+            _engine(ptycho),
+            s.data,
+            s.mask,
+            first_iterations if first else settings.iterations,
+            progress,
+            f"ptycho {s.energy_ev:.1f} eV",
+        )
+        if not ok:
+            log(f"ptychography at {s.energy_ev:.2f} eV diverged; kept its last finite model")
+        probe = np.asarray(model.probe)
+        models.append(model)
+        losses[e] = loss[-1] if loss.size else np.nan
+    return models, losses
+
+
+def _continue(models, scans, settings, iterations: int, progress: bool) -> np.ndarray:
+    """``iterations`` more ptychography iterations of every energy (in place)."""
+    from diffptycho.pipeline.stages import _engine, _solve
+
+    ptycho = _ptycho_settings(settings)
+    losses = np.full(len(scans), np.nan)
+    for e, s in enumerate(scans):
+        model, loss, _ = _solve(
+            models[e], _engine(ptycho), s.data, s.mask, iterations, progress, f"{s.energy_ev:.1f}"
+        )
+        models[e] = model
+        losses[e] = loss[-1] if loss.size else np.nan
+    return losses
+
+
+# --------------------------------------------------------------------------- common grid
+
+
+@dataclass
+class _Grid:
+    """Per-energy projections and the maps between each energy's grid and the common one."""
+
+    pixel_sizes: np.ndarray
+    target_pixel: float
+    shape: tuple[int, int]
+    offsets: np.ndarray
+
+
+def _projections(model, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vacuum-normalised μt, φ (rad) and lit region of one energy's model on its own grid."""
+    from diffptycho.analysis.phase import unwrap_phase
+    from diffptycho.pipeline.stages import normalise_transmission
+    from diffptycho.recon.ptycho.metrics import illuminated_region
+
+    obj = np.asarray(model.object)
+    region = np.asarray(illuminated_region(model.probe, model.positions, obj.shape, threshold))
+    t, vacuum = normalise_transmission(obj, region)
+    phi = unwrap_phase(np.angle(t), region)
+    phi = -(np.asarray(phi) - np.mean(np.asarray(phi)[vacuum]))
+    od = -2.0 * np.log(np.maximum(np.abs(t), 1e-6))
+    return np.where(region, od, 0.0), np.where(region, phi, 0.0), region
+
+
+def _to_common(images: list[np.ndarray], grid: _Grid, order: int = 3) -> np.ndarray:
+    """Per-energy images (own grids) → (E, y, x) on the common grid, offsets removed."""
+    from diffptycho.recon.align.energy import apply_offsets, resample_to_grid
+
+    out = np.stack(
+        [
+            resample_to_grid(img[None], [p], grid.target_pixel, grid.shape, order=order)[0][0]
+            for img, p in zip(images, grid.pixel_sizes, strict=True)
+        ]
+    )
+    return apply_offsets(out, -grid.offsets) if np.any(grid.offsets) else out
+
+
+def _from_common(image: np.ndarray, e: int, shape: tuple[int, int], grid: _Grid) -> np.ndarray:
+    """One common-grid image → energy ``e``'s own grid (offset restored)."""
+    from diffptycho.recon.align.energy import apply_offsets, resample_to_grid
+
+    moved = apply_offsets(image[None], grid.offsets[e][None])[0] if np.any(grid.offsets) else image
+    return resample_to_grid(moved[None], [grid.target_pixel], grid.pixel_sizes[e], shape)[0][0]
+
+
+def _stacks(models, grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """μt, φ and lit masks of every energy on the common grid."""
+    per = [_projections(m) for m in models]
+    od = _to_common([p[0] for p in per], grid)
+    phase = _to_common([p[1] for p in per], grid)
+    lit = _to_common([p[2].astype(np.float64) for p in per], grid, order=1) > 0.99
+    return od, phase, lit
+
+
+def _valid(lit: np.ndarray, erosion_px: int = 2) -> np.ndarray:
+    from scipy import ndimage
+
+    valid = np.all(lit, axis=0)
+    return ndimage.binary_erosion(valid, iterations=erosion_px) if erosion_px else valid
+
+
+def _apply_kk(models, grid: _Grid, settings: SpectroPtychoSettings, projector) -> float:
+    """Project every valid pixel's spectrum onto KK pairs; multiply the change into T."""
+    od, phase, lit = _stacks(models, grid)
+    valid = _valid(lit)
+    new_od, new_phase = projector.project(jnp.asarray(od), jnp.asarray(phase))
+    d_od = settings.kk_relax * (np.asarray(new_od) - od) * valid
+    d_phase = settings.kk_relax * (np.asarray(new_phase) - phase) * valid
+    for e, model in enumerate(models):
+        shape = tuple(model.object.shape)
+        a = _from_common(d_od[e], e, shape, grid)
+        b = _from_common(d_phase[e], e, shape, grid)
+        factor = np.exp(-0.5 * a - 1j * b).astype(np.complex64)
+        models[e] = eqx.tree_at(lambda m: m.object, model, model.object * jnp.asarray(factor))
+    return float(np.sqrt(np.mean(d_phase[:, valid] ** 2)) if valid.any() else 0.0)
+
+
+# --------------------------------------------------------------------------- chemistry
+
+
+def fit_thickness(
+    optical_density: Float[np.ndarray, "energy y x"],
+    phase: Float[np.ndarray, "energy y x"],
+    energies_ev: Float[np.ndarray, " energy"],
+    spectra: Complex[np.ndarray, "energy species"],
+    mask: Bool[np.ndarray, "y x"] | None = None,
+) -> Float[np.ndarray, "species y x"]:
+    """Species thickness maps from μt and φ stacks by non-negative least squares.
+
+    With T = exp(−k Σ_s t_s (β_s + iδ_s)): μt(E) = 2k Σ_s β_s(E) t_s and φ(E) = k Σ_s δ_s(E)
+    t_s. Both spectra of each pixel are fitted together (columns scaled to unit norm).
+
+    Args:
+        optical_density: μt per energy (energy, y, x).
+        phase: φ per energy in rad (energy, y, x).
+        energies_ev: photon energies in eV (energy,).
+        spectra: δ + iβ per species (energy, species).
+        mask: pixels to fit (others are zero); all when None.
+
+    Returns:
+        (species, y, x) thickness in m.
+    """
+    from diffptycho.physics.optics import wavenumber
+    from diffptycho.recon.chem.lcf import nnls
+
+    od = np.asarray(optical_density, np.float64)
+    phi = np.asarray(phase, np.float64)
+    spec = np.asarray(spectra)
+    n_e = od.shape[0]
+    if phi.shape != od.shape or spec.shape[0] != n_e or len(energies_ev) != n_e:
+        raise ValueError(
+            f"fit_thickness: optical_density {od.shape}, phase {phi.shape}, spectra "
+            f"{spec.shape} and energies_ev ({len(energies_ev)},) must share the energy axis"
+        )
+    k = np.asarray(wavenumber(np.asarray(energies_ev, np.float64)))[:, None]
+    a = np.concatenate([2.0 * k * spec.imag, k * spec.real])
+    norms = np.linalg.norm(a, axis=0)
+    keep = np.ones(od.shape[1:], bool) if mask is None else np.asarray(mask, bool)
+    data = np.concatenate([od[:, keep], phi[:, keep]])
+    w = np.asarray(nnls(jnp.asarray(a / norms), jnp.asarray(data)), np.float64) / norms[:, None]
+    out = np.zeros((spec.shape[1], *od.shape[1:]))
+    out[:, keep] = w
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run_spectroptycho(
+    path: str,
+    settings: SpectroPtychoSettings = SpectroPtychoSettings(),
+    *,
+    references: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> SpectroPtychoResult:
+    """Reconstruct a spectro-ptychography CXI file into registered μt and φ stacks.
+
+    Args:
+        path: CXI file, one entry per energy.
+        settings: see :class:`SpectroPtychoSettings`.
+        references: ``(energies_ev, {species: δ + iβ})`` reference spectra; interpolated to
+            the file's energies, they give the thickness maps.
+        progress: show progress bars.
+        log: where progress messages go.
+
+    Returns:
+        The stacks on the common grid and the per-energy reconstructions.
+    """
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    scans = read_energy_scans(path)
+    energies = np.asarray([s.energy_ev for s in scans])
+    ref = settings.reference_energy
+    if not 0 <= ref < len(scans):
+        raise ValueError(f"reference_energy = {ref}: the file has {len(scans)} energies")
+    spectra = None
+    if references is not None:
+        spectra, species = _interpolated_references(references, energies, path)
+    positions = _centred_positions(scans)
+    times["read"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if settings.mode == "joint":
+        raise NotImplementedError("joint mode is not available yet")
+    models, losses = _reconstruct_energies(scans, positions, settings, progress, log)
+    times["ptychography"] = time.perf_counter() - t0
+    log(f"ptychography: {len(scans)} energies in {times['ptychography']:.1f} s")
+
+    pixel_sizes = np.asarray([float(np.mean(s.object_pixel_size_m)) for s in scans])
+    grid = _Grid(
+        pixel_sizes=pixel_sizes,
+        target_pixel=float(pixel_sizes[ref]),
+        shape=tuple(models[ref].object.shape),
+        offsets=np.zeros((len(scans), 2)),
+    )
+    t0 = time.perf_counter()
+    if settings.register:
+        from diffptycho.recon.align.energy import register_energies
+
+        _, phase, lit = _stacks(models, grid)
+        grid.offsets = np.asarray(
+            register_energies(phase, reference=ref, mask=_valid(lit, 0), upsample=settings.upsample)
+        )
+    times["registration"] = time.perf_counter() - t0
+
+    if settings.kk:
+        from diffptycho.recon.chem.kk_projection import KKProjector
+
+        t0 = time.perf_counter()
+        projector = KKProjector(energies, element=settings.element, edge=settings.edge)
+        for r in range(settings.kk_rounds):
+            change = _apply_kk(models, grid, settings, projector)
+            losses = _continue(models, scans, settings, settings.kk_iterations, progress)
+            log(f"KK round {r + 1}/{settings.kk_rounds}: RMS phase change {change:.3g} rad")
+        times["kk"] = time.perf_counter() - t0
+
+    od, phase, lit = _stacks(models, grid)
+    valid = _valid(lit)
+    result = SpectroPtychoResult(
+        optical_density=od * valid,
+        phase=phase * valid,
+        energies_ev=energies,
+        pixel_size_m=grid.target_pixel,
+        pixel_sizes_m=pixel_sizes,
+        valid_mask=valid,
+        offsets_px=grid.offsets,
+        objects=[np.asarray(m.object) for m in models],
+        probes=[np.asarray(m.probe) for m in models],
+        final_loss=losses,
+        timings=times,
+    )
+    if spectra is not None:
+        t0 = time.perf_counter()
+        result.thickness = fit_thickness(od, phase, energies, spectra, valid)
+        result.species = species
+        times["thickness"] = time.perf_counter() - t0
+    return result
+
+
+def _interpolated_references(references, energies: np.ndarray, path: str):
+    """Reference spectra at the file's energies (linear interpolation, no extrapolation)."""
+    ref_e, table = references
+    ref_e = np.asarray(ref_e, np.float64)
+    lo, hi = energies.min(), energies.max()
+    if ref_e.min() > lo + 1e-6 or ref_e.max() < hi - 1e-6:
+        raise ValueError(
+            f"reference spectra cover {ref_e.min():.2f}–{ref_e.max():.2f} eV but {path} spans "
+            f"{lo:.2f}–{hi:.2f} eV; give references over the whole range"
+        )
+    species = list(table)
+    cols = [
+        np.interp(energies, ref_e, np.real(table[s]))
+        + 1j * np.interp(energies, ref_e, np.imag(table[s]))
+        for s in species
+    ]
+    return np.stack(cols, axis=1), species
