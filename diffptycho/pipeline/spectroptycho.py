@@ -7,7 +7,8 @@ The published V K-edge workflow (40 energies across the edge) as one function,
    of energy, the first from the data-derived probe guess with ``probe_iterations``, each next
    one starting from its neighbour's probe.
 2. **Projections**: each transmission is vacuum-normalised (histogram vacuum, phase offset and
-   ramp removed) into an optical density μt = −ln|T|² and a phase φ = −arg T (rad, unwrapped).
+   ramp removed) into an optical density μt = −ln|T|² and a phase φ = arg T (rad, unwrapped;
+   negative for matter, zero in vacuum: the convention of ``chem xanes-fit``).
 3. **One grid for all energies**: a fixed detector makes the object pixel λz/(N·dx) follow the
    wavelength (2.2 % across 5420–5540 eV); every energy's μt and φ are resampled to the
    reference energy's pixel (cubic splines, array centre = scan centre at every energy).
@@ -17,7 +18,7 @@ The published V K-edge workflow (40 energies across the edge) as one function,
    pass, ``kk_rounds`` times, every energy runs ``kk_iterations`` more ptychography iterations,
    then each pixel's (μt, φ) spectrum on the common grid is projected onto KK-consistent pairs
    (:class:`~diffptycho.recon.chem.kk_projection.KKProjector`) and the change is mapped back
-   onto each energy's own grid and multiplied into its transmission, T ← T·exp(−Δμt/2 − iΔφ).
+   onto each energy's own grid and multiplied into its transmission, T ← T·exp(−Δμt/2 + iΔφ).
 6. With reference spectra, **species thickness maps** by non-negative least squares on the
    stacked (μt, φ) spectra of each pixel.
 
@@ -115,7 +116,7 @@ class SpectroPtychoResult:
 
     Attributes:
         optical_density: μt (energy, y, x) on the common grid, registered.
-        phase: φ (energy, y, x) in rad on the common grid, registered.
+        phase: φ = arg T (energy, y, x) in rad on the common grid, registered.
         energies_ev: (energy,) photon energies in eV, increasing.
         pixel_size_m: pixel of the common grid in m.
         pixel_sizes_m: (energy,) object pixel of each energy's reconstruction in m.
@@ -313,7 +314,7 @@ class _Grid:
 
 
 def _projections(model, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vacuum-normalised μt, φ (rad) and lit region of one energy's model on its own grid."""
+    """Vacuum-normalised μt, φ = arg T (rad) and lit region of one energy's own grid."""
     from diffptycho.analysis.phase import unwrap_phase
     from diffptycho.pipeline.stages import normalise_transmission
     from diffptycho.recon.ptycho.metrics import illuminated_region
@@ -322,7 +323,7 @@ def _projections(model, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray,
     region = np.asarray(illuminated_region(model.probe, model.positions, obj.shape, threshold))
     t, vacuum = normalise_transmission(obj, region)
     phi = unwrap_phase(np.angle(t), region)
-    phi = -(np.asarray(phi) - np.mean(np.asarray(phi)[vacuum]))
+    phi = np.asarray(phi) - np.mean(np.asarray(phi)[vacuum])
     od = -2.0 * np.log(np.maximum(np.abs(t), 1e-6))
     return np.where(region, od, 0.0), np.where(region, phi, 0.0), region
 
@@ -368,14 +369,18 @@ def _apply_kk(models, grid: _Grid, settings: SpectroPtychoSettings, projector) -
     """Project every valid pixel's spectrum onto KK pairs; multiply the change into T."""
     od, phase, lit = _stacks(models, grid)
     valid = _valid(lit)
-    new_od, new_phase = projector.project(jnp.asarray(od), jnp.asarray(phase))
-    d_od = settings.kk_relax * (np.asarray(new_od) - od) * valid
-    d_phase = settings.kk_relax * (np.asarray(new_phase) - phase) * valid
+    d_od, d_phase = np.zeros_like(od), np.zeros_like(phase)
+    if valid.any():
+        new_od, new_phase = projector.project(
+            jnp.asarray(od[:, valid]), jnp.asarray(phase[:, valid])
+        )
+        d_od[:, valid] = settings.kk_relax * (np.asarray(new_od) - od[:, valid])
+        d_phase[:, valid] = settings.kk_relax * (np.asarray(new_phase) - phase[:, valid])
     for e, model in enumerate(models):
         shape = tuple(model.object.shape)
         a = _from_common(d_od[e], e, shape, grid)
         b = _from_common(d_phase[e], e, shape, grid)
-        factor = np.exp(-0.5 * a - 1j * b).astype(np.complex64)
+        factor = np.exp(-0.5 * a + 1j * b).astype(np.complex64)
         models[e] = eqx.tree_at(lambda m: m.object, model, model.object * jnp.asarray(factor))
     return float(np.sqrt(np.mean(d_phase[:, valid] ** 2)) if valid.any() else 0.0)
 
@@ -392,8 +397,8 @@ def fit_thickness(
 ) -> Float[np.ndarray, "species y x"]:
     """Species thickness maps from μt and φ stacks by non-negative least squares.
 
-    With T = exp(−k Σ_s t_s (β_s + iδ_s)): μt(E) = 2k Σ_s β_s(E) t_s and φ(E) = k Σ_s δ_s(E)
-    t_s. Both spectra of each pixel are fitted together (columns scaled to unit norm).
+    With T = exp(−k Σ_s t_s (β_s + iδ_s)): μt(E) = 2k Σ_s β_s(E) t_s and φ(E) = arg T =
+    −k Σ_s δ_s(E) t_s. Both spectra of each pixel are fitted together (columns scaled to unit norm).
 
     Args:
         optical_density: μt per energy (energy, y, x).
@@ -418,7 +423,7 @@ def fit_thickness(
             f"{spec.shape} and energies_ev ({len(energies_ev)},) must share the energy axis"
         )
     k = np.asarray(wavenumber(np.asarray(energies_ev, np.float64)))[:, None]
-    a = np.concatenate([2.0 * k * spec.imag, k * spec.real])
+    a = np.concatenate([2.0 * k * spec.imag, -k * spec.real])
     norms = np.linalg.norm(a, axis=0)
     keep = np.ones(od.shape[1:], bool) if mask is None else np.asarray(mask, bool)
     data = np.concatenate([od[:, keep], phi[:, keep]])
