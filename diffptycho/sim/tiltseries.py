@@ -29,11 +29,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from jaxtyping import Complex, Float, Int
+from jaxtyping import Float, Int
 from scipy import ndimage
 
 from diffptycho.physics import optics, scan, spectra
 from diffptycho.sim import datasets, patterns, phantoms
+from diffptycho.sim._farfield import far_field_frames
 
 __all__ = [
     "STUDY_ANGLES_DEG",
@@ -193,43 +194,6 @@ def _fine_positions(
     return out
 
 
-def _frames(
-    transmission: Complex[np.ndarray, "angle H W"],
-    probe: Complex[np.ndarray, "wy wx"],
-    centres: Float[np.ndarray, "angle n 2"],
-    frame_shape: tuple[int, int],
-) -> Float[np.ndarray, "angle n fy fx"]:
-    """Far-field intensities of fine exit waves, cropped to the detector's central frequencies.
-
-    The window starts at an integer fine pixel; the probe is moved by the rest of its position
-    with a Fourier shift, which is exact for the band-limited zone-plate beam.
-    """
-    wy, wx = probe.shape
-    start = centres - np.array([wy // 2, wx // 2])
-    corner = np.floor(start).astype(int)
-    frac = start - corner
-    h, w = transmission.shape[-2:]
-    if corner.min() < 0 or np.any(corner[..., 0] + wy > h) or np.any(corner[..., 1] + wx > w):
-        raise ValueError(
-            "positions: a fine probe window leaves the padded object; use fewer or smaller "
-            "scan steps (ScanGeometry.fitted_to) or a larger padding"
-        )
-    fy = np.fft.fftfreq(wy)[:, None]
-    fx = np.fft.fftfreq(wx)[None, :]
-    ramp = np.exp(-2j * np.pi * (fy * frac[..., 0, None, None] + fx * frac[..., 1, None, None]))
-    probes = np.fft.ifft2(np.fft.fft2(probe) * ramp)  # (angle, n, wy, wx)
-    a = np.arange(transmission.shape[0])[:, None, None, None]
-    rows = corner[..., 0, None, None] + np.arange(wy)[:, None]
-    cols = corner[..., 1, None, None] + np.arange(wx)[None, :]
-    waves = probes * transmission[a, rows, cols]
-    far = np.fft.fftshift(
-        np.fft.fft2(np.fft.ifftshift(waves, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
-    )
-    (py, px), (cy, cx) = frame_shape, (wy // 2, wx // 2)
-    far = far[..., cy - py // 2 : cy - py // 2 + py, cx - px // 2 : cx - px // 2 + px]
-    return far.real**2 + far.imag**2
-
-
 def simulate_lfp_tilt_series(
     volume_shape: tuple[int, int, int] = (32, 32, 32),
     voxel_size_m: float = 6.7e-9,
@@ -354,7 +318,7 @@ def simulate_lfp_tilt_series(
         moved = fourier_shift(padded, factor * shifts[e][None])[..., margin:-margin, margin:-margin]
         integral = fine_voxel * np.einsum("s,sayx->ayx", spec[e], moved)
         transmission = np.exp(-k[e] * (integral.imag + 1j * integral.real))
-        frames[e] = _frames(transmission, fine_probes[e], centres[e], geometry.probe_shape)
+        frames[e] = far_field_frames(transmission, fine_probes[e], centres[e], geometry.probe_shape)
 
     truth = {
         "composition": composition,
