@@ -7,7 +7,11 @@ first present (:mod:`diffptycho.io._cxi_angle` has the orientation convention). 
 ground truth goes in the separate top-level group ``diffptycho_truth/``. docs/file-formats.md is
 the full reference. Conversions at this boundary:
 
-- positions: our API uses (y, x) in m; CXI ``translation`` is (N, 3) with columns (x, y, z);
+- positions: our API uses (y, x) in m; CXI ``translation`` is (N, 3) with columns (x, y, z),
+  in m or in the length unit its ``units`` attribute names (m, mm, um/µm, nm); absolute motor
+  positions are kept (:func:`diffptycho.io.scan.scan_centre` gives the offset to remove);
+- frames: reoriented (transposed/flipped) from the file's ``detector_1/basis_vectors`` into
+  the reference orientation of :mod:`diffptycho.io._cxi_detector`; written with that basis;
 - energy: our API uses eV; CXI ``source_1/energy`` is in joules;
 - mask: our API uses ``True`` = valid pixel; CXI ``detector_1/mask`` is nonzero = bad pixel;
 - angle: our API uses degrees; NeXus ``rotation_angle`` may be in rad (its ``units`` say so).
@@ -33,6 +37,13 @@ from diffptycho.io._cxi_angle import (
     angle_from_orientation,
     orientation_from_angle,
     read_angle,
+)
+from diffptycho.io._cxi_detector import (
+    BASIS,
+    FrameOrientation,
+    length_factor,
+    read_orientation,
+    reference_basis,
 )
 from diffptycho.io.scan import CXIFormatError, PtychoScan, ScanHeader, _FieldError
 from diffptycho.physics.optics import EV_TO_J, ev_to_joule, joule_to_ev
@@ -73,7 +84,6 @@ CXI_MASK_INVALID = 1
 MAX_ENERGY_J = 1e-12
 """Stored energies above this (≈ 6 MeV) are taken to be eV written where joules belong."""
 
-_METRES = {"m", "meter", "meters", "metre", "metres"}
 _JOULES = {"j", "joule", "joules"}
 _ENTRY = re.compile(r"^entry_(\d+)$")
 
@@ -150,6 +160,7 @@ def _write_entry(entry: h5py.Group, scan: PtychoScan) -> None:
     if scan.pixel_size_m is not None:
         put(Y_PIXEL, scan.pixel_size_m[0], "m")
         put(X_PIXEL, scan.pixel_size_m[1], "m")
+        put(BASIS, reference_basis(scan.pixel_size_m), "m")
     if scan.mask is not None:
         put(MASK, np.where(scan.mask, 0, CXI_MASK_INVALID).astype(np.uint32))
         entry[MASK].attrs["comment"] = "CXI convention: nonzero = bad pixel"
@@ -390,9 +401,10 @@ def _read_header(path: str, entry: h5py.Group) -> ScanHeader:
         )
     if not np.all(np.isfinite(trans)):
         raise _fail(path, trans_ds.name, "contains NaN/inf", "store finite positions")
-    trans_units = _check_units(
-        path, trans_ds, _METRES | {"pixel"}, "CXI stores translations in m; convert to m"
-    )
+    trans_factor = length_factor(path, trans_ds, extra=("pixel", "pixels"))
+    trans_units = "pixel" if isinstance(trans_factor, str) else "m"
+    if trans_units == "m":
+        trans = trans * trans_factor
 
     energy_ds = _require(path, entry, ENERGY, "the photon energy in J")
     if _check_units(path, energy_ds, _JOULES | {"ev"}, "CXI stores joules") == "ev":
@@ -416,12 +428,14 @@ def _read_header(path: str, entry: h5py.Group) -> ScanHeader:
     geometry: dict[str, float | None] = {}
     for key, name in (("distance", DISTANCE), ("y_pixel", Y_PIXEL), ("x_pixel", X_PIXEL)):
         ds = _get(path, entry, name)
-        if ds is not None:
-            _check_units(path, ds, _METRES, "CXI stores lengths in m; convert to m")
-        value = None if ds is None else _scalar(path, ds)
+        value = None if ds is None else _scalar(path, ds) * float(length_factor(path, ds))
         if value is not None and not (math.isfinite(value) and value > 0):
             raise _fail(path, f"{entry.name}/{name}", f"is {value!r}", "store a length > 0 in m")
         geometry[key] = value
+    orientation = read_orientation(path, entry, _get(path, entry, BASIS))
+    if orientation.pixel_size_m is not None:
+        _check_basis_pixels(path, entry, geometry, orientation.pixel_size_m)
+        geometry["y_pixel"], geometry["x_pixel"] = orientation.pixel_size_m
     if (geometry["x_pixel"] is None) != (geometry["y_pixel"] is None):
         missing = X_PIXEL if geometry["x_pixel"] is None else Y_PIXEL
         raise _fail(
@@ -458,7 +472,7 @@ def _read_header(path: str, entry: h5py.Group) -> ScanHeader:
         title=name if title_ds is None else _string(title_ds),
         frames_dataset=data_ds.name,
         n_frames=n_frames,
-        frame_shape=(int(data_ds.shape[1]), int(data_ds.shape[2])),
+        frame_shape=orientation.shape((int(data_ds.shape[1]), int(data_ds.shape[2]))),
         energy_ev=float(joule_to_ev(energy_j)),
         positions_m=trans[:, [1, 0]],  # CXI (x, y, z) → our (y, x)
         distance_m=geometry["distance"],
@@ -467,11 +481,31 @@ def _read_header(path: str, entry: h5py.Group) -> ScanHeader:
         angle_source=angle_source,
         has_mask=_get(path, entry, MASK) is not None,
         has_illumination=_get(path, entry, ILLUMINATION) is not None,
+        frame_orientation=orientation.describe(),
     )
+
+
+def _check_basis_pixels(
+    path: str, entry: h5py.Group, geometry: dict[str, float | None], basis_yx: tuple[float, float]
+) -> None:
+    """Pixel sizes stored beside basis vectors must agree with the vectors' lengths."""
+    stored = (geometry["y_pixel"], geometry["x_pixel"])
+    if None in stored:
+        return
+    if not (
+        np.allclose(stored, basis_yx, rtol=1e-3) or np.allclose(stored, basis_yx[::-1], rtol=1e-3)
+    ):
+        raise _fail(
+            path,
+            f"{entry.name}/{BASIS}",
+            f"has pixel lengths (y, x) = {basis_yx} m but {Y_PIXEL} and {X_PIXEL} say {stored} m",
+            "make the basis vectors' lengths equal the pixel sizes",
+        )
 
 
 def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
     header = _read_header(path, entry)
+    orientation: FrameOrientation = read_orientation(path, entry, _get(path, entry, BASIS))
     mask_ds = _get(path, entry, MASK)
     probe_ds = _get(path, entry, ILLUMINATION)
     fields = {
@@ -487,13 +521,13 @@ def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
     }
     try:
         return PtychoScan(
-            data=np.asarray(_data_dataset(path, entry)[()]),
+            data=orientation.apply(_data_dataset(path, entry)[()]),
             positions_m=header.positions_m,
             energy_ev=header.energy_ev,
             distance_m=header.distance_m,
             pixel_size_m=header.pixel_size_m,
-            mask=None if mask_ds is None else np.asarray(mask_ds[()]) == 0,
-            illumination=None if probe_ds is None else probe_ds[()],
+            mask=None if mask_ds is None else orientation.apply(np.asarray(mask_ds[()]) == 0),
+            illumination=None if probe_ds is None else orientation.apply(probe_ds[()]),
             angle_deg=header.angle_deg,
             name=header.title,
         )
