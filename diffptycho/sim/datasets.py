@@ -82,13 +82,17 @@ class SimulatedDataset:
         padding_px: vacuum margin around each projection in pixels (see ScanGeometry).
         energies_ev: photon energies in eV.
         angles_deg: rotation angles in degrees (0 only for 2-D data).
-        pixel_size_m: object pixel (= voxel) size in m.
+        pixel_size_m: object pixel (= voxel) size in m; or one per energy, (energy,), for a
+            fixed detector, where the object pixel λz/(N·p) follows the wavelength.
         distance_m: sample–detector distance in m.
         probe: probe modes per energy (energy, mode, py, px).
         truth: ground-truth arrays (composition or thickness, spectra, labels …).
         illumination_known: whether :func:`write_dataset` writes ``probe`` into the file as
             the illumination (False: the probe is unknown, as from a beamline, and the truth
             holds it).
+        detector_pixel_m: detector pixel in m when the detector is fixed (then
+            ``pixel_size_m`` holds the object pixel of each energy); None: the detector pixel
+            of each energy is the one that makes the object pixel ``pixel_size_m``.
     """
 
     frames: np.ndarray
@@ -96,11 +100,12 @@ class SimulatedDataset:
     padding_px: int
     energies_ev: np.ndarray
     angles_deg: np.ndarray
-    pixel_size_m: float
+    pixel_size_m: float | np.ndarray
     distance_m: float
     probe: np.ndarray
     truth: dict[str, np.ndarray]
     illumination_known: bool = True
+    detector_pixel_m: float | None = None
 
     def tomo_model(self, composition: np.ndarray | None = None) -> SpectroPtychoTomo:
         """The full-chain model of this dataset's geometry (known probe, positions, spectra).
@@ -127,8 +132,11 @@ class SimulatedDataset:
     def detector_pixel_size_m(self) -> np.ndarray:
         """Detector pixel per energy (m) for which object pixels equal ``pixel_size_m``.
 
-        Far field: Δx_object = λ z / (N p), so p = λ z / (N Δx_object).
+        Far field: Δx_object = λ z / (N p), so p = λ z / (N Δx_object). A fixed detector
+        (``detector_pixel_m``) gives its own pixel at every energy.
         """
+        if self.detector_pixel_m is not None:
+            return np.full(self.energies_ev.shape, float(self.detector_pixel_m))
         n = self.frames.shape[-1]
         return optics.wavelength(self.energies_ev) * self.distance_m / (n * self.pixel_size_m)
 
@@ -303,13 +311,14 @@ def write_dataset(path, dataset: SimulatedDataset) -> None:
     from diffptycho.io.cxi import PtychoScan, write_cxi
 
     det_px = dataset.detector_pixel_size_m()
+    object_px = np.broadcast_to(np.asarray(dataset.pixel_size_m, float), det_px.shape)
     scans = []
     for e, energy in enumerate(dataset.energies_ev):
         for a, angle in enumerate(dataset.angles_deg):
             scans.append(
                 PtychoScan(
                     data=dataset.frames[e, a],
-                    positions_m=dataset.positions_px[e, a] * dataset.pixel_size_m,
+                    positions_m=dataset.positions_px[e, a] * object_px[e],
                     energy_ev=float(energy),
                     distance_m=dataset.distance_m,
                     pixel_size_m=(float(det_px[e]), float(det_px[e])),
