@@ -7,6 +7,13 @@ from diffptycho.recon.align.center import (
     estimate_center,
     fourier_shift,
 )
+from diffptycho.recon.align.energy import (
+    GridResample,
+    apply_offsets,
+    register_energies,
+    resample_to_grid,
+    valid_mask,
+)
 from diffptycho.recon.align.gauge import GaugeFix, fix_gauge, gauge_transform, match_gauge
 from diffptycho.recon.align.gradient import gaussian_smooth, joint_align
 from diffptycho.recon.align.registration import (
@@ -56,8 +63,10 @@ __all__ = [
     "AlignmentResult",
     "CenterEstimate",
     "GaugeFix",
+    "GridResample",
     "RoughAlignment",
     "align_tilt_series",
+    "apply_offsets",
     "axis_offset",
     "bin_projections",
     "center_alignment",
@@ -76,11 +85,14 @@ __all__ = [
     "reconstruct_dealigned",
     "refine_similarity",
     "register_similarity",
+    "register_energies",
     "register_similarity_stack",
     "register_translation",
     "reprojection_align",
+    "resample_to_grid",
     "resample_similarity",
     "rough_align",
     "shift_stack",
+    "valid_mask",
     "vertical_shifts",
 ]
