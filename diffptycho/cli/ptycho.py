@@ -4,6 +4,7 @@
 
     diffptycho ptycho DATA.cxi --algorithm raar --iterations 500 --output OUT.h5
         [--probe-modes M] [--refine-positions] [--background] [--batch-size B] [--entry K]
+        [--checkpoint-every N] [--resume] [--keep-best]
 
 The starting model is built from the file alone: the object is ones on the smallest grid that
 holds every probe patch (:func:`~diffptycho.physics.scan.object_shape_for`), the probe is the
@@ -25,6 +26,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from diffptycho.cli.checkpointing import add_checkpoint_arguments, checkpoint_for, interrupted
 
 __all__ = ["ALGORITHMS", "add_parser", "positive_int", "run"]
 
@@ -57,6 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-figure", action="store_true", help="do not write OUT.png")
+    add_checkpoint_arguments(p)
     return p
 
 
@@ -106,15 +110,18 @@ def run(args: argparse.Namespace) -> int:
 
     Returns:
         0 on success, 1 if the reconstruction diverged (the last finite model is written,
-        flagged in the provenance, and the non-finite step never is).
+        flagged in the provenance, and the non-finite step never is), 130 / 143 when SIGINT /
+        SIGTERM stopped it (after writing the checkpoint OUT.ckpt.h5; ``--resume`` continues).
 
     Raises:
         FileNotFoundError: the data file does not exist.
         ValueError: the file breaks the CXI conventions (the message names the dataset), the
             entry does not exist, or the engine is not available.
     """
+    import equinox as eqx
     import jax.numpy as jnp
 
+    from diffptycho.recon.interrupt import Interrupted, stop_on_signals
     from diffptycho.recon.ptycho.data import PtychoData
     from diffptycho.recon.ptycho.start import make_engine, starting_model
     from diffptycho.recon.solve import DivergenceError, solve
@@ -126,27 +133,45 @@ def run(args: argparse.Namespace) -> int:
     model = starting_model(scan, args.probe_modes, args.background)
     solver = make_engine(args.algorithm, **engine_options(args))
     data = PtychoData(jnp.asarray(scan.data), None if scan.mask is None else jnp.asarray(scan.mask))
+    settings = {
+        k: getattr(args, k)
+        for k in ("entry", "algorithm", "probe_modes", "refine_positions", "background")
+    }
+    settings.update(batch_size=args.batch_size, loss=args.loss, keep_best=args.keep_best)
+    ckpt = checkpoint_for(args, args.output, dict(settings, command="ptycho"), [args.data])
+    resume = None
+    if args.resume:
+        resume = ckpt.load_snapshot(model, eqx.filter_eval_shape(solver.init, model))
     t_setup = time.perf_counter() - t0
     status, code = "completed", 0
     try:
-        model, history = solve(
-            model,
-            solver,
-            data,
-            args.iterations,
-            progress=not args.no_progress,
-            description=f"{args.algorithm} {os.path.basename(args.data)}",
-        )
+        with stop_on_signals():
+            model, history = solve(
+                model,
+                solver,
+                data,
+                args.iterations,
+                progress=not args.no_progress,
+                description=f"{args.algorithm} {os.path.basename(args.data)}",
+                resume=resume,
+                checkpoint=ckpt.save_snapshot,
+                checkpoint_every=ckpt.every,
+                keep_best=args.keep_best,
+            )
+    except Interrupted as err:
+        return interrupted("ptycho", err, ckpt.path)
     except DivergenceError as err:
         print(f"diffptycho ptycho: {err}", file=sys.stderr)
         model, history = err.model, err.history
         status, code = f"diverged after {len(history.loss)} iterations: {err}", 1
     t_solve = time.perf_counter() - t0 - t_setup
     _write(args, scan, model, history, status, {"setup_s": t_setup, "solve_s": t_solve})
+    ckpt.remove()
     loss = f"{history.loss[0]:.4g} → {history.loss[-1]:.4g}" if history.loss else "none"
     print(
         f"{args.algorithm}: {len(history.loss)} iterations in {t_solve:.1f} s "
-        f"(compile {history.compile_seconds:.1f} s), loss {loss}; wrote {args.output}"
+        f"(compile {history.compile_seconds:.1f} s), loss {loss}; {history.summary()}; "
+        f"wrote {args.output}"
     )
     return code
 
@@ -190,6 +215,9 @@ def _write(args, scan, model, history, status: str, timings: dict[str, float]) -
         "batch_size": args.batch_size,
         "loss": args.loss,
         "status": status,
+        "keep_best": args.keep_best,
+        "best_iteration": history.best_iteration,
+        "loss_warnings": history.warnings,
     }
     timings = dict(timings, compile_s=history.compile_seconds)
     write_results(
