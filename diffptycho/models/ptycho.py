@@ -15,6 +15,7 @@ import numpy as np
 from diffptycho._typing import Array, Complex, Float, Int
 from diffptycho.models.propagators import AbstractPropagator, FarField
 from diffptycho.physics import optics, propagation, scan
+from diffptycho.physics.alignment import similarity_transform
 
 
 def scan_intensities(
@@ -97,6 +98,11 @@ def spectral_transmission(
         T(E, r) = exp(−k ∫β dz) · exp(−ik ∫δ dz).
     """
     integral = jnp.einsum("es,shw->ehw", spectra, thickness.astype(spectra.dtype))
+    return _transmission(integral, energies_ev)
+
+
+def _transmission(integral, energies_ev):
+    """T = exp(−k(∫β + i∫δ)) of per-energy integrals ∫(δ + iβ) dz (energy, H, W) in m."""
     k = optics.wavenumber(energies_ev)[:, None, None]
     return jnp.exp(-k * (jnp.imag(integral) + 1j * jnp.real(integral)))
 
@@ -104,8 +110,12 @@ def spectral_transmission(
 class SpectroPtycho2D(eqx.Module):
     """2-D spectro-ptychography: species thickness maps seen at several energies.
 
-    The object pixel size is common to all energies (frames resampled upstream, as in the
-    published V K-edge workflow).
+    The thickness maps live on one common grid. With a fixed detector the object pixel
+    λz/(N·dx) of each energy differs from it, and each energy's scan may see the sample at a
+    small offset: ``grid`` holds, per energy, the similarity transform (see
+    :func:`~diffptycho.physics.alignment.similarity_transform`) from the common grid to that
+    energy's object grid — shift (y, x) in that energy's pixels and log(p_common/p_energy) —,
+    so nothing has to be resampled upstream. Without it every energy uses the common grid.
 
     Attributes:
         thickness: projected thickness per species (species, H, W) in m.
@@ -115,6 +125,8 @@ class SpectroPtycho2D(eqx.Module):
         positions: scan positions per energy (energy, n, 2) in object pixels.
         background: background per energy (energy, py, px) or None.
         propagator: far field by default.
+        grid: (energy, 4) similarity parameters (shift_y_px, shift_x_px, 0, log_scale) from
+            the common grid to each energy's object grid, or None.
     """
 
     thickness: Float[Array, "species H W"]
@@ -124,9 +136,12 @@ class SpectroPtycho2D(eqx.Module):
     positions: Float[Array, "energy n 2"]
     background: Float[Array, "energy py px"] | None = None
     propagator: AbstractPropagator = FarField()
+    grid: Float[Array, "energy 4"] | None = None
 
     def __check_init__(self):
         n_e, n_s = self.spectra.shape
+        if self.grid is not None and self.grid.shape != (n_e, 4):
+            raise ValueError(f"grid: expected shape ({n_e}, 4), got {self.grid.shape}")
         if self.thickness.shape[0] != n_s:
             raise ValueError(
                 f"thickness: {self.thickness.shape[0]} species but spectra has {n_s} columns"
@@ -138,8 +153,20 @@ class SpectroPtycho2D(eqx.Module):
             raise ValueError(f"positions: leading axis {self.positions.shape[0]} != {n_e}")
 
     def transmission(self) -> Complex[Array, "energy H W"]:
-        """Object transmission at every energy."""
-        return spectral_transmission(self.thickness, self.spectra, self.energies_ev)
+        """Object transmission at every energy (on that energy's grid when ``grid`` is set)."""
+        if self.grid is None:
+            return spectral_transmission(self.thickness, self.spectra, self.energies_ev)
+        integral = jnp.einsum(
+            "es,shw->ehw", self.spectra, self.thickness.astype(self.spectra.dtype)
+        )
+
+        def moved(image, params):
+            return similarity_transform(image.real, params) + 1j * similarity_transform(
+                image.imag, params
+            )
+
+        integral = jax.vmap(moved)(integral, self.grid.astype(integral.real.dtype))
+        return _transmission(integral, self.energies_ev)
 
     def __call__(self, indices: Int[Array, " b"] | None = None) -> Float[Array, "energy b py px"]:
         """Expected intensities of frames ``indices`` at every energy."""

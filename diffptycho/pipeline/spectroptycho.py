@@ -433,6 +433,112 @@ def fit_thickness(
     return out
 
 
+# --------------------------------------------------------------------------- joint
+
+
+def grid_parameters(
+    pixel_sizes_m: Float[np.ndarray, " energy"],
+    target_pixel_m: float,
+    offsets_px: Float[np.ndarray, "energy 2"],
+) -> Float[np.ndarray, "energy 4"]:
+    """Similarity parameters from the common grid to each energy's object grid.
+
+    A point at common-grid pixel u (from the array centre) that energy e sees offset by
+    ``offsets_px[e]`` lies at (u + offset)·s in energy e's pixels, s = p_common/p_e; that is
+    :func:`~diffptycho.physics.alignment.similarity_transform` with shift s·offset and
+    log-scale ln s.
+
+    Args:
+        pixel_sizes_m: (energy,) object pixel of each energy in m.
+        target_pixel_m: pixel of the common grid in m.
+        offsets_px: (energy, 2) sample offset of each energy in common-grid pixels.
+
+    Returns:
+        (energy, 4) rows (shift_y_px, shift_x_px, 0, log_scale).
+    """
+    scale = float(target_pixel_m) / np.asarray(pixel_sizes_m, np.float64)
+    out = np.zeros((scale.size, 4))
+    out[:, :2] = scale[:, None] * np.asarray(offsets_px, np.float64)
+    out[:, 3] = np.log(scale)
+    return out
+
+
+def _centre_pad(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pad (or crop) the last two axes to ``shape`` keeping pixel h//2 at the centre pixel."""
+    out = np.zeros((*image.shape[:-2], *shape), image.dtype)
+    h, w = image.shape[-2:]
+    ys, xs = shape[0] // 2 - h // 2, shape[1] // 2 - w // 2
+    sy0, sx0 = max(0, -ys), max(0, -xs)
+    dy0, dx0 = max(0, ys), max(0, xs)
+    ny, nx = min(h - sy0, shape[0] - dy0), min(w - sx0, shape[1] - dx0)
+    out[..., dy0 : dy0 + ny, dx0 : dx0 + nx] = image[..., sy0 : sy0 + ny, sx0 : sx0 + nx]
+    return out
+
+
+def _joint(models, scans, grid: _Grid, spectra, start, settings, progress) -> tuple:
+    """Thickness maps fitted to every diffraction frame (Gauss–Newton), probes per energy.
+
+    Returns the model and the loss history.
+    """
+    from diffptycho.models import SpectroPtycho2D
+    from diffptycho.recon.joint import GaussNewtonSolver
+    from diffptycho.recon.solve import solve
+
+    counts = {len(s.data) for s in scans}
+    if len(counts) != 1:
+        raise ValueError(
+            f"joint mode needs the same number of positions at every energy, got {sorted(counts)}"
+        )
+    shape = tuple(int(max(m.object.shape[i] for m in models)) for i in (0, 1))
+    frames = jnp.asarray(np.stack([s.data for s in scans]), jnp.float32)
+    mask = scans[0].mask
+    model = SpectroPtycho2D(
+        thickness=jnp.asarray(_centre_pad(start, shape), jnp.float32),
+        spectra=jnp.asarray(spectra, jnp.complex64),
+        energies_ev=jnp.asarray([s.energy_ev for s in scans], jnp.float32),
+        probe=jnp.stack([m.probe for m in models]).astype(jnp.complex64),
+        positions=jnp.stack([m.positions for m in models]).astype(jnp.float32),
+        grid=jnp.asarray(
+            grid_parameters(grid.pixel_sizes, grid.target_pixel, grid.offsets), jnp.float32
+        ),
+    )
+    n_frames = float(np.prod(frames.shape[:2]))
+
+    def residuals(m, batch):
+        r = jnp.sqrt(m() + 1e-9) - jnp.sqrt(batch)
+        if mask is not None:
+            r = jnp.where(jnp.asarray(mask), r, 0.0)
+        return r / np.sqrt(n_frames)
+
+    def loss(m, batch):
+        return jnp.sum(residuals(m, batch) ** 2)
+
+    solver = GaussNewtonSolver(
+        residuals,
+        loss,
+        lambda m: (m.thickness, m.probe),
+        constraint=lambda m: eqx.tree_at(lambda t: t.thickness, m, jnp.maximum(m.thickness, 0.0)),
+        cg_iterations=10,
+    )
+    model, history = solve(
+        model, solver, frames, settings.joint_iterations, progress=progress, description="joint"
+    )
+    return model, np.asarray(history.loss)
+
+
+def _model_stacks(model, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """μt, φ = arg T (energy, y, x) and thickness on the common grid of ``shape``."""
+    from diffptycho.physics.optics import wavenumber
+
+    t = np.asarray(model.thickness, np.float64)
+    spec = np.asarray(model.spectra)
+    k = np.asarray(wavenumber(np.asarray(model.energies_ev, np.float64)))[:, None, None]
+    integral = np.einsum("es,shw->ehw", spec, t)
+    od = 2.0 * k * integral.imag
+    phase = -k * integral.real
+    return _centre_pad(od, shape), _centre_pad(phase, shape), _centre_pad(t, shape)
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -470,9 +576,11 @@ def run_spectroptycho(
     positions = _centred_positions(scans)
     times["read"] = time.perf_counter() - t0
 
+    if settings.mode == "joint" and spectra is None:
+        raise ValueError(
+            "mode 'joint' fits species thickness maps and needs reference spectra (--references)"
+        )
     t0 = time.perf_counter()
-    if settings.mode == "joint":
-        raise NotImplementedError("joint mode is not available yet")
     models, losses = _reconstruct_energies(scans, positions, settings, progress, log)
     times["ptychography"] = time.perf_counter() - t0
     log(f"ptychography: {len(scans)} energies in {times['ptychography']:.1f} s")
@@ -525,6 +633,17 @@ def run_spectroptycho(
         result.thickness = fit_thickness(od, phase, energies, spectra, valid)
         result.species = species
         times["thickness"] = time.perf_counter() - t0
+    if settings.mode == "joint":
+        t0 = time.perf_counter()
+        model, history = _joint(models, scans, grid, spectra, result.thickness, settings, progress)
+        od, phase, thickness = _model_stacks(model, grid.shape)
+        result.optical_density = od * valid
+        result.phase = phase * valid
+        result.thickness = thickness * valid
+        result.probes = list(np.asarray(model.probe))
+        result.final_loss = np.full(len(scans), history[-1] if history.size else np.nan)
+        times["joint"] = time.perf_counter() - t0
+        log(f"joint: {settings.joint_iterations} Gauss–Newton steps in {times['joint']:.1f} s")
     return result
 
 
