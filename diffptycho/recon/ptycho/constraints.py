@@ -177,6 +177,7 @@ def position_shifts(
     positions: Positions,
     chi: Complex[Array, "b mode py px"],
     max_step_px: float,
+    axis_name: str | None = None,
 ) -> Float[Array, "b 2"]:
     """Gauss–Newton shift of each position explaining the exit-wave change χ.
 
@@ -189,6 +190,8 @@ def position_shifts(
         positions: ``(b, 2)`` positions in pixels.
         chi: wanted exit-wave change ``(b, mode, py, px)``.
         max_step_px: largest shift per component, in pixels.
+        axis_name: mesh axis the batch is split over (the damping uses the whole batch's
+            largest curvature), or None.
 
     Returns:
         ``(b, 2)`` shifts ``(dy, dx)`` in pixels.
@@ -202,7 +205,10 @@ def position_shifts(
 
     ayy, axx, axy = inner(jy, jy), inner(jx, jx), inner(jy, jx)
     by, bx = inner(jy, chi), inner(jx, chi)
-    lam = 1e-6 * jnp.max(ayy + axx) + jnp.finfo(ayy.dtype).tiny
+    largest = jnp.max(ayy + axx)
+    if axis_name is not None:
+        largest = jax.lax.pmax(largest, axis_name)
+    lam = 1e-6 * largest + jnp.finfo(ayy.dtype).tiny
     ayy, axx = ayy + lam, axx + lam
     det = ayy * axx - axy**2
     shift = jnp.stack([axx * by - axy * bx, ayy * bx - axy * by], axis=-1) / det[:, None]
@@ -217,6 +223,7 @@ def refine_positions(
     weights: Float[Array, " b"],
     settings: PositionRefinement | None,
     iteration: Int[Array, ""],
+    axis_name: str | None = None,
 ) -> Positions:
     """Positions moved by the relaxed Gauss–Newton shift (unchanged before ``start``).
 
@@ -228,13 +235,16 @@ def refine_positions(
         weights: ``(b,)`` 1 for real entries, 0 for padding.
         settings: the refinement settings, or None (positions are returned unchanged).
         iteration: current 0-based iteration.
+        axis_name: mesh axis the batch is split over, or None (see :func:`position_shifts`).
 
     Returns:
         ``(b, 2)`` new positions.
     """
     if settings is None:
         return positions
-    shift = settings.relaxation * position_shifts(obj, probe, positions, chi, settings.max_step_px)
+    shift = settings.relaxation * position_shifts(
+        obj, probe, positions, chi, settings.max_step_px, axis_name
+    )
     on = (iteration >= settings.start) & (weights > 0)
     return positions + jnp.where(on[:, None], shift, 0.0).astype(positions.dtype)
 

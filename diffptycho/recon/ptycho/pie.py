@@ -33,6 +33,7 @@ from diffptycho.recon.ptycho.data import (
     batch_indices,
     native_background,
 )
+from diffptycho.recon.sharding import over_positions, psum, set_rows
 from diffptycho.recon.solve import AbstractSolver
 
 
@@ -63,6 +64,9 @@ class PIE(NativeLayout, AbstractSolver):
         refinement: probe, background, positions and constraints.
         loss: noise model of the reported loss (``"poisson"`` or ``"amplitude"``).
         seed: seed of the random order.
+        mesh: split every minibatch over these devices
+            (:func:`~diffptycho.recon.sharding.position_mesh`; ``batch_size`` a multiple of
+            their number); None: one device.
 
     Examples:
         >>> solver = PIE(object_alpha=0.1, probe_alpha=0.1)  # rPIE
@@ -81,6 +85,7 @@ class PIE(NativeLayout, AbstractSolver):
     refinement: Refinement = eqx.field(default_factory=Refinement)
     loss: str = eqx.field(static=True, default="poisson")
     seed: int = eqx.field(static=True, default=0)
+    mesh: jax.sharding.Mesh | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if not (0 < self.object_alpha <= 1 and 0 < self.probe_alpha <= 1):
@@ -114,36 +119,14 @@ class PIE(NativeLayout, AbstractSolver):
         idx, valid = batch_indices(n, self.batch_size, sub if self.shuffle else None)
         it, ref = state.iteration, self.refinement
         probe_on = jnp.asarray(ref.probe) & (it >= ref.probe_start)
-        shape = model.object.shape
-        real = model.object.real.dtype
-        prop, bg = model.propagator, native_background(model)
-
-        def body(carry, xs):
-            obj, probe, pos, ratio_sum, loss_sum = carry
-            i, v = xs
-            w = v.astype(real)
-            frames, mask = data.take_native(i, prop)
-            r = proj.exit_wave_residual(obj, probe, pos[i], prop, bg, frames, mask, w, self.loss)
-            num = proj.object_numerator(r.chi, probe, pos[i], shape)
-            den = proj.illumination(probe, pos[i], shape, w)
-            new_obj = obj + self._divide(num, den, self.object_step, self.object_alpha)
-            pnum = proj.probe_numerator(r.chi, r.patches)
-            pden = proj.probe_denominator(r.patches, w)
-            dprobe = self._divide(pnum, pden, self.probe_step, self.probe_alpha)
-            new_probe = probe + jnp.where(probe_on, dprobe, 0)
-            new_pos = pos.at[i].set(
-                refine_positions(obj, probe, pos[i], r.chi, w, ref.positions, it)
-            )
-            return (new_obj, new_probe, new_pos, ratio_sum + r.ratio, loss_sum + r.loss), None
-
-        init = (
-            model.object,
-            model.probe,
-            model.positions,
-            jnp.zeros(data.frames.shape[-2:], real),
-            jnp.zeros((), real),
+        prop = model.propagator
+        obj, probe, pos, ratio_sum, loss_sum = over_positions(
+            lambda args, i, v, axis: args[0]._sweep(*args[1:], i, v, axis),
+            self.mesh,
+            (self, model, data, it),
+            idx,
+            valid,
         )
-        (obj, probe, pos, ratio_sum, loss_sum), _ = jax.lax.scan(body, init, (idx, valid))
         if self.momentum > 0:
             obj, probe, state = self._momentum(obj, probe, state, probe_on)
         model = eqx.tree_at(lambda m: (m.object, m.probe, m.positions), model, (obj, probe, pos))
@@ -158,6 +141,53 @@ class PIE(NativeLayout, AbstractSolver):
             state = eqx.tree_at(lambda s: s.object_buffer, state, model.object)
         state = eqx.tree_at(lambda s: (s.iteration, s.key), state, (it + 1, key))
         return model, state, loss_sum / n
+
+    def _sweep(self, model, data: PtychoData, it, idx, valid, axis: str | None):
+        """The minibatch scan; with ``axis`` each device holds its share of every batch."""
+        ref = self.refinement
+        probe_on = jnp.asarray(ref.probe) & (it >= ref.probe_start)
+        shape = model.object.shape
+        real = model.object.real.dtype
+        prop, bg = model.propagator, native_background(model)
+
+        def body(carry, xs):
+            obj, probe, pos, ratio_sum, loss_sum = carry
+            i, v = xs
+            w = v.astype(real)
+            frames, mask = data.take_native(i, prop)
+            r = proj.exit_wave_residual(obj, probe, pos[i], prop, bg, frames, mask, w, self.loss)
+            num, den, pnum, pden = psum(
+                (
+                    proj.object_numerator(r.chi, probe, pos[i], shape),
+                    proj.illumination(probe, pos[i], shape, w),
+                    proj.probe_numerator(r.chi, r.patches),
+                    proj.probe_denominator(r.patches, w),
+                ),
+                axis,
+            )
+            new_obj = obj + self._divide(num, den, self.object_step, self.object_alpha)
+            dprobe = self._divide(pnum, pden, self.probe_step, self.probe_alpha)
+            new_probe = probe + jnp.where(probe_on, dprobe, 0)
+            new_pos = pos
+            if ref.positions is not None:
+                new_pos = set_rows(
+                    pos,
+                    i,
+                    refine_positions(obj, probe, pos[i], r.chi, w, ref.positions, it, axis),
+                    axis,
+                )
+            return (new_obj, new_probe, new_pos, ratio_sum + r.ratio, loss_sum + r.loss), None
+
+        init = (
+            model.object,
+            model.probe,
+            model.positions,
+            jnp.zeros(data.frames.shape[-2:], real),
+            jnp.zeros((), real),
+        )
+        (obj, probe, pos, ratio_sum, loss_sum), _ = jax.lax.scan(body, init, (idx, valid))
+        ratio_sum, loss_sum = psum((ratio_sum, loss_sum), axis)
+        return obj, probe, pos, ratio_sum, loss_sum
 
     def _momentum(self, obj, probe, state: PIEState, probe_on):
         v_obj = (obj - state.object_buffer) + self.friction * state.object_velocity

@@ -1,0 +1,209 @@
+"""Scan positions split over devices: a 1-D mesh and the collectives the engines sum with.
+
+A ptychography iteration walks the positions in minibatches; with a mesh each minibatch is
+split over the devices along its position axis (``shard_map``). Every device computes the
+exit waves, Fourier projections and propagations of its share only; the object and probe are
+replicated, and what the update needs from the whole minibatch (numerators, denominators,
+loss, gradients) is summed across devices with ``psum``. The devices then apply the same
+update, so the result equals the single-device one up to the order of floating-point sums.
+
+The engines take ``mesh=position_mesh()`` (or ``position_mesh(jax.devices()[:k])``); without
+a mesh they run their single-device code, unchanged. Frames are passed replicated: the
+mesh divides the arithmetic, not the memory of the measured data.
+
+Examples:
+    >>> import jax
+    >>> position_mesh(jax.devices()[:1]).axis_names
+    ('positions',)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffptycho._typing import Array, Bool, Int
+
+AXIS = "positions"
+"""Name of the mesh axis the positions of a minibatch are split over."""
+
+_SPEC = jax.sharding.PartitionSpec
+
+
+def position_mesh(devices: Sequence[jax.Device] | int | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh with axis :data:`AXIS` over ``devices``.
+
+    Args:
+        devices: the devices, a count of the first local devices, or None for all of them.
+
+    Raises:
+        ValueError: more devices asked for than there are.
+    """
+    available = jax.devices()
+    if devices is None:
+        devices = available
+    elif isinstance(devices, int):
+        if not 1 <= devices <= len(available):
+            raise ValueError(
+                f"devices={devices}: expected 1 to {len(available)} (the local "
+                f"{available[0].platform} devices; on CPU set XLA_FLAGS="
+                "--xla_force_host_platform_device_count=N before jax is imported for more)"
+            )
+        devices = available[:devices]
+    return jax.sharding.Mesh(np.asarray(list(devices)), (AXIS,))
+
+
+def device_count(mesh: jax.sharding.Mesh | None) -> int:
+    """Devices along :data:`AXIS` (1 without a mesh)."""
+    return 1 if mesh is None else int(mesh.shape[AXIS])
+
+
+def psum(tree: Any, axis: str | None) -> Any:
+    """``lax.psum`` over ``axis``; the identity when ``axis`` is None (single device)."""
+    return tree if axis is None else jax.lax.psum(tree, axis)
+
+
+def sharded_mean(x: Array, axis: str | None) -> Array:
+    """Mean of all entries of ``x`` across the devices (``jnp.mean`` when ``axis`` is None)."""
+    if axis is None:
+        return jnp.mean(x)
+    total, count = jax.lax.psum((jnp.sum(x), jnp.asarray(x.size, x.dtype)), axis)
+    return total / count
+
+
+def set_rows(rows: Array, idx: Int[Array, " b"], new: Array, axis: str | None) -> Array:
+    """``rows.at[idx].set(new)`` with ``idx`` and ``new`` gathered from every device.
+
+    The devices' shares are concatenated in mesh order, which is the order of the minibatch
+    they were split from, so the writes are exactly those of the single-device engine.
+    """
+    if axis is not None:
+        idx = jax.lax.all_gather(idx, axis, tiled=True)
+        new = jax.lax.all_gather(new, axis, tiled=True)
+    return rows.at[idx].set(new)
+
+
+def owned_rows(
+    n: int, idx: Int[Array, "batches b"], valid: Bool[Array, "batches b"]
+) -> Bool[Array, " n"]:
+    """Which of the ``n`` rows this device wrote (a valid entry of its share of ``idx``)."""
+    return jnp.zeros(n, jnp.int32).at[idx.ravel()].max(valid.ravel().astype(jnp.int32)) > 0
+
+
+def merge_rows(rows: Array, owned: Bool[Array, " n"], axis: str | None) -> Array:
+    """Every device's own rows of a per-position array, combined into the full array.
+
+    Each row is owned by exactly one device, so the sum adds zeros to it: exact.
+    """
+    if axis is None:
+        return rows
+    mask = owned.reshape(owned.shape + (1,) * (rows.ndim - 1))
+    return jax.lax.psum(jnp.where(mask, rows, jnp.zeros_like(rows)), axis)
+
+
+def summed(fn: Callable[..., Array], axis: str | None) -> Callable[..., Array]:
+    """``fn(x, args)`` summed across devices, with its gradient in ``x`` summed as well.
+
+    The gradient is taken on each device and then summed (a custom VJP), so differentiating
+    the result never differentiates a collective: ``jax.value_and_grad`` of it, and line
+    searches that call it, see the global loss and gradient.
+
+    Args:
+        fn: ``fn(x, args) -> scalar``, the device's partial sum; ``args`` is not
+            differentiated.
+        axis: mesh axis, or None to return ``fn`` itself.
+    """
+    if axis is None:
+        return fn
+
+    @jax.custom_vjp
+    def total(x, args):
+        return jax.lax.psum(fn(x, args), axis)
+
+    def forward(x, args):
+        value, grad = jax.value_and_grad(fn)(x, args)
+        value, grad = jax.lax.psum((value, grad), axis)
+        return value, (grad, args)
+
+    def backward(residual, cotangent):
+        grad, args = residual
+        return jax.tree_util.tree_map(lambda g: cotangent * g, grad), _zero_cotangent(args)
+
+    total.defvjp(forward, backward)
+    return total
+
+
+def _zero_cotangent(tree: Any) -> Any:
+    def zero(x):
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.zeros_like(x)
+        return np.zeros(x.shape, jax.dtypes.float0)
+
+    return jax.tree_util.tree_map(zero, tree)
+
+
+def over_positions(
+    fn: Callable[[Any, Array, Array, str | None], Any],
+    mesh: jax.sharding.Mesh | None,
+    replicated: Any,
+    idx: Int[Array, "batches size"],
+    valid: Bool[Array, "batches size"],
+) -> Any:
+    """Run ``fn(replicated, idx, valid, axis)`` with each minibatch split over ``mesh``.
+
+    Without a mesh this is ``fn(replicated, idx, valid, None)``. With one, every device gets
+    ``replicated`` whole and its share of each minibatch's columns of ``idx`` and ``valid``;
+    ``fn`` must make its outputs equal on all devices (sum with :func:`psum`, write rows with
+    :func:`set_rows` or :func:`merge_rows`).
+
+    Args:
+        fn: the sweep over the minibatches.
+        mesh: a mesh from :func:`position_mesh`, or None.
+        replicated: pytree every device gets whole (model, data, solver state, …).
+        idx: ``(batches, size)`` position indices (:func:`~diffptycho.recon.ptycho.data.
+            batch_indices`).
+        valid: ``(batches, size)`` False for padding.
+
+    Raises:
+        ValueError: the minibatch size is not a multiple of the number of devices.
+    """
+    if mesh is None:
+        return fn(replicated, idx, valid, None)
+    devices = device_count(mesh)
+    if idx.shape[1] % devices:
+        raise ValueError(
+            f"batch_size: {idx.shape[1]} positions per minibatch cannot be split over "
+            f"{devices} devices; use a multiple of {devices}"
+        )
+    arrays, static = eqx.partition(replicated, eqx.is_array)
+
+    def local(arrays, idx, valid):
+        return fn(eqx.combine(arrays, static), idx, valid, AXIS)
+
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(_SPEC(), _SPEC(None, AXIS), _SPEC(None, AXIS)),
+        out_specs=_SPEC(),
+        # the patch operators' custom linear_call transposes carry no varying-axis types
+        check_vma=False,
+    )(arrays, idx, valid)
+
+
+__all__ = [
+    "AXIS",
+    "device_count",
+    "merge_rows",
+    "over_positions",
+    "owned_rows",
+    "position_mesh",
+    "psum",
+    "set_rows",
+    "sharded_mean",
+    "summed",
+]
