@@ -15,15 +15,7 @@ import numpy as np
 
 from diffptycho.physics.optics import EV_TO_J, wavelength
 
-__all__ = [
-    "CXIFormatError",
-    "FresnelScaling",
-    "PtychoScan",
-    "ScanHeader",
-    "fresnel_scaling",
-    "object_pixel_size",
-    "scan_centre",
-]
+__all__ = ["CXIFormatError", "PtychoScan", "ScanHeader", "object_pixel_size"]
 
 
 class CXIFormatError(ValueError):
@@ -273,89 +265,3 @@ class ScanHeader:
         """(N, 2) positions (y, x) in object pixels."""
         size = self.object_pixel_size_m
         return self.positions_m if size is None else self.positions_m / np.asarray(size)
-
-
-def scan_centre(positions: np.ndarray) -> np.ndarray:
-    """Centre of a scan's bounding box, rounded to whole units: the offset to subtract.
-
-    Instruments record absolute motor positions; subtracting this offset puts the scan around
-    (0, 0), so an object array sized for the positions spans the scan's extent plus one probe,
-    not the distance from the motor origin. Whole units (pass positions in object pixels)
-    keep the sub-pixel parts, hence the interpolation, unchanged.
-
-    Args:
-        positions: (N, 2) positions (y, x), in object pixels.
-
-    Returns:
-        (2,) float64 offset (y, x) in the same unit: round((max + min) / 2) per axis.
-
-    Examples:
-        >>> scan_centre(np.array([[1000.2, -50.0], [1010.2, -40.0]]))
-        array([1005.,  -45.])
-    """
-    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
-    return np.round((pos.max(axis=0) + pos.min(axis=0)) / 2)
-
-
-@dataclasses.dataclass(frozen=True)
-class FresnelScaling:
-    """Near-field geometry of a divergent beam by the Fresnel scaling theorem.
-
-    A point source (the focus) at distance z1 upstream of the sample and a detector at z2
-    downstream record the same hologram as a plane wave over the effective distance
-    z2 / M, magnified by M = (z1 + z2) / z1.
-
-    Attributes:
-        magnification: M = (z1 + z2) / z1 (dimensionless, > 1).
-        effective_distance_m: z2 / M in m, the plane-wave propagation distance.
-        object_pixel_size_m: detector pixel / M, (y, x) in m.
-    """
-
-    magnification: float
-    effective_distance_m: float
-    object_pixel_size_m: tuple[float, float]
-
-
-def fresnel_scaling(
-    focus_to_sample_m: float,
-    sample_to_detector_m: float,
-    detector_pixel_m: tuple[float, float] | float,
-) -> FresnelScaling:
-    """Magnification, effective distance and object pixel of a near-field (divergent-beam) scan.
-
-    Args:
-        focus_to_sample_m: z1, focus (source point) to sample distance in m, > 0.
-        sample_to_detector_m: z2, sample to detector distance in m, > 0 (CXI
-            ``detector_1/distance``).
-        detector_pixel_m: detector pixel size (y, x) in m, or one number for square pixels.
-
-    Returns:
-        The :class:`FresnelScaling`.
-
-    Raises:
-        ValueError: a distance or pixel size is not a positive finite number (named).
-
-    Examples:
-        >>> g = fresnel_scaling(0.01, 0.49, 1e-6)
-        >>> round(g.magnification, 6), round(g.effective_distance_m * 1e3, 6)
-        (50.0, 9.8)
-        >>> [round(p * 1e9, 6) for p in g.object_pixel_size_m]  # nm
-        [20.0, 20.0]
-    """
-    z1 = _positive_length("focus_to_sample_m", focus_to_sample_m)
-    z2 = _positive_length("sample_to_detector_m", sample_to_detector_m)
-    pixel = np.broadcast_to(np.asarray(detector_pixel_m, dtype=np.float64), (2,))
-    py, px = (_positive_length("detector_pixel_m", p) for p in pixel)
-    magnification = (z1 + z2) / z1
-    return FresnelScaling(
-        magnification=magnification,
-        effective_distance_m=z2 / magnification,
-        object_pixel_size_m=(py / magnification, px / magnification),
-    )
-
-
-def _positive_length(name: str, value: float) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}={value!r}: expected a positive length in m")
-    return value

@@ -3,9 +3,13 @@
 Every real scan starts without a known probe. :func:`probe_guess` derives one from the
 diffraction frames: the back-propagated square root of the mean pattern, whose far-field
 intensity is the mean pattern (so it has the right extent in reciprocal space), scaled to the
-photon count of the brightest frames (:func:`~.constraints.probe_power_from_frames`).
-:func:`starting_model` puts it together with a unit object on the smallest grid that holds every
-probe patch; :func:`make_engine` builds an engine of :data:`~diffptycho.recon.ptycho.ENGINES`
+photon count of the brightest frames (:func:`~.constraints.probe_power_from_frames`); in
+the near field :func:`near_field_probe_guess` back-propagates the mean hologram instead.
+:func:`scan_geometry` turns a scan's file geometry and the chosen propagation (far field, or
+near field with the Fresnel scaling theorem) into a propagator and an object pixel size
+(:mod:`~diffptycho.recon.ptycho.geometry`); :func:`starting_model` puts it together with a unit
+object on the smallest grid that holds every probe patch, with absolute motor positions
+centred; :func:`make_engine` builds an engine of :data:`~diffptycho.recon.ptycho.ENGINES`
 after checking that it takes every option given.
 """
 
@@ -21,12 +25,20 @@ import numpy as np
 
 from diffptycho._typing import Array, Complex, Float
 from diffptycho.models import Ptycho2D
+from diffptycho.models.propagators import AbstractPropagator
 from diffptycho.physics import probe as probes
 from diffptycho.physics import scan as scans
 from diffptycho.recon.ptycho.constraints import probe_power_from_frames
+from diffptycho.recon.ptycho.geometry import ScanGeometry, scan_centre, scan_geometry
 from diffptycho.recon.solve import AbstractSolver
 
-__all__ = ["make_engine", "probe_guess", "scaled_probe", "starting_model"]
+__all__ = [
+    "make_engine",
+    "near_field_probe_guess",
+    "probe_guess",
+    "scaled_probe",
+    "starting_model",
+]
 
 
 def probe_guess(
@@ -78,25 +90,72 @@ def scaled_probe(
     return modes.astype(np.complex64)
 
 
-def starting_model(scan, probe_modes: int = 1, background: bool = False) -> Ptycho2D:
+def near_field_probe_guess(
+    frames: Float[Array, "n fy fx"],
+    propagator: AbstractPropagator,
+    mask: np.ndarray | None = None,
+) -> Complex[np.ndarray, "fy fx"]:
+    """Near-field probe guess: the mean hologram's square root propagated back to the sample.
+
+    Averaged over many positions, the object's fringes wash out and the mean frame is close to
+    the probe's intensity at the detector; back-propagating its square root (zero phase) gives
+    a probe of the right footprint at the sample plane.
+
+    Args:
+        frames: (n, fy, fx) near-field frames in photons.
+        propagator: the sample → detector propagator (e.g. :class:`~diffptycho.models.NearField`).
+        mask: valid pixels (True) or None; masked pixels take the mean of the valid ones.
+
+    Returns:
+        Complex probe (fy, fx) with Σ|P|² = mean photons per frame (the propagator is unitary).
+    """
+    mean = np.mean(np.asarray(frames, dtype=np.float64), axis=0)
+    if mask is not None:
+        mean = np.where(mask, mean, mean[np.asarray(mask)].mean())
+    amp = jnp.asarray(np.sqrt(np.clip(mean, 0.0, None)).astype(np.complex128))
+    return np.asarray(propagator.adjoint(amp))
+
+
+def starting_model(
+    scan,
+    probe_modes: int = 1,
+    background: bool = False,
+    geometry: ScanGeometry | None = None,
+) -> Ptycho2D:
     """The starting :class:`~diffptycho.models.Ptycho2D` of one scan, from the file alone.
 
-    The object is ones on the smallest grid that holds every probe patch
-    (:func:`~diffptycho.physics.scan.object_shape_for`); the probe is the file's illumination
-    or, without one, :func:`probe_guess`, scaled by :func:`scaled_probe`.
+    Positions are converted to object pixels with the geometry's pixel size and centred: the
+    whole-pixel offset :func:`~diffptycho.recon.ptycho.geometry.scan_centre` is subtracted, so
+    absolute motor positions give an object spanning the scan's extent plus one probe, not the
+    distance from the motor origin. The object is ones on the smallest grid that holds every
+    probe patch (:func:`~diffptycho.physics.scan.object_shape_for`); the probe is the file's illumination
+    or, without one, :func:`probe_guess` (far field) or :func:`near_field_probe_guess` (near
+    field), scaled by :func:`scaled_probe`.
 
     Args:
         scan: a :class:`~diffptycho.io.scan.PtychoScan`.
         probe_modes: number of incoherent probe modes M.
         background: start an incoherent background (1 % of the mean count per pixel) to be
             retrieved; None otherwise.
+        geometry: from :func:`~diffptycho.recon.ptycho.geometry.scan_geometry`; None means
+            the far field.
 
     Returns:
-        The model (object complex64 ones, probe (M, ny, nx), positions (n, 2) in px).
+        The model (object complex64 ones, probe (M, ny, nx), positions (n, 2) in px, the
+        geometry's propagator). The subtracted offset is ``positions_px - model.positions``.
     """
-    frames, positions = scan.data, scan.positions_px
+    geometry = scan_geometry(scan) if geometry is None else geometry
+    frames = scan.data
+    size = geometry.object_pixel_size_m
+    positions = scan.positions_m if size is None else scan.positions_m / np.asarray(size)
+    positions = positions - scan_centre(positions)
     shape = frames.shape[-2:]
-    start = scan.illumination if scan.illumination is not None else probe_guess(frames, scan.mask)
+    if scan.illumination is not None:
+        start = scan.illumination
+    elif geometry.propagation == "near-field":
+        start = near_field_probe_guess(frames, geometry.propagator, scan.mask)
+    else:
+        start = probe_guess(frames, scan.mask)
     probe = scaled_probe(start, frames, scan.mask, probe_modes)
     obj_shape = scans.object_shape_for(positions, shape)
     bg = None
@@ -107,6 +166,7 @@ def starting_model(scan, probe_modes: int = 1, background: bool = False) -> Ptyc
         probe=jnp.asarray(probe),
         positions=jnp.asarray(positions.astype(np.float32)),
         background=bg,
+        propagator=geometry.propagator,
     )
 
 
