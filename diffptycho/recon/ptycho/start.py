@@ -128,9 +128,9 @@ def starting_model(
     whole-pixel offset :func:`~diffptycho.recon.ptycho.geometry.scan_centre` is subtracted, so
     absolute motor positions give an object spanning the scan's extent plus one probe, not the
     distance from the motor origin. The object is ones on the smallest grid that holds every
-    probe patch (:func:`~diffptycho.physics.scan.object_shape_for`); the probe is the file's illumination
-    or, without one, :func:`probe_guess` (far field) or :func:`near_field_probe_guess` (near
-    field), scaled by :func:`scaled_probe`.
+    probe patch (:func:`~diffptycho.physics.scan.object_shape_for`); the probe is the file's
+    illumination or, without one, :func:`probe_guess` (far field) or
+    :func:`near_field_probe_guess` (near field), scaled by :func:`scaled_probe`.
 
     Args:
         scan: a :class:`~diffptycho.io.scan.PtychoScan`.
