@@ -35,6 +35,7 @@ from diffptycho.recon.ptycho.data import (
     batch_indices,
     native_background,
 )
+from diffptycho.recon.sharding import over_positions, psum, set_rows, sharded_mean
 from diffptycho.recon.solve import AbstractSolver
 
 
@@ -52,6 +53,7 @@ def optimal_steps(
     probe_term: Complex[Array, "b mode py px"],
     probe_on: Array,
     regularization: float = 1e-3,
+    axis_name: str | None = None,
 ) -> tuple[Float[Array, " b"], Float[Array, " b"]]:
     """Closed-form steps (α_O, α_P) per position minimising ‖χ − α_O a_O − α_P a_P‖².
 
@@ -61,6 +63,8 @@ def optimal_steps(
         probe_term: a_P = O_j ΔP, the exit-wave change of a unit probe step.
         probe_on: whether the probe step is solved for (else α_P = 0).
         regularization: Tikhonov weight relative to the diagonal mean, for stability.
+        axis_name: mesh axis the batch is split over (the means are the whole batch's), or
+            None.
 
     Returns:
         ``alpha_object (b,)`` and ``alpha_probe (b,)``.
@@ -75,8 +79,8 @@ def optimal_steps(
     app = jnp.where(probe_on, app, 1.0)
     aop, bp = jnp.where(probe_on, aop, 0.0), jnp.where(probe_on, bp, 0.0)
     tiny = jnp.finfo(aoo.dtype).tiny
-    aoo = aoo + regularization * jnp.mean(aoo) + tiny
-    app = app + regularization * jnp.mean(app) + tiny
+    aoo = aoo + regularization * sharded_mean(aoo, axis_name) + tiny
+    app = app + regularization * sharded_mean(app, axis_name) + tiny
     det = aoo * app - aop**2
     return (app * bo - aop * bp) / det, (aoo * bp - aop * bo) / det
 
@@ -93,6 +97,9 @@ class LSQML(NativeLayout, AbstractSolver):
         refinement: probe, background, positions and constraints.
         loss: noise model of the reported loss (``"poisson"`` or ``"amplitude"``).
         seed: seed of the random order.
+        mesh: split every minibatch over these devices
+            (:func:`~diffptycho.recon.sharding.position_mesh`; ``batch_size`` a multiple of
+            their number); None: one device.
 
     Examples:
         >>> LSQML().relaxation
@@ -106,6 +113,7 @@ class LSQML(NativeLayout, AbstractSolver):
     refinement: Refinement = eqx.field(default_factory=Refinement)
     loss: str = eqx.field(static=True, default="poisson")
     seed: int = eqx.field(static=True, default=0)
+    mesh: jax.sharding.Mesh | None = eqx.field(static=True, default=None)
 
     def init(self, model) -> LSQMLState:
         """State for ``model``."""
@@ -118,6 +126,22 @@ class LSQML(NativeLayout, AbstractSolver):
         key, sub = jax.random.split(state.key)
         idx, valid = batch_indices(n, self.batch_size, sub if self.shuffle else None)
         it, ref = state.iteration, self.refinement
+        obj, probe, pos, ratio_sum, loss_sum = over_positions(
+            lambda args, i, v, axis: args[0]._sweep(*args[1:], i, v, axis),
+            self.mesh,
+            (self, model, data, it),
+            idx,
+            valid,
+        )
+        prop = model.propagator
+        model = eqx.tree_at(lambda m: (m.object, m.probe, m.positions), model, (obj, probe, pos))
+        ratio = prop.from_native(ratio_sum / n)
+        model, _ = end_of_iteration(model, ref, it, state.positions0, ratio)
+        return model, LSQMLState(it + 1, key, state.positions0), loss_sum / n
+
+    def _sweep(self, model, data: PtychoData, it, idx, valid, axis: str | None):
+        """The minibatch scan; with ``axis`` each device holds its share of every batch."""
+        ref = self.refinement
         probe_on = jnp.asarray(ref.probe) & (it >= ref.probe_start)
         shape = model.object.shape
         real = model.object.real.dtype
@@ -131,24 +155,40 @@ class LSQML(NativeLayout, AbstractSolver):
             frames, mask = data.take_native(i, prop)
             p = pos[i]
             r = proj.exit_wave_residual(obj, probe, p, prop, bg, frames, mask, w, self.loss)
-            illum = proj.illumination(probe, p, shape, w)
-            tiny = jnp.finfo(real).tiny
-            d_obj = proj.object_numerator(r.chi, probe, p, shape) / (
-                illum + reg * jnp.max(illum) + tiny
+            illum, onum, pnum, pden = psum(
+                (
+                    proj.illumination(probe, p, shape, w),
+                    proj.object_numerator(r.chi, probe, p, shape),
+                    proj.probe_numerator(r.chi, r.patches),
+                    proj.probe_denominator(r.patches, w),
+                ),
+                axis,
             )
-            pden = proj.probe_denominator(r.patches, w)
-            d_probe = proj.probe_numerator(r.chi, r.patches) / (pden + reg * jnp.max(pden) + tiny)
+            tiny = jnp.finfo(real).tiny
+            d_obj = onum / (illum + reg * jnp.max(illum) + tiny)
+            d_probe = pnum / (pden + reg * jnp.max(pden) + tiny)
             d_patches = scan.extract_patches(d_obj, p, probe.shape[-2:])
             a_obj = probe[None] * d_patches[:, None]
             a_probe = d_probe[None] * r.patches[:, None]
-            alpha_o, alpha_p = optimal_steps(r.chi, a_obj, a_probe, probe_on)
+            alpha_o, alpha_p = optimal_steps(r.chi, a_obj, a_probe, probe_on, axis_name=axis)
             power = jnp.sum(jnp.abs(probe) ** 2, axis=0)
-            weight = scan.insert_patches((w * alpha_o)[:, None, None] * power[None], p, shape)
+            weight, alpha_p_sum, w_sum = psum(
+                (
+                    scan.insert_patches((w * alpha_o)[:, None, None] * power[None], p, shape),
+                    jnp.sum(w * alpha_p),
+                    jnp.sum(w),
+                ),
+                axis,
+            )
             alpha_map = weight / (illum + reg * jnp.max(illum) + tiny)
             new_obj = obj + beta * alpha_map * d_obj
-            mean_alpha_p = jnp.sum(w * alpha_p) / jnp.maximum(jnp.sum(w), 1)
+            mean_alpha_p = alpha_p_sum / jnp.maximum(w_sum, 1)
             new_probe = probe + jnp.where(probe_on, beta * mean_alpha_p * d_probe, 0)
-            new_pos = pos.at[i].set(refine_positions(obj, probe, p, r.chi, w, ref.positions, it))
+            new_pos = pos
+            if ref.positions is not None:
+                new_pos = set_rows(
+                    pos, i, refine_positions(obj, probe, p, r.chi, w, ref.positions, it, axis), axis
+                )
             return (new_obj, new_probe, new_pos, ratio_sum + r.ratio, loss_sum + r.loss), None
 
         init = (
@@ -159,10 +199,8 @@ class LSQML(NativeLayout, AbstractSolver):
             jnp.zeros((), real),
         )
         (obj, probe, pos, ratio_sum, loss_sum), _ = jax.lax.scan(body, init, (idx, valid))
-        model = eqx.tree_at(lambda m: (m.object, m.probe, m.positions), model, (obj, probe, pos))
-        ratio = prop.from_native(ratio_sum / n)
-        model, _ = end_of_iteration(model, ref, it, state.positions0, ratio)
-        return model, LSQMLState(it + 1, key, state.positions0), loss_sum / n
+        ratio_sum, loss_sum = psum((ratio_sum, loss_sum), axis)
+        return obj, probe, pos, ratio_sum, loss_sum
 
 
 def lsqml(**options) -> LSQML:
