@@ -62,6 +62,7 @@ from diffptycho.recon.ptycho.data import (
     frame_losses,
     native_background,
 )
+from diffptycho.recon.sharding import merge_rows, over_positions, owned_rows, psum
 from diffptycho.recon.solve import AbstractSolver
 
 
@@ -91,6 +92,9 @@ class RAAR(NativeLayout, AbstractSolver):
         regularization: δ / max(denominator) in the overlap projection.
         refinement: probe, background, positions and constraints.
         loss: noise model of the reported loss (``"poisson"`` or ``"amplitude"``).
+        mesh: split every minibatch over these devices
+            (:func:`~diffptycho.recon.sharding.position_mesh`; ``batch_size`` a multiple of
+            their number); the waves stay whole on every device. None: one device.
 
     Examples:
         >>> RAAR(beta=0.8).beta
@@ -105,6 +109,7 @@ class RAAR(NativeLayout, AbstractSolver):
     regularization: float = 1e-3
     refinement: Refinement = eqx.field(default_factory=Refinement)
     loss: str = eqx.field(static=True, default="poisson")
+    mesh: jax.sharding.Mesh | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if not 0 < self.beta <= 1:
@@ -142,9 +147,42 @@ class RAAR(NativeLayout, AbstractSolver):
         idx, valid = batch_indices(n, self.batch_size)
         it, ref = state.iteration, self.refinement
         obj, probe, prop = model.object, model.probe, model.propagator
+        shape = obj.shape
+        beta = self.relaxation_at(it).astype(obj.real.dtype)
+        waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = over_positions(
+            lambda args, i, v, axis: args[0]._sweep(*args[1:], i, v, axis),
+            self.mesh,
+            (self, model, state.waves, data, beta, it),
+            idx,
+            valid,
+        )
+        obj_den = proj.illumination(probe, model.positions, shape)
+        d_obj = proj.regularized_step(obj_num, obj_den, self.regularization)
+        new_probe = probe
+        if ref.probe:
+            explained = probe * _object_overlap(obj, d_obj, model.positions, idx, valid, probe)
+            d_probe = proj.regularized_step(
+                probe_num - explained, probe_den[None], self.regularization
+            )
+            new_probe = jnp.where(it >= ref.probe_start, probe + d_probe, probe)
+        new_obj = obj + d_obj
+        model = eqx.tree_at(
+            lambda m: (m.object, m.probe, m.positions), model, (new_obj, new_probe, pos)
+        )
+        ratio = prop.from_native(ratio_sum / n)
+        model, mixing = end_of_iteration(model, ref, it, state.positions0, ratio)
+        if probe.shape[0] > 1 and ref.orthogonalize_every > 0:
+            waves = jnp.einsum("mk,nkyx->nmyx", mixing, waves)
+        state = RAARState(waves, state.positions0, it + 1)
+        return model, state, loss_sum / n
+
+    def _sweep(self, model, waves, data: PtychoData, beta, it, idx, valid, axis: str | None):
+        """The minibatch scan; with ``axis`` each device holds its share of every batch."""
+        n = model.positions.shape[0]
+        ref = self.refinement
+        obj, probe, prop = model.object, model.probe, model.propagator
         bg = native_background(model)
         shape, real = obj.shape, obj.real.dtype
-        beta = self.relaxation_at(it).astype(real)
 
         def body(carry, xs):
             waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = carry
@@ -167,12 +205,13 @@ class RAAR(NativeLayout, AbstractSolver):
             obj_num = obj_num + proj.object_numerator(chi, probe, model.positions[i], shape)
             probe_num = probe_num + proj.probe_numerator(chi, patches)
             probe_den = probe_den + proj.probe_denominator(patches, w)
-            new_pos = refine_positions(obj, probe, pos[i], chi, w, ref.positions, it)
-            pos = pos.at[i].set(new_pos)
+            if ref.positions is not None:
+                new_pos = refine_positions(obj, probe, pos[i], chi, w, ref.positions, it, axis)
+                pos = pos.at[i].set(new_pos)
             return (waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum), None
 
         init = (
-            state.waves,
+            waves,
             jnp.zeros_like(obj),
             jnp.zeros_like(probe),
             jnp.zeros(probe.shape[-2:], real),
@@ -182,25 +221,13 @@ class RAAR(NativeLayout, AbstractSolver):
         )
         carry, _ = jax.lax.scan(body, init, (idx, valid))
         waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = carry
-        obj_den = proj.illumination(probe, model.positions, shape)
-        d_obj = proj.regularized_step(obj_num, obj_den, self.regularization)
-        new_probe = probe
-        if ref.probe:
-            explained = probe * _object_overlap(obj, d_obj, model.positions, idx, valid, probe)
-            d_probe = proj.regularized_step(
-                probe_num - explained, probe_den[None], self.regularization
-            )
-            new_probe = jnp.where(it >= ref.probe_start, probe + d_probe, probe)
-        new_obj = obj + d_obj
-        model = eqx.tree_at(
-            lambda m: (m.object, m.probe, m.positions), model, (new_obj, new_probe, pos)
+        if axis is not None:  # every device wrote the rows of its own share
+            owned = owned_rows(n, idx, valid)
+            waves, pos = merge_rows(waves, owned, axis), merge_rows(pos, owned, axis)
+        obj_num, probe_num, probe_den, ratio_sum, loss_sum = psum(
+            (obj_num, probe_num, probe_den, ratio_sum, loss_sum), axis
         )
-        ratio = prop.from_native(ratio_sum / n)
-        model, mixing = end_of_iteration(model, ref, it, state.positions0, ratio)
-        if probe.shape[0] > 1 and ref.orthogonalize_every > 0:
-            waves = jnp.einsum("mk,nkyx->nmyx", mixing, waves)
-        state = RAARState(waves, state.positions0, it + 1)
-        return model, state, loss_sum / n
+        return waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum
 
 
 def _object_overlap(obj, d_obj, positions, idx, valid, probe) -> Complex[Array, "py px"]:
