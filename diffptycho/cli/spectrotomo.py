@@ -13,7 +13,9 @@ A thin front-end: it builds a :class:`~diffptycho.pipeline.PipelineConfig` and r
 from __future__ import annotations
 
 import argparse
+import os
 
+from diffptycho.cli.checkpointing import add_checkpoint_arguments, interrupted
 from diffptycho.cli.ptycho import ALGORITHMS, positive_int
 from diffptycho.pipeline import config as cfg
 from diffptycho.pipeline.config import STAGE_NAMES
@@ -164,6 +166,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--stop-after", choices=STAGE_NAMES, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-figures", action="store_true")
+    add_checkpoint_arguments(p, unit="scans (ptychography stage)", keep_best=False)
     return p
 
 
@@ -206,16 +209,24 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """``diffptycho spectrotomo``."""
     from diffptycho.pipeline import run_pipeline
+    from diffptycho.recon.interrupt import Interrupted, stop_on_signals
 
-    return report(
-        run_pipeline(
-            config_from_args(args),
-            restart_from=args.restart_from,
-            stop_after=args.stop_after,
-            progress=not args.no_progress,
-            figures=not args.no_figures,
-        )
-    )
+    config = config_from_args(args)
+    try:
+        with stop_on_signals():
+            result = run_pipeline(
+                config,
+                restart_from=args.restart_from,
+                stop_after=args.stop_after,
+                progress=not args.no_progress,
+                figures=not args.no_figures,
+                resume=True if args.resume else None,
+                checkpoint_every=args.checkpoint_every,
+            )
+    except Interrupted as err:
+        saved = config.output if os.path.exists(config.output) else None
+        return interrupted("spectrotomo", err, saved)
+    return report(result)
 
 
 def report(result) -> int:

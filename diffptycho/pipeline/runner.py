@@ -16,6 +16,8 @@ Resuming. When the output file exists, every stage whose settings (and those of 
 before it, and the input files) are unchanged is taken from the file, and an incomplete
 ptychography stage continues with the scans not yet done. ``restart_from="alignment"`` reuses
 the stages before alignment from the file, whatever their settings, and recomputes from there.
+Every completed scan and stage is in the file, so a run killed at any time (even SIGKILL)
+resumes from the last save and reaches the same result; SIGINT/SIGTERM save first.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 
 from diffptycho.pipeline.config import PipelineConfig
 from diffptycho.pipeline.stages import STAGES, Context, Stage, StageOutput, voxel_size_m
+from diffptycho.recon.interrupt import Interrupted, stop_requested
 
 __all__ = ["PipelineResult", "run_pipeline"]
 
@@ -125,6 +128,8 @@ def run_pipeline(
     progress: bool = True,
     log: Callable[[str], None] = print,
     figures: bool = True,
+    resume: bool | None = None,
+    checkpoint_every: int = 0,
 ) -> PipelineResult:
     """Run (or resume) the staged pipeline described by ``config``.
 
@@ -137,6 +142,13 @@ def run_pipeline(
         progress: show progress bars.
         log: where progress lines go.
         figures: write PNG figures beside the output file at the end.
+        resume: True: continue the run saved in the output file, which must exist and have
+            been written with the same inputs and first-stage settings; False: start again,
+            ignoring the file; None (default): reuse what matches, as described above.
+        checkpoint_every: save the ptychography stage every this many scans (0: every
+            ~30 s). A stop request (SIGINT/SIGTERM inside
+            :func:`~diffptycho.recon.interrupt.stop_on_signals`) saves the work done and
+            raises :class:`~diffptycho.recon.interrupt.Interrupted`.
 
     Returns:
         The :class:`PipelineResult`.
@@ -183,8 +195,18 @@ def run_pipeline(
     old_histories: dict[str, dict[str, np.ndarray]] = {}
     old_units: dict[str, dict[str, str]] = {}
     state: dict[str, Any] = {}
-    if os.path.exists(config.output):
+    if resume and not os.path.exists(config.output):
+        raise FileNotFoundError(
+            f"{config.output}: nothing to resume from (no such file); run without --resume"
+        )
+    if os.path.exists(config.output) and resume is not False:
         previous, old_histories, old_units, state = _previous(config.output)
+        first = state.get(order[0], {}).get("fingerprint")
+        if resume and first != fingerprints[order[0]]:
+            raise ValueError(
+                f"{config.output}: written by a run with other inputs or {order[0]} settings; "
+                "rerun with the same inputs and settings, or without --resume to start again"
+            )
     if restart_from is not None:
         missing = [
             n
@@ -208,8 +230,11 @@ def run_pipeline(
         _write(config, series, species, voxel, outputs, histories, units, record)
 
     context = Context(series, outputs, references, progress, log=log, config=config)
+    context.checkpoint_every = checkpoint_every
     fresh = False
     for name in order:
+        if stop_requested():
+            raise Interrupted(f"stopped before the {name} stage")
         old = state.get(name, {})
         before_restart = restart_from is not None and order.index(name) < order.index(restart_from)
         same = old.get("fingerprint") == fingerprints[name]

@@ -37,6 +37,7 @@ from diffptycho.pipeline.config import (
     RegistrationSettings,
     TomographySettings,
 )
+from diffptycho.recon.interrupt import Interrupted, stop_requested
 
 __all__ = [
     "STAGES",
@@ -89,6 +90,9 @@ class Context:
         log: prints a line of progress.
         config: the whole :class:`~diffptycho.pipeline.config.PipelineConfig` (for stages that
             need another stage's settings, e.g. the volume shape), or None.
+        checkpoint_every: scans between checkpoints of the ptychography stage (0: every
+            ~30 s); a stop request (SIGINT/SIGTERM, :mod:`diffptycho.recon.interrupt`) saves
+            the scans done and raises :class:`~diffptycho.recon.interrupt.Interrupted`.
     """
 
     series: Any
@@ -98,6 +102,7 @@ class Context:
     checkpoint: Callable[[StageOutput], None] = lambda out: None
     log: Callable[[str], None] = print
     config: Any = None
+    checkpoint_every: int = 0
 
     def need(self, stage: str, name: str) -> np.ndarray:
         """An array of an earlier stage, with a clear error if that stage has not run."""
@@ -167,9 +172,7 @@ def ptychography(context: Context, settings: PtychographySettings) -> StageOutpu
     ``final_loss`` (E, A), ``converged`` (E, A) bool (False: the engine diverged and the last
     finite model was kept) and ``done`` (E, A) bool.
     """
-    from diffptycho.models import Ptycho2D
     from diffptycho.physics import scan as scans
-    from diffptycho.recon.ptycho.start import probe_guess, scaled_probe
 
     series = context.series
     n_e, n_a = series.shape
@@ -204,11 +207,26 @@ def ptychography(context: Context, settings: PtychographySettings) -> StageOutpu
         "positions_px": "pixel",
         "final_loss": "per frame",
     }
-    last_save = time.perf_counter()
 
     def snapshot(complete: bool) -> StageOutput:
         return StageOutput(dict(out), units, complete=complete)
 
+    try:
+        _ptychography_scans(context, settings, positions, field, modes, out, snapshot)
+    except Interrupted:
+        context.checkpoint(snapshot(False))  # the scans done so far; the current one restarts
+        raise
+    return snapshot(True)
+
+
+def _ptychography_scans(context, settings, positions, field, modes, out, snapshot) -> None:
+    """The scan loop of :func:`ptychography`, filling ``out`` and saving as it goes."""
+    from diffptycho.models import Ptycho2D
+    from diffptycho.recon.ptycho.start import probe_guess, scaled_probe
+
+    series = context.series
+    n_e, n_a = series.shape
+    last_save, since_save = time.perf_counter(), 0
     for e in range(n_e):
         if settings.shared_probe:
             if not out["done"][e].all():
@@ -252,10 +270,14 @@ def ptychography(context: Context, settings: PtychographySettings) -> StageOutpu
             out["final_loss"][e, a] = loss[-1] if loss.size else np.nan
             out["converged"][e, a] = ok
             out["done"][e, a] = True
-            if time.perf_counter() - last_save > 30.0:
+            since_save += 1
+            every = context.checkpoint_every
+            due = since_save >= every if every else time.perf_counter() - last_save > 30.0
+            if due:
                 context.checkpoint(snapshot(False))
-                last_save = time.perf_counter()
-    return snapshot(True)
+                last_save, since_save = time.perf_counter(), 0
+            if stop_requested() and not out["done"].all():
+                raise Interrupted(f"ptychography: stopped after {int(out['done'].sum())} scans")
 
 
 def _shared_probe_energy(context, settings, e, positions, field, out) -> None:
