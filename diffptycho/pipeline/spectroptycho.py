@@ -201,13 +201,14 @@ def read_energy_scans(path: str) -> list:
             f"{path}: {len(headers)} entry; spectro-ptychography needs one entry per energy (≥ 2)"
         )
     order = np.argsort([h.energy_ev for h in headers], kind="stable")
-    scans = [read_cxi_entry(path, int(i)) for i in order]
+    scans = [read_cxi_entry(path, headers[int(i)].entry) for i in order]
     energies = np.asarray([s.energy_ev for s in scans])
     same = np.flatnonzero(np.diff(energies) < 1e-3)
     if same.size:
         i = int(same[0])
         raise ValueError(
-            f"{path}: entries {int(order[i]) + 1} and {int(order[i + 1]) + 1} are both at "
+            f"{path}: {headers[int(order[i])].entry} and {headers[int(order[i + 1])].entry} are "
+            f"both at "
             f"{energies[i]:.3f} eV; expected one entry per energy"
         )
     shapes = {tuple(s.data.shape[-2:]) for s in scans}
@@ -216,7 +217,7 @@ def read_energy_scans(path: str) -> list:
     for i, s in zip(order, scans, strict=True):
         if s.object_pixel_size_m is None:
             raise ValueError(
-                f"{path}: entry {int(i) + 1} has no detector distance or pixel size; the "
+                f"{path}: {headers[int(i)].entry} has no detector distance or pixel size; the "
                 "object pixel of each energy is derived from them"
             )
     return scans
@@ -330,23 +331,27 @@ def _projections(model, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray,
 
 def _to_common(images: list[np.ndarray], grid: _Grid, order: int = 3) -> np.ndarray:
     """Per-energy images (own grids) → (E, y, x) on the common grid, offsets removed."""
-    from diffptycho.recon.align.energy import apply_offsets, resample_to_grid
+    from diffptycho.recon.align.energy import resample_to_grid
 
-    out = np.stack(
+    return np.stack(
         [
-            resample_to_grid(img[None], [p], grid.target_pixel, grid.shape, order=order)[0][0]
-            for img, p in zip(images, grid.pixel_sizes, strict=True)
+            resample_to_grid(
+                img[None], [p], grid.target_pixel, grid.shape, offsets_px=off[None], order=order
+            ).images[0]
+            for img, p, off in zip(images, grid.pixel_sizes, grid.offsets, strict=True)
         ]
     )
-    return apply_offsets(out, -grid.offsets) if np.any(grid.offsets) else out
 
 
 def _from_common(image: np.ndarray, e: int, shape: tuple[int, int], grid: _Grid) -> np.ndarray:
-    """One common-grid image → energy ``e``'s own grid (offset restored)."""
-    from diffptycho.recon.align.energy import apply_offsets, resample_to_grid
+    """One common-grid image → energy ``e``'s own grid, its offset put back."""
+    from diffptycho.recon.align.energy import resample_to_grid
 
-    moved = apply_offsets(image[None], grid.offsets[e][None])[0] if np.any(grid.offsets) else image
-    return resample_to_grid(moved[None], [grid.target_pixel], grid.pixel_sizes[e], shape)[0][0]
+    scale = grid.target_pixel / grid.pixel_sizes[e]
+    back = -grid.offsets[e] * scale  # energy-e pixels; resample_to_grid removes what it gets
+    return resample_to_grid(
+        image[None], [grid.target_pixel], grid.pixel_sizes[e], shape, offsets_px=back[None]
+    ).images[0]
 
 
 def _stacks(models, grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -606,7 +611,7 @@ def run_spectroptycho(
         from diffptycho.recon.chem.kk_projection import KKProjector
 
         t0 = time.perf_counter()
-        projector = KKProjector(energies, element=settings.element, edge=settings.edge)
+        projector = KKProjector.build(energies, settings.element, settings.edge)
         for r in range(settings.kk_rounds):
             change = _apply_kk(models, grid, settings, projector)
             losses = _continue(models, scans, settings, settings.kk_iterations, progress)

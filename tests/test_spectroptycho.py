@@ -1,0 +1,111 @@
+"""Spectro-ptychography driver: grids, thickness fit, model grid transforms, file checks."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffptycho.models import SpectroPtycho2D
+from diffptycho.physics.optics import wavenumber
+from diffptycho.physics.spectra import vanadium_reference_spectra
+from diffptycho.pipeline import spectroptycho as sp
+from diffptycho.recon.align.energy import resample_to_grid
+
+
+def _blobs(shape, pixel_m, centres_m, width_m):
+    """An analytic image: Gaussians at physical positions (m) from the centre pixel."""
+    y = (np.arange(shape[0]) - shape[0] // 2)[:, None] * pixel_m
+    x = (np.arange(shape[1]) - shape[1] // 2)[None, :] * pixel_m
+    return sum(np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * width_m**2)) for cy, cx in centres_m)
+
+
+def test_grid_parameters_map_the_common_grid_like_the_resampler():
+    # the model's per-energy transform and the driver's resampling are one geometry: the
+    # common-grid image moved by grid_parameters equals the analytic image on energy e's grid
+    centres = [(-60e-9, 40e-9), (50e-9, -30e-9)]
+    p_ref, p_e = 20e-9, 19.6e-9
+    offset = np.array([[1.3, -0.7]])  # energy e sees the sample moved by this (common px)
+    common = _blobs((40, 40), p_ref, centres, 70e-9)
+    params = sp.grid_parameters(np.array([p_e]), p_ref, offset)
+    from diffptycho.physics.alignment import similarity_transform
+
+    moved = np.asarray(similarity_transform(jnp.asarray(common), jnp.asarray(params[0])))
+    shifted = [(cy + offset[0, 0] * p_ref, cx + offset[0, 1] * p_ref) for cy, cx in centres]
+    truth = _blobs((40, 40), p_e, shifted, 70e-9)
+    inner = (slice(8, 32), slice(8, 32))
+    assert np.max(np.abs(moved - truth)[inner]) < 0.02
+    # and the resampler takes energy e's image back onto the common grid
+    back = resample_to_grid(truth[None], [p_e], p_ref, (40, 40), offsets_px=offset).images[0]
+    assert np.max(np.abs(back - common)[inner]) < 0.01
+
+
+def test_spectro_model_grid_identity_and_shift():
+    e = np.array([5450.0, 5500.0])
+    spectra, _ = vanadium_reference_spectra(e)
+    spec = jnp.asarray(np.stack([spectra["VO2"]], axis=1), jnp.complex64)
+    t = np.zeros((1, 24, 24), np.float32)
+    t[0, 10:14, 9:12] = 1e-7
+    probe = jnp.ones((2, 1, 8, 8), jnp.complex64)
+    pos = jnp.zeros((2, 3, 2), jnp.float32)
+    plain = SpectroPtycho2D(jnp.asarray(t), spec, jnp.asarray(e), probe, pos)
+    same = SpectroPtycho2D(jnp.asarray(t), spec, jnp.asarray(e), probe, pos, grid=jnp.zeros((2, 4)))
+    np.testing.assert_allclose(plain.transmission(), same.transmission(), atol=1e-6)
+    grid = jnp.asarray([[0.0, 0.0, 0.0, 0.0], [2.0, -1.0, 0.0, 0.0]])
+    moved = SpectroPtycho2D(jnp.asarray(t), spec, jnp.asarray(e), probe, pos, grid=grid)
+    expected = np.roll(np.asarray(plain.transmission())[1], (2, -1), axis=(0, 1))
+    np.testing.assert_allclose(moved.transmission()[1], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="grid"):
+        SpectroPtycho2D(jnp.asarray(t), spec, jnp.asarray(e), probe, pos, grid=jnp.zeros((3, 4)))
+
+
+def test_fit_thickness_recovers_a_noiseless_mixture():
+    e = np.linspace(5440.0, 5520.0, 24)
+    spectra, _ = vanadium_reference_spectra(e)
+    names = ["V2O3", "VO2", "V2O5"]
+    spec = np.stack([spectra[n] for n in names], axis=1)
+    rng = np.random.default_rng(1)
+    t = rng.uniform(0, 2e-7, (3, 5, 6)) * (rng.uniform(size=(3, 5, 6)) > 0.3)
+    integral = np.einsum("es,syx->eyx", spec, t)
+    k = wavenumber(e)[:, None, None]
+    od, phase = 2 * k * integral.imag, -k * integral.real
+    fitted = sp.fit_thickness(od, phase, e, spec)
+    np.testing.assert_allclose(fitted, t, atol=2e-10)
+    with pytest.raises(ValueError, match="energy axis"):
+        sp.fit_thickness(od[:-1], phase, e, spec)
+
+
+def test_centre_pad_keeps_the_centre_pixel():
+    img = np.arange(25.0).reshape(5, 5)
+    big = sp._centre_pad(img, (8, 9))
+    assert big[4, 4] == img[2, 2]
+    np.testing.assert_array_equal(sp._centre_pad(big, (5, 5)), img)
+
+
+def test_read_energy_scans_rejects_duplicate_energies_and_single_entries(tmp_path):
+    from diffptycho.io.cxi import write_cxi
+    from diffptycho.io.scan import PtychoScan
+
+    def scan(energy):
+        return PtychoScan(
+            data=np.ones((4, 8, 8), np.float32),
+            positions_m=np.zeros((4, 2)),
+            energy_ev=energy,
+            distance_m=1.0,
+            pixel_size_m=(75e-6, 75e-6),
+        )
+
+    path = str(tmp_path / "dup.cxi")
+    write_cxi(path, [scan(5450.0), scan(5460.0), scan(5450.0)])
+    with pytest.raises(ValueError, match="both at"):
+        sp.read_energy_scans(path)
+    write_cxi(path, [scan(5450.0)])
+    with pytest.raises(ValueError, match="one entry per energy"):
+        sp.read_energy_scans(path)
+
+
+def test_settings_reject_bad_values():
+    with pytest.raises(ValueError, match="engine"):
+        sp.SpectroPtychoSettings(engine="nope")
+    with pytest.raises(ValueError, match="mode"):
+        sp.SpectroPtychoSettings(mode="staged")
+    with pytest.raises(ValueError, match="kk_relax"):
+        sp.SpectroPtychoSettings(kk_relax=0.0)
