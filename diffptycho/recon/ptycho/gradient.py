@@ -34,6 +34,7 @@ from diffptycho.recon.ptycho.data import (
     frame_losses,
 )
 from diffptycho.recon.ptycho.projections import illumination
+from diffptycho.recon.sharding import over_positions, summed
 from diffptycho.recon.solve import AbstractSolver
 
 _LEAVES = ("object", "probe", "positions", "background")
@@ -92,8 +93,19 @@ def _set(model, params, scales):
     )
 
 
-def batch_loss(model, data: PtychoData, idx: Int[Array, " b"], weights: Array, loss: str) -> Array:
-    """Weighted mean frame loss of the positions ``idx`` (padding has weight 0)."""
+def batch_loss(
+    model,
+    data: PtychoData,
+    idx: Int[Array, " b"],
+    weights: Array,
+    loss: str,
+    total_weight: Array | None = None,
+) -> Array:
+    """Weighted mean frame loss of the positions ``idx`` (padding has weight 0).
+
+    ``total_weight`` replaces the batch's own weight in the mean: a device's share of a
+    minibatch split over a mesh is normalised by the whole minibatch's.
+    """
     frames, mask = data.take_native(idx, model.propagator)
     predicted = scan_intensities(
         model.object,
@@ -104,7 +116,8 @@ def batch_loss(model, data: PtychoData, idx: Int[Array, " b"], weights: Array, l
         native=True,
     )
     per_frame = frame_losses(predicted, frames, mask, loss)
-    return jnp.sum(weights * per_frame) / jnp.maximum(jnp.sum(weights), 1)
+    norm = jnp.sum(weights) if total_weight is None else total_weight
+    return jnp.sum(weights * per_frame) / jnp.maximum(norm, 1)
 
 
 class GradientState(eqx.Module):
@@ -134,6 +147,10 @@ class MinibatchOptax(NativeLayout, AbstractSolver):
         refinement: which leaves besides the object are trained, and constraints.
         position_learning_rate: step scale of positions in pixels relative to the rest.
         seed: seed of the random order.
+        mesh: split every minibatch over these devices
+            (:func:`~diffptycho.recon.sharding.position_mesh`; ``batch_size`` a multiple of
+            their number): each device differentiates its share, the losses and gradients
+            are summed across devices. None: one device.
 
     Examples:
         >>> import optax
@@ -147,6 +164,7 @@ class MinibatchOptax(NativeLayout, AbstractSolver):
     refinement: Refinement = eqx.field(default_factory=Refinement)
     position_learning_rate: float = eqx.field(static=True, default=1.0)
     seed: int = eqx.field(static=True, default=0)
+    mesh: jax.sharding.Mesh | None = eqx.field(static=True, default=None)
 
     def init(self, model) -> GradientState:
         """Optimizer state of the trainable leaves (in scaled units)."""
@@ -162,29 +180,46 @@ class MinibatchOptax(NativeLayout, AbstractSolver):
         key, sub = jax.random.split(state.key)
         idx, valid = batch_indices(n, self.batch_size, sub)
         scales, ref = state.scales, self.refinement
-        probe_on = state.iteration >= ref.probe_start
+        params, opt_state, loss_sum = over_positions(
+            lambda args, i, v, axis: args[0]._sweep(*args[1:], i, v, axis),
+            self.mesh,
+            (self, model, state, data),
+            idx,
+            valid,
+        )
+        model = _finish(_set(model, params, scales), ref, state)
+        state = GradientState(opt_state, scales, key, state.positions0, state.iteration + 1)
+        return model, state, loss_sum / n
+
+    def _sweep(self, model, state: GradientState, data: PtychoData, idx, valid, axis):
+        """The minibatch scan; with ``axis`` each device holds its share of every batch."""
+        scales = state.scales
+        probe_on = state.iteration >= self.refinement.probe_start
         real = model.object.real.dtype
 
-        def objective(params, i, w):
-            return batch_loss(_set(model, params, scales), data, i, w, self.loss)
+        def objective(params, batch):
+            i, w, total = batch
+            return batch_loss(_set(model, params, scales), data, i, w, self.loss, total)
+
+        objective = summed(objective, axis)
 
         def body(carry, xs):
             params, opt_state, loss_sum = carry
             i, v = xs
             w = v.astype(real)
-            value, grads = jax.value_and_grad(objective)(params, i, w)
+            total = None if axis is None else jax.lax.psum(jnp.sum(w), axis)
+            value, grads = jax.value_and_grad(objective)(params, (i, w, total))
             grads = jax.tree_util.tree_map(jnp.conj, grads)
             if grads["probe"] is not None:
                 grads["probe"] = jnp.where(probe_on, grads["probe"], 0)
             updates, opt_state = self.optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return (params, opt_state, loss_sum + value * jnp.sum(w)), None
+            weight = jnp.sum(w) if total is None else total
+            return (params, opt_state, loss_sum + value * weight), None
 
         init = (_get(model, scales), state.opt_state, jnp.zeros((), real))
-        (params, opt_state, loss_sum), _ = jax.lax.scan(body, init, (idx, valid))
-        model = _finish(_set(model, params, scales), ref, state)
-        state = GradientState(opt_state, scales, key, state.positions0, state.iteration + 1)
-        return model, state, loss_sum / n
+        carry, _ = jax.lax.scan(body, init, (idx, valid))
+        return carry
 
 
 def adam(learning_rate: float = 0.05, batch_size: int = 256, **options) -> MinibatchOptax:
@@ -213,6 +248,11 @@ def full_loss(model, data: PtychoData, batch_size: int, loss: str) -> Array:
     """Mean frame loss over all positions, as a rematerialised scan over minibatches."""
     n = model.positions.shape[0]
     idx, valid = batch_indices(n, batch_size)
+    return _loss_total(model, data, idx, valid, loss) / n
+
+
+def _loss_total(model, data: PtychoData, idx, valid, loss: str) -> Array:
+    """Sum of the frame losses of the minibatches ``idx`` (weights ``valid``)."""
     real = model.object.real.dtype
 
     @jax.checkpoint
@@ -222,7 +262,7 @@ def full_loss(model, data: PtychoData, batch_size: int, loss: str) -> Array:
         return total + batch_loss(model, data, i, w, loss) * jnp.sum(w), None
 
     total, _ = jax.lax.scan(body, jnp.zeros((), real), (idx, valid))
-    return total / n
+    return total
 
 
 class LBFGS(NativeLayout, AbstractSolver):
@@ -237,6 +277,10 @@ class LBFGS(NativeLayout, AbstractSolver):
             them off unless needed. ``probe_start`` must be 0 (the curvature pairs need a fixed
             set of unknowns): run two stages instead.
         position_learning_rate: unit of positions in pixels relative to the rest.
+        mesh: split every minibatch of the loss over these devices
+            (:func:`~diffptycho.recon.sharding.position_mesh`; ``batch_size`` a multiple of
+            their number): each device differentiates its share, the losses and gradients
+            are summed across devices and every device takes the same step. None: one device.
 
     Examples:
         >>> LBFGS().memory_size
@@ -248,6 +292,7 @@ class LBFGS(NativeLayout, AbstractSolver):
     batch_size: int = eqx.field(static=True, default=64)
     refinement: Refinement = eqx.field(default_factory=Refinement)
     position_learning_rate: float = eqx.field(static=True, default=1.0)
+    mesh: jax.sharding.Mesh | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if self.refinement.probe_start != 0:
@@ -270,9 +315,31 @@ class LBFGS(NativeLayout, AbstractSolver):
         """One L-BFGS step with line search; returns the model, state and the loss before it."""
         scales, ref = state.scales, self.refinement
         like = _get(model, scales)
+        idx, valid = batch_indices(model.positions.shape[0], self.batch_size)
+        x, opt_state, value = over_positions(
+            lambda args, i, v, axis: args[0]._update(*args[1:], i, v, axis),
+            self.mesh,
+            (self, model, state, data),
+            idx,
+            valid,
+        )
+        model = _finish(_set(model, _merge(x, like), scales), ref, state)
+        state = GradientState(opt_state, scales, state.key, state.positions0, state.iteration + 1)
+        return model, state, value
+
+    def _update(self, model, state: GradientState, data: PtychoData, idx, valid, axis):
+        """The L-BFGS update; with ``axis`` each device sums the loss of its share."""
+        scales = state.scales
+        like = _get(model, scales)
+        n = model.positions.shape[0]
+
+        def partial_loss(x, batches):
+            return _loss_total(_set(model, _merge(x, like), scales), data, *batches, self.loss) / n
+
+        total_loss = summed(partial_loss, axis)
 
         def objective(x):
-            return full_loss(_set(model, _merge(x, like), scales), data, self.batch_size, self.loss)
+            return total_loss(x, (idx, valid))
 
         opt = self._optimizer()
         x = _split(like)
@@ -280,10 +347,7 @@ class LBFGS(NativeLayout, AbstractSolver):
         updates, opt_state = opt.update(
             grad, state.opt_state, x, value=value, grad=grad, value_fn=objective
         )
-        x = optax.apply_updates(x, updates)
-        model = _finish(_set(model, _merge(x, like), scales), ref, state)
-        state = GradientState(opt_state, scales, state.key, state.positions0, state.iteration + 1)
-        return model, state, value
+        return optax.apply_updates(x, updates), opt_state, value
 
 
 def lbfgs(**options) -> LBFGS:
