@@ -5,10 +5,15 @@
   its ``_aNNN.xim`` images; OD from ``--i0`` or, without it, from the brightest pixels) or an
   HDF5 file with ``od`` (energy, y, x) and ``energies_ev``. OUT.h5 holds ``weights``
   (reference, y, x), ``r_factor`` (y, x) and ``energies_ev``.
-- ``diffptycho chem two-energy OD.h5 --e1 708.2 --e2 710.2 --references R_LFP R_FP --output
+- ``diffptycho chem two-energy OD.h5 [--e1 708.2 --e2 710.2] --references R_LFP R_FP --output
   OUT.h5``: 2×2 unmixing of ``od`` (2, …) (a map or a volume). OUT.h5 holds ``fraction_first``,
   ``polar_angle_deg``, ``phase_class`` (0 first-rich, 1 mixed, 2 second-rich, −1 empty) and the
   two-Gaussian fit of the polar-angle histogram under ``gaussian_fit/``.
+
+Energies: a file's own energies (``energies_ev``, ``energy_pre_ev``) are always used; energies
+given on the command line are then a cross-check and an error when they differ by more than
+:data:`~diffptycho.io.energies.ENERGY_TOLERANCE_EV` (0.1 eV). Without energies in the file the
+command-line ones are used. Shares far outside [0, 1] print a warning naming the likely causes.
 
 Reference files are two columns (energy eV, value); their values are ODs per unit amount of the
 end member. PNG figures are written next to OUT.h5 (``OUT_*.png``). The XANES subcommands
@@ -18,11 +23,16 @@ end member. PNG figures are written next to OUT.h5 (``OUT_*.png``). The XANES su
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
+
+from diffptycho.cli.ptycho import positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -55,9 +65,19 @@ def _add_two_energy(sub) -> None:
         description="Concentrations from OD at two energies with the end members' reference "
         "ODs; polar angle per voxel, its two-Gaussian histogram fit, and 30/70 %% phases.",
     )
-    p.add_argument("od", help="HDF5 with 'od' (2, …) at (E1, E2); optional 'od_pre' (…)")
-    p.add_argument("--e1", type=float, required=True, help="first energy in eV (e.g. 708.2)")
-    p.add_argument("--e2", type=float, required=True, help="second energy in eV (e.g. 710.2)")
+    p.add_argument(
+        "od",
+        help="HDF5 with 'od' (2, …) at (E1, E2); optional 'energies_ev' (2,), 'od_pre' (…), "
+        "'energy_pre_ev'",
+    )
+    p.add_argument(
+        "--e1",
+        type=float,
+        default=None,
+        help="first energy in eV (e.g. 708.2); needed only when the file has no "
+        "'energies_ev', else checked against it (tolerance 0.1 eV)",
+    )
+    p.add_argument("--e2", type=float, default=None, help="second energy in eV (e.g. 710.2)")
     p.add_argument(
         "--references",
         nargs=2,
@@ -71,7 +91,7 @@ def _add_two_energy(sub) -> None:
         type=float,
         default=None,
         help="pre-edge energy in eV: subtract 'od_pre' from the data and the references' OD "
-        "at this energy from theirs",
+        "at this energy from theirs (the file's 'energy_pre_ev' when present)",
     )
     p.add_argument(
         "--empty-threshold",
@@ -80,7 +100,9 @@ def _add_two_energy(sub) -> None:
         help="voxels whose total concentration is below this are empty (reference units; "
         "default 0.2 × the 99.5th percentile)",
     )
-    p.add_argument("--bins", type=int, default=180, help="polar-angle histogram bins (0–90°)")
+    p.add_argument(
+        "--bins", type=positive_int, default=180, help="polar-angle histogram bins (0–90°)"
+    )
     p.add_argument(
         "--smooth",
         type=float,
@@ -124,38 +146,65 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the chosen ``chem`` subcommand; returns the exit code (2 on input errors)."""
+    """Run the chosen ``chem`` subcommand; returns the exit code (2 on input errors).
+
+    Warnings of the library (e.g. implausible unmixing) are printed to stderr as
+    ``diffptycho chem NAME: warning: …``.
+    """
+    name = getattr(args, "chem_command", "chem")
     try:
-        return int(args.func(args))
+        with printed_warnings(f"diffptycho chem {name}"):
+            return int(args.func(args))
     except (ValueError, FileNotFoundError, OSError, KeyError) as err:
-        name = getattr(args, "chem_command", "chem")
         print(f"diffptycho chem {name}: error: {err}", file=sys.stderr)
         return 2
 
 
+@contextlib.contextmanager
+def printed_warnings(prefix: str) -> Iterator[None]:
+    """Print implausible-unmixing warnings raised inside the block as ``PREFIX: warning: …``.
+
+    Other warnings are passed on unchanged when the block ends.
+    """
+    from diffptycho.recon.chem.plausibility import ImplausibleUnmixingWarning
+
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ImplausibleUnmixingWarning)
+            yield
+    finally:
+        seen: set[str] = set()
+        for w in caught:
+            text = str(w.message)
+            if text in seen:
+                continue
+            seen.add(text)
+            if issubclass(w.category, ImplausibleUnmixingWarning):
+                print(f"{prefix}: warning: {text}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def _figure_path(output: str, suffix: str) -> str:
+    """``OUT_suffix.png`` beside OUT, without repeating words OUT already ends with.
+
+    ``lcf.h5`` with ``lcf_maps`` gives ``lcf_maps.png``, not ``lcf_lcf_maps.png``.
+    """
     stem, _ = os.path.splitext(output)
+    base = os.path.basename(stem)
+    words = suffix.split("_")
+    for k in range(len(words), 0, -1):
+        head = "_".join(words[:k])
+        if base == head or base.endswith("_" + head):
+            rest = "_".join(words[k:])
+            return f"{stem}_{rest}.png" if rest else f"{stem}.png"
     return f"{stem}_{suffix}.png"
-
-
-def _read_h5(path: str, names: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
-    import h5py
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: file not found")
-    out = {}
-    with h5py.File(path, "r") as f:
-        for name in names + optional:
-            if name in f and isinstance(f[name], h5py.Dataset):
-                out[name] = np.asarray(f[name][()])
-            elif name in names:
-                have = ", ".join(sorted(f.keys())) or "nothing"
-                raise ValueError(f"{path}: no dataset '{name}' (the file has: {have})")
-    return out
 
 
 def _load_stack(args) -> tuple[np.ndarray, np.ndarray, dict]:
     from diffptycho.io import stxm
+    from diffptycho.io.od_stack import read_spectral_stack
 
     path = args.stack
     if path.lower().endswith(".hdr"):
@@ -164,23 +213,19 @@ def _load_stack(args) -> tuple[np.ndarray, np.ndarray, dict]:
         return st.od, st.energies_ev, info
     if args.i0 is not None:
         raise ValueError(f"--i0 applies to STXM .hdr stacks, not to {path}")
-    data = _read_h5(path, ("od", "energies_ev"))
-    od, e = data["od"].astype(np.float64), data["energies_ev"].astype(np.float64).ravel()
-    if od.ndim != 3 or od.shape[0] != e.size:
-        raise ValueError(
-            f"{path}: expected 'od' (energy, y, x) with {e.size} energies, got {od.shape}"
-        )
-    return od, e, {}
+    stack = read_spectral_stack(path)
+    return stack.od, stack.energies_ev, {}
 
 
 def cmd_lcf(args: argparse.Namespace) -> int:
     """``diffptycho chem lcf``."""
     from diffptycho.analysis.chem_figures import lcf_maps_plot
     from diffptycho.io import stxm
-    from diffptycho.io.results import write_results
+    from diffptycho.io.results import check_output_path, write_results
     from diffptycho.recon.chem.lcf import linear_combination_fit
 
     t0 = time.perf_counter()
+    check_output_path(args.output)
     od, energies, info = _load_stack(args)
     refs = np.stack([stxm.reference_on_grid(r, energies) for r in args.references])
     names = [os.path.splitext(os.path.basename(r))[0] for r in args.references]
@@ -244,25 +289,44 @@ def cmd_two_energy(args: argparse.Namespace) -> int:
     """``diffptycho chem two-energy``."""
     from diffptycho.analysis import chem_figures, segmentation
     from diffptycho.io import stxm
-    from diffptycho.io.results import write_results
+    from diffptycho.io.energies import reconcile_energies
+    from diffptycho.io.od_stack import read_two_energy_od
+    from diffptycho.io.results import check_output_path, write_results
     from diffptycho.recon.chem import two_energy as te
+    from diffptycho.recon.chem.plausibility import warn_if_implausible
 
     t0 = time.perf_counter()
-    data = _read_h5(args.od, ("od",), ("od_pre",))
-    od = data["od"].astype(np.float64)
-    if od.ndim < 2 or od.shape[0] != 2:
-        raise ValueError(f"{args.od}: expected 'od' of shape (2, …) at (E1, E2), got {od.shape}")
-    energies = [args.e1, args.e2] + ([args.e_pre] if args.e_pre is not None else [])
+    check_output_path(args.output)
+    data = read_two_energy_od(args.od)
+    od = data.od
+    e1, e2 = reconcile_energies(
+        data.energies_ev,
+        [args.e1, args.e2],
+        file_where=f"{args.od}: dataset 'energies_ev'",
+        cli_names=["--e1", "--e2"],
+    )
+    e_pre = None
+    if args.e_pre is not None or data.energy_pre_ev is not None:
+        if data.od_pre is None:
+            raise ValueError(
+                f"{args.od}: a pre-edge energy is given but the file has no dataset 'od_pre' "
+                "(pre-edge OD); store it, or drop --e-pre"
+            )
+        (e_pre,) = reconcile_energies(
+            None if data.energy_pre_ev is None else [data.energy_pre_ev],
+            [args.e_pre],
+            file_where=f"{args.od}: dataset 'energy_pre_ev'",
+            cli_names=["--e-pre"],
+        )
+    energies = [e1, e2] + ([e_pre] if e_pre is not None else [])
     ref = [stxm.reference_on_grid(r, energies) for r in args.references]
     od_pre = None
     pre_refs = None
-    if args.e_pre is not None:
-        if "od_pre" not in data:
-            raise ValueError(f"{args.od}: --e-pre needs a dataset 'od_pre' (pre-edge OD)")
-        od_pre = data["od_pre"].astype(np.float64)
+    if e_pre is not None:
+        od_pre = data.od_pre
         pre_refs = [ref[0][2], ref[1][2]]
     matrix = te.reference_matrix(ref[0][:2], ref[1][:2], pre_refs)
-    conc = np.asarray(te.unmix_two_energy(od, matrix, od_pre))
+    conc = np.asarray(te.unmix_two_energy(od, matrix, od_pre, check=False))
     net = od if od_pre is None else od - od_pre[None]
     density = conc.sum(axis=0)
     threshold = args.empty_threshold
@@ -270,6 +334,7 @@ def cmd_two_energy(args: argparse.Namespace) -> int:
         finite = density[np.isfinite(density)]
         threshold = 0.2 * float(np.percentile(finite, 99.5)) if finite.size else np.inf
     mask = segmentation.occupied_mask(density, threshold)
+    warn_if_implausible(te.fraction_first(conc), mask, what=f"two-energy unmixing of {args.od}")
     net_used = net
     if args.smooth > 0:
         conc = te.smooth_concentrations(conc, mask, args.smooth)
@@ -301,9 +366,10 @@ def cmd_two_energy(args: argparse.Namespace) -> int:
     config = {
         "command": "chem two-energy",
         "od": os.path.abspath(args.od),
-        "e1_ev": args.e1,
-        "e2_ev": args.e2,
-        "e_pre_ev": args.e_pre,
+        "e1_ev": e1,
+        "e2_ev": e2,
+        "e_pre_ev": e_pre,
+        "energies_from": "file" if data.energies_ev is not None else "command line",
         "references": [os.path.abspath(r) for r in args.references],
         "reference_names": names,
         "empty_threshold": threshold,
@@ -325,7 +391,7 @@ def cmd_two_energy(args: argparse.Namespace) -> int:
             matrix=matrix,
             mask=mask,
             names=names,
-            energies_ev=(args.e1, args.e2),
+            energies_ev=(e1, e2),
         ),
         chem_figures.polar_histogram_plot(
             fit, _figure_path(args.output, "polar_histogram"), matrix=matrix

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from diffptycho.cli.ptycho import positive_int
+
 __all__ = ["add_parsers", "cmd_cluster", "cmd_xanes_fit", "read_stack"]
 
 
@@ -38,8 +40,8 @@ def add_parsers(chem_subparsers) -> None:
     p.add_argument(
         "--pre-edge-range", nargs=2, type=float, metavar=("LO", "HI"), help="c12 bounds, eV"
     )
-    p.add_argument("--max-steps", type=int, default=100, help="LM steps per pixel at most")
-    p.add_argument("--batch-size", type=int, default=2048, help="pixels solved together")
+    p.add_argument("--max-steps", type=positive_int, default=100, help="LM steps per pixel at most")
+    p.add_argument("--batch-size", type=positive_int, default=2048, help="pixels solved together")
     p.add_argument("--figures", metavar="DIR", help="write PNG descriptor maps into DIR")
     p.set_defaults(func=cmd_xanes_fit)
 
@@ -51,9 +53,9 @@ def add_parsers(chem_subparsers) -> None:
     )
     c.add_argument("results", help="results HDF5 written by xanes-fit")
     how = c.add_mutually_exclusive_group()
-    how.add_argument("--k", type=int, help="number of clusters")
+    how.add_argument("--k", type=positive_int, help="number of clusters")
     how.add_argument("--elbow", action="store_true", help="choose k by the elbow (default)")
-    c.add_argument("--k-max", type=int, default=8, help="largest k of the elbow curve")
+    c.add_argument("--k-max", type=positive_int, default=8, help="largest k of the elbow curve")
     c.add_argument(
         "--features",
         nargs="+",
@@ -70,7 +72,7 @@ def add_parsers(chem_subparsers) -> None:
     )
     c.add_argument("--output", "-o", help="write here instead of updating RESULTS in place")
     c.add_argument("--figures", metavar="DIR", help="write PNG figures into DIR")
-    c.add_argument("--n-init", type=int, default=10, help="k-means restarts")
+    c.add_argument("--n-init", type=positive_int, default=10, help="k-means restarts")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_cluster)
 
@@ -87,30 +89,14 @@ def read_stack(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not HDF5, or a dataset is missing or has the wrong shape (named).
+        ValueError: not HDF5, or a dataset is missing, of the wrong dtype or shape, non-finite
+            or all zero, or energies not in eV (see
+            :func:`~diffptycho.io.od_stack.read_spectral_stack`).
     """
-    from diffptycho.io._atomic import open_h5_readonly
+    from diffptycho.io.od_stack import read_spectral_stack
 
-    with open_h5_readonly(path, ValueError, "an HDF5 stack with od/mu_t and energies_ev") as f:
-        names = [n for n in ("mu_t", "od") if n in f]
-        if not names:
-            raise ValueError(f"{path}: no dataset 'od' or 'mu_t' (energy, y, x); found {list(f)}")
-        if "energies_ev" not in f:
-            raise ValueError(f"{path}: no dataset 'energies_ev' (photon energies in eV)")
-        mu_t = np.asarray(f[names[0]][()])
-        e = np.asarray(f["energies_ev"][()], dtype=np.float64)
-        phase = np.asarray(f["phase"][()]) if "phase" in f else None
-    if mu_t.ndim != 3 or e.shape != mu_t.shape[:1]:
-        raise ValueError(
-            f"{path}: dataset '{names[0]}' has shape {mu_t.shape}, expected (energy, y, x) with "
-            f"energy = len(energies_ev) = {e.size}"
-        )
-    if phase is not None and phase.shape != mu_t.shape:
-        raise ValueError(
-            f"{path}: dataset 'phase' has shape {phase.shape}, expected {mu_t.shape} as "
-            f"'{names[0]}'"
-        )
-    return mu_t, e, phase
+    stack = read_spectral_stack(path)
+    return stack.od, stack.energies_ev, stack.phase
 
 
 def cmd_xanes_fit(args: argparse.Namespace) -> int:
@@ -119,10 +105,11 @@ def cmd_xanes_fit(args: argparse.Namespace) -> int:
 
     import jax
 
-    from diffptycho.io.results import write_results
+    from diffptycho.io.results import check_output_path, write_results
     from diffptycho.recon.chem import densities
     from diffptycho.recon.chem.xanes import default_windows, fit_xanes
 
+    check_output_path(args.output)
     mu_t, e, phase = read_stack(args.stack)
     windows = default_windows(e, mu_t.reshape(e.size, -1).T)
     if args.edge_range:
@@ -208,8 +195,9 @@ def cmd_xanes_fit(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     """``diffptycho chem cluster``: k-means (+ elbow) of descriptors, PCA → results HDF5."""
     from diffptycho.analysis import clustering
-    from diffptycho.io.results import read_results, write_results
+    from diffptycho.io.results import check_output_path, read_results, write_results
 
+    check_output_path(args.output or args.results)
     res = read_results(args.results)
     units, prov = res.pop("units"), res.pop("provenance")
     res.pop("history")
@@ -220,8 +208,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             f"{args.results}: missing dataset(s) {missing}; run 'diffptycho chem xanes-fit' "
             "first, or choose --features among its descriptors"
         )
-    if args.k is not None and args.k < 1:
-        raise ValueError(f"--k {args.k}: expected a positive number of clusters")
     snr = res["edge_jump"] / res["noise_sigma"]
     strong = snr >= args.min_snr
     weights = res.get("n_absorber")

@@ -27,6 +27,7 @@ from diffptycho.io._atomic import atomic_h5_file, open_h5_readonly
 
 __all__ = [
     "ResultsFormatError",
+    "check_output_path",
     "load_checkpoint",
     "read_results",
     "save_checkpoint",
@@ -86,6 +87,44 @@ def _array(what: str, value: Any) -> np.ndarray:
             "pass numeric arrays or strings (put other things in config)"
         )
     return arr
+
+
+def check_output_path(path: str | os.PathLike[str], option: str = "--output") -> str:
+    """Fail early, before any work, when an output file could not be written.
+
+    Args:
+        path: the file a command will write.
+        option: the command-line option that named it, for messages.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        FileNotFoundError: its directory does not exist (or is a file).
+        PermissionError: its directory is not writable.
+        IsADirectoryError: ``path`` is a directory.
+
+    Examples:
+        >>> import tempfile
+        >>> check_output_path(os.path.join(tempfile.mkdtemp(), "out.h5")).endswith("out.h5")
+        True
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        what = "is a file, not a directory" if os.path.exists(directory) else "does not exist"
+        raise FileNotFoundError(
+            f"{option} {path}: directory {directory!r} {what}; create the directory or "
+            "choose another output path"
+        )
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{option} {path}: is a directory; give a file name")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{option} {path}: directory {directory!r} is not writable; choose another "
+            "output directory or fix its permissions"
+        )
+    return path
 
 
 def write_results(

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffptycho._typing import Array, Bool, Float
+from diffptycho.recon.chem.plausibility import occupied, warn_if_implausible
 
 __all__ = ["LCFResult", "MAX_EXACT_REFERENCES", "linear_combination_fit", "nnls", "r_factor"]
 
@@ -221,8 +222,15 @@ def linear_combination_fit(
     method: str = "auto",
     iterations: int = 2000,
     batch_size: int = 65536,
+    check: bool = True,
 ) -> LCFResult:
     """Per-pixel non-negative linear combination fit of reference spectra.
+
+    The non-negativity hides inconsistent inputs: a weight that would be negative is set to
+    zero and the others absorb the misfit. With ``check``, the unconstrained least-squares
+    shares w_r / Σw of the occupied pixels are examined as well, and a warning is issued when
+    they leave [−0.2, 1.2] in more than 2 % of them
+    (:func:`~diffptycho.recon.chem.plausibility.warn_if_implausible`).
 
     Args:
         spectra: data (energy, …), e.g. an OD stack (energy, y, x) or (energy, z, y, x).
@@ -232,12 +240,17 @@ def linear_combination_fit(
         method: NNLS method, see :func:`nnls`.
         iterations: FISTA iterations (``method="fista"``).
         batch_size: pixels per vectorised batch (bounds memory).
+        check: warn about implausible shares (concrete arrays only, ≥ 2 references).
 
     Returns:
         :class:`LCFResult`.
 
     Raises:
         ValueError: mismatched shapes, non-finite references, or an empty reference set.
+
+    Warns:
+        ImplausibleUnmixingWarning: the unconstrained shares are implausible: inconsistent
+            references, wrong energies, or data that are not normalised ODs.
 
     Examples:
         >>> refs = jnp.asarray([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
@@ -276,9 +289,26 @@ def linear_combination_fit(
         iterations,
         min(batch_size, n),
     )
+    if check and refs_np.shape[0] >= 2 and not isinstance(flat, jax.core.Tracer):
+        _check_shares(a_np, np.asarray(flat, np.float64), np.asarray(keep), offset)
     return LCFResult(
         weights=w.reshape(refs_np.shape[0], *spatial),
         offset=c.reshape(spatial),
         fit=fit.reshape(d.shape),
         r_factor=r.reshape(spatial),
+    )
+
+
+def _check_shares(a: np.ndarray, flat: np.ndarray, keep: np.ndarray, offset: bool) -> float:
+    """Warn when the unconstrained least-squares shares of the occupied pixels are implausible."""
+    data = np.where(keep[None], flat, 0.0)
+    if offset:
+        a, data = a - a.mean(axis=0), data - data.mean(axis=0)
+    w = np.linalg.pinv(a) @ data  # (reference, pixel)
+    total = w.sum(axis=0)
+    judged = keep & occupied(np.where(keep, total, np.nan))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = w / np.where(total != 0, total, np.nan)
+    return warn_if_implausible(
+        shares, judged, what="linear combination fit (unconstrained shares)", stacklevel=4
     )

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import curve_fit
 
 from diffptycho._typing import Array, Float
+from diffptycho.recon.chem.plausibility import occupied, warn_if_implausible
 
 __all__ = [
     "SingularReferenceError",
@@ -104,6 +106,8 @@ def unmix_two_energy(
     od: Float[Array, "2 ..."],
     matrix,
     od_pre: Float[Array, "..."] | None = None,
+    *,
+    check: bool = True,
 ) -> Float[Array, "2 ..."]:
     """Concentrations of the two end members per voxel: C = I⁻¹ (OD − OD_pre).
 
@@ -111,12 +115,20 @@ def unmix_two_energy(
         od: ODs at (E1, E2) stacked on the first axis, shape (2, …) (dimensionless).
         matrix: reference matrix I (2, 2), see :func:`reference_matrix`.
         od_pre: optional pre-edge OD (…), subtracted from both energies.
+        check: on concrete arrays (not under ``jit``), warn with
+            :class:`~diffptycho.recon.chem.plausibility.ImplausibleUnmixingWarning` when the
+            first member's share C_first / (C_first + C_second) leaves [−0.2, 1.2] in more than
+            2 % of the occupied voxels (total ≥ 0.2 × its 99.5th percentile).
 
     Returns:
         (C_first, C_second), shape (2, …), in the unit of concentration of the references.
 
     Raises:
         SingularReferenceError: ``matrix`` is not invertible.
+
+    Warns:
+        ImplausibleUnmixingWarning: implausible shares (see ``check``): inconsistent
+            references, wrong energies or data that are not ODs.
 
     Examples:
         >>> m = reference_matrix([1.0, 0.5], [0.5, 1.0])
@@ -129,7 +141,16 @@ def unmix_two_energy(
         raise ValueError(f"od: expected the two energies on the first axis, got {od.shape}")
     if od_pre is not None:
         od = od - jnp.asarray(od_pre, dtype=od.dtype)[None]
-    return jnp.tensordot(jnp.asarray(inverse, dtype=od.dtype), od, axes=1)
+    conc = jnp.tensordot(jnp.asarray(inverse, dtype=od.dtype), od, axes=1)
+    if check and not isinstance(conc, jax.core.Tracer):
+        c = np.asarray(conc, dtype=np.float64)
+        warn_if_implausible(
+            np.asarray(fraction_first(c)),
+            occupied(c.sum(axis=0)),
+            what="two-energy unmixing",
+            stacklevel=3,
+        )
+    return conc
 
 
 def polar_angle(od: Float[Array, "2 ..."]) -> Float[Array, "..."]:
@@ -309,6 +330,10 @@ def fit_polar_histogram(
     Raises:
         ValueError: fewer than ``min_voxels`` finite angles (e.g. every voxel masked as empty),
             or the least-squares fit failed.
+
+    Warns:
+        ImplausibleUnmixingWarning: a population's share of the first member is outside
+            [−0.2, 1.2] (with ``matrix``).
     """
     a = np.asarray(angles_deg, dtype=np.float64).ravel()
     a = a[np.isfinite(a)]
@@ -361,6 +386,13 @@ def fit_polar_histogram(
     if matrix is not None:
         frac, slope = _fraction_and_slope(np.radians(mus), check_reference_matrix(matrix))
         err = np.abs(slope) * np.radians(sigmas)
+        warn_if_implausible(
+            frac,
+            what=f"polar-angle histogram (populations at {mus[0]:.2f}° and {mus[1]:.2f}°, "
+            f"first member's shares {frac[0]:.2f} and {frac[1]:.2f})",
+            max_outside=0.0,
+            stacklevel=3,
+        )
     else:
         frac = err = np.full(2, np.nan)
     return TwoGaussianFit(
