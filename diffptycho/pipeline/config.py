@@ -365,8 +365,14 @@ class PipelineConfig:
             without it the run stops after tomography.
         mode: ``"staged"`` (the six stages) or ``"joint"`` (the joint stage, after the staged
             ones when ``joint.start`` is ``"staged"``, alone when it is ``"blank"``).
-        tilt_series, ptychography, projections, registration, alignment, tomography,
-        chemistry, joint: the settings of each part.
+        tilt_series: grouping of the scans into an (energy, angle) grid.
+        ptychography: settings of the ptychography stage.
+        projections: settings of the projections stage.
+        registration: settings of the registration stage.
+        alignment: settings of the alignment stage.
+        tomography: settings of the tomography stage.
+        chemistry: settings of the chemistry stage.
+        joint: settings of the joint stage.
     """
 
     input: tuple[str, ...]
