@@ -5,13 +5,20 @@
     diffptycho ptycho DATA.cxi --algorithm raar --iterations 500 --output OUT.h5
         [--probe-modes M] [--refine-positions] [--background] [--batch-size B] [--entry K]
         [--checkpoint-every N] [--resume] [--keep-best]
+        [--propagation near-field --focus-to-sample Z1]
 
 The starting model is built from the file alone: the object is ones on the smallest grid that
 holds every probe patch (:func:`~diffptycho.physics.scan.object_shape_for`), the probe is the
 file's illumination or, without one, the back-propagated square root of the mean diffraction
 pattern, scaled to the photon count of the brightest frames, and extended to M incoherent
-modes. Metre geometry (distance, detector pixel, energy in J) and pixel-unit files (positions
-in object pixels, no geometry) both work. ``OUT.h5`` holds ``object`` (complex; array centre =
+modes (near field: the back-propagated square root of the mean hologram). Absolute motor
+positions are centred (a whole-pixel offset, ``scan_centre_px`` in the results). Metre geometry
+(distance, detector pixel, energy in J) and pixel-unit files (positions in object pixels, no
+geometry) both work. ``--propagation near-field --focus-to-sample Z1`` (m) reconstructs
+near-field (in-line holography) data of a divergent beam with the Fresnel scaling theorem
+(:func:`~diffptycho.recon.ptycho.geometry.scan_geometry`); in the far field, frames that look
+like holograms or a scan whose frames cannot overlap are reported as warnings on stderr (and in
+the provenance). ``OUT.h5`` holds ``object`` (complex; array centre =
 scan position (0, 0)), ``probe`` (modes, ny, nx), ``positions_px``, ``object_pixel_size_m``
 (NaN for pixel-unit data), ``history/loss`` and provenance; ``OUT.png`` beside it shows the
 amplitude and the phase with the linear ramp removed.
@@ -29,7 +36,7 @@ import numpy as np
 
 from diffptycho.cli.checkpointing import add_checkpoint_arguments, checkpoint_for, interrupted
 
-__all__ = ["ALGORITHMS", "add_parser", "positive_int", "run"]
+__all__ = ["ALGORITHMS", "add_parser", "positive_float", "positive_int", "run"]
 
 ALGORITHMS = ("raar", "dm", "epie", "rpie", "mpie", "lsqml", "adam", "lbfgs")
 """Engine names the command accepts (keys of ``diffptycho.recon.ptycho.ENGINES``)."""
@@ -58,6 +65,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="noise model (default: the engine's own)",
     )
+    p.add_argument(
+        "--propagation",
+        choices=("far-field", "near-field"),
+        default="far-field",
+        help="far field (Fraunhofer) or near field (Fresnel, divergent beam; needs "
+        "--focus-to-sample)",
+    )
+    p.add_argument(
+        "--focus-to-sample",
+        type=positive_float,
+        default=None,
+        metavar="Z1",
+        help="near field: focus-to-sample distance z1 in m (z2 is the file's detector distance)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-figure", action="store_true", help="do not write OUT.png")
     add_checkpoint_arguments(p)
@@ -72,6 +93,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be ≥ 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``argparse`` type: a finite number > 0, with a message naming the value otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number > 0")
     return value
 
 
@@ -123,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
     from diffptycho.recon.interrupt import Interrupted, stop_on_signals
     from diffptycho.recon.ptycho.data import PtychoData
+    from diffptycho.recon.ptycho.geometry import far_field_warnings, scan_geometry
     from diffptycho.recon.ptycho.start import make_engine, starting_model
     from diffptycho.recon.solve import DivergenceError, solve
 
@@ -130,7 +163,12 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.exists(args.data):
         raise FileNotFoundError(f"{args.data}: no such file")
     scan = read_scan(args.data, args.entry)
-    model = starting_model(scan, args.probe_modes, args.background)
+    geometry = scan_geometry(scan, args.propagation, args.focus_to_sample)
+    warnings = far_field_warnings(scan, geometry) if args.propagation == "far-field" else []
+    for warning in warnings:
+        print(f"diffptycho ptycho: warning: {warning}", file=sys.stderr)
+    model = starting_model(scan, args.probe_modes, args.background, geometry=geometry)
+    start_positions = np.asarray(model.positions, dtype=np.float64)
     solver = make_engine(args.algorithm, **engine_options(args))
     data = PtychoData(jnp.asarray(scan.data), None if scan.mask is None else jnp.asarray(scan.mask))
     settings = {
@@ -138,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         for k in ("entry", "algorithm", "probe_modes", "refine_positions", "background")
     }
     settings.update(batch_size=args.batch_size, loss=args.loss, keep_best=args.keep_best)
+    settings.update(propagation=args.propagation, focus_to_sample_m=args.focus_to_sample)
     ckpt = checkpoint_for(args, args.output, dict(settings, command="ptycho"), [args.data])
     resume = None
     if args.resume:
@@ -165,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
         model, history = err.model, err.history
         status, code = f"diverged after {len(history.loss)} iterations: {err}", 1
     t_solve = time.perf_counter() - t0 - t_setup
-    _write(args, scan, model, history, status, {"setup_s": t_setup, "solve_s": t_solve})
+    timings = {"setup_s": t_setup, "solve_s": t_solve}
+    _write(args, scan, model, history, status, timings, geometry, start_positions, warnings)
     ckpt.remove()
     loss = f"{history.loss[0]:.4g} → {history.loss[-1]:.4g}" if history.loss else "none"
     print(
@@ -176,16 +216,20 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _write(args, scan, model, history, status: str, timings: dict[str, float]) -> None:
+def _write(
+    args, scan, model, history, status: str, timings, geometry, start_positions, warnings
+) -> None:
     from diffptycho.io.results import write_results
 
     obj = np.asarray(model.object)
-    size = scan.object_pixel_size_m
+    size = geometry.object_pixel_size_m
+    in_px = scan.positions_m if size is None else scan.positions_m / np.asarray(size)
     datasets = {
         "object": obj.astype(np.complex64),
         "probe": np.asarray(model.probe).astype(np.complex64),
         "positions_px": np.asarray(model.positions, dtype=np.float64),
-        "positions_px_initial": np.asarray(scan.positions_px, dtype=np.float64),
+        "positions_px_initial": start_positions,
+        "scan_centre_px": np.mean(in_px - start_positions, axis=0),
         "object_pixel_size_m": np.full(2, np.nan) if size is None else np.asarray(size),
     }
     units = {
@@ -193,6 +237,7 @@ def _write(args, scan, model, history, status: str, timings: dict[str, float]) -
         "probe": "photons^0.5 per pixel",
         "positions_px": "pixel",
         "positions_px_initial": "pixel",
+        "scan_centre_px": "pixel",
         "object_pixel_size_m": "m",
         "history/loss": "per frame",
         "history/seconds": "s",
@@ -218,7 +263,13 @@ def _write(args, scan, model, history, status: str, timings: dict[str, float]) -
         "keep_best": args.keep_best,
         "best_iteration": history.best_iteration,
         "loss_warnings": history.warnings,
+        "propagation": geometry.propagation,
+        "focus_to_sample_m": args.focus_to_sample,
+        "geometry_warnings": warnings,
     }
+    if geometry.fresnel is not None:
+        config["magnification"] = geometry.fresnel.magnification
+        config["effective_distance_m"] = geometry.fresnel.effective_distance_m
     timings = dict(timings, compile_s=history.compile_seconds)
     write_results(
         args.output,
