@@ -155,6 +155,6 @@ def run(args: argparse.Namespace) -> int:
         datasets.write_lfp_references(refs)
         print(f"wrote {refs} (δ, β of LiFePO4 and FePO4 for spectrotomo --references)")
     else:
-        spectroptycho.write_vanadium_references(refs)
+        spectroptycho.write_vanadium_references(refs, include_ev=ds.energies_ev)
         print(f"wrote {refs} (δ, β of V2O3, VO2 and V2O5)")
     return 0

@@ -401,7 +401,9 @@ def simulate_vanadium_spectroptycho(
 
 
 def write_vanadium_references(
-    path, energies_ev: Float[np.ndarray, " energy"] | None = None
+    path,
+    energies_ev: Float[np.ndarray, " energy"] | None = None,
+    include_ev: Float[np.ndarray, " energy"] | None = None,
 ) -> None:
     """Write δ, β of V2O3, VO2 and V2O5 as a references CSV.
 
@@ -410,12 +412,16 @@ def write_vanadium_references(
 
     Args:
         path: CSV file to write (atomically).
-        energies_ev: energies in eV (default: 5400–5560 eV in 0.25 eV steps, around the V K
-            edge and beyond the published 5420–5540 eV).
+        energies_ev: increasing energies in eV (default: 5400–5560 eV in 0.5 eV steps, around
+            the V K edge and beyond the published 5420–5540 eV).
+        include_ev: energies to add to the table, e.g. those of a dataset, where the spectra
+            are then exact rather than interpolated (2 eV wide pre-edge lines).
     """
     from diffptycho.io.references import write_reference_csv
 
-    energies = np.arange(5400.0, 5560.0 + 1e-9, 0.25) if energies_ev is None else energies_ev
+    energies = np.arange(5400.0, 5560.0 + 1e-9, 0.5) if energies_ev is None else energies_ev
+    if include_ev is not None:
+        energies = np.union1d(energies, np.asarray(include_ev, dtype=np.float64))
     energies = _check_energies(energies)
     ref, _ = spectra.vanadium_reference_spectra(energies)
     species = tuple(spectra.VANADIUM_SPECIES)
