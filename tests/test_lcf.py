@@ -72,11 +72,11 @@ def test_lcf_masked_pixels_are_nan_and_all_masked_does_not_fail(rng):
     data[:, 0, 0] = np.nan  # a non-finite spectrum is treated as masked
     mask = np.ones((4, 4), bool)
     mask[1] = False
-    res = lcf.linear_combination_fit(data, refs, mask=mask, check=False)  # random: no mixture
+    res = lcf.linear_combination_fit(data, refs, mask=mask)
     assert np.all(np.isnan(res.weights[:, 1])) and np.all(np.isnan(res.r_factor[1]))
     assert np.isnan(res.r_factor[0, 0])
     assert np.all(np.isfinite(res.r_factor[2:]))
-    none = lcf.linear_combination_fit(data, refs, mask=np.zeros((4, 4), bool), check=False)
+    none = lcf.linear_combination_fit(data, refs, mask=np.zeros((4, 4), bool))
     assert np.all(np.isnan(none.weights)) and np.all(np.isnan(none.r_factor))
 
 

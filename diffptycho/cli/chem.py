@@ -238,7 +238,7 @@ def cmd_lcf(args: argparse.Namespace) -> int:
                 f"ranges {np.nanmin(np.nanmean(od, 0)):.3g}–{np.nanmax(np.nanmean(od, 0)):.3g})"
             )
     t1 = time.perf_counter()
-    res = linear_combination_fit(od, refs, mask=mask, offset=args.offset)
+    res = linear_combination_fit(od, refs, mask=mask, offset=args.offset, check=True)
     weights, r = np.asarray(res.weights), np.asarray(res.r_factor)
     t_fit = time.perf_counter() - t1
     datasets = {
@@ -326,7 +326,7 @@ def cmd_two_energy(args: argparse.Namespace) -> int:
         od_pre = data.od_pre
         pre_refs = [ref[0][2], ref[1][2]]
     matrix = te.reference_matrix(ref[0][:2], ref[1][:2], pre_refs)
-    conc = np.asarray(te.unmix_two_energy(od, matrix, od_pre, check=False))
+    conc = np.asarray(te.unmix_two_energy(od, matrix, od_pre))
     net = od if od_pre is None else od - od_pre[None]
     density = conc.sum(axis=0)
     threshold = args.empty_threshold

@@ -82,6 +82,60 @@ def _rows(ds: h5py.Dataset, rows: slice | None) -> np.ndarray:
     return np.asarray(ds[()] if rows is None else ds[:, rows, :])
 
 
+def _check_dtype(path: str, ds: h5py.Dataset, what: str, *, complex_ok: bool = False) -> None:
+    kinds = "iufc" if complex_ok else "iuf"
+    if ds.dtype.kind not in kinds:
+        allowed = "real or complex numbers" if complex_ok else "real numbers"
+        raise TomoFormatError(
+            f"{path}: dataset '{ds.name.lstrip('/')}' has dtype {ds.dtype}; store {what} as "
+            f"{allowed}"
+        )
+
+
+def _check_finite(path: str, name: str, values: np.ndarray, what: str) -> None:
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise TomoFormatError(
+            f"{path}: dataset '{name}' contains {bad} NaN/inf values; store finite {what} "
+            "(e.g. interpolate dead pixels)"
+        )
+
+
+def _check_counts(path: str, name: str, counts: np.ndarray, image: str) -> None:
+    """Raw detector counts: finite, ≥ 0, and no image entirely zero."""
+    _check_finite(path, name, counts, "counts")
+    n_neg = int(np.count_nonzero(counts < 0))
+    if n_neg:
+        raise TomoFormatError(
+            f"{path}: dataset '{name}' contains {n_neg} negative counts (min "
+            f"{float(counts.min()):g}); store raw detector counts ≥ 0 (the dark field is "
+            "subtracted here)"
+        )
+    empty = np.flatnonzero(~np.any(counts.reshape(counts.shape[0], -1), axis=1))
+    if empty.size:
+        shown = ", ".join(str(i) for i in empty[:8]) + (" …" if empty.size > 8 else "")
+        raise TomoFormatError(
+            f"{path}: dataset '{name}' has {empty.size} all-zero {image}(s) (index {shown}); "
+            "drop them (and their angles) or store the missing images"
+        )
+
+
+def _check_angles(path: str, name: str, angles_deg: np.ndarray) -> None:
+    """Angles in degrees: finite, within ±360°, and not radians stored as degrees."""
+    _check_finite(path, name, angles_deg, "angles in degrees")
+    if angles_deg.size and float(np.max(np.abs(angles_deg))) > 360.0:
+        raise TomoFormatError(
+            f"{path}: dataset '{name}' holds angles up to {float(np.max(np.abs(angles_deg))):g}; "
+            "expected rotation angles in degrees within ±360°"
+        )
+    span = float(np.ptp(angles_deg)) if angles_deg.size else 0.0
+    if angles_deg.size >= 8 and 0.5 < span <= 2 * np.pi + 1e-6:
+        raise TomoFormatError(
+            f"{path}: dataset '{name}' spans only {span:.4g} degrees over {angles_deg.size} "
+            "projections, which looks like radians; store degrees (multiply by 180/π)"
+        )
+
+
 def read_dxchange(
     path: str | os.PathLike[str],
     *,
@@ -100,8 +154,10 @@ def read_dxchange(
 
     Raises:
         FileNotFoundError: no such file.
-        TomoFormatError: not HDF5, or a dataset is missing or has the wrong shape; the message
-            names the dataset path and the fix.
+        TomoFormatError: not HDF5, or a dataset is missing, has the wrong shape or dtype, holds
+            NaN/inf, negative counts or all-zero images, the flat field is not above the dark,
+            or angles are beyond ±360° or look like radians; the message names the dataset
+            path and the fix.
 
     Examples:
         >>> import os, tempfile
@@ -126,6 +182,8 @@ def read_dxchange(
             )
         white = _dataset(f, path, "exchange/data_white", fix + " (flat fields are required)")
         dark_ds = f.get("exchange/data_dark")
+        for ds in (data, white) if dark_ds is None else (data, white, dark_ds):
+            _check_dtype(path, ds, "detector counts")
         arrays = {"exchange/data": _rows(data, rows), "exchange/data_white": _rows(white, rows)}
         if dark_ds is not None:
             arrays["exchange/data_dark"] = _rows(dark_ds, rows)
@@ -159,6 +217,16 @@ def read_dxchange(
         raise TomoFormatError(
             f"{path}: {angles.size} angles for {n} projections in 'exchange/data'; "
             "the file's 'exchange/theta' (or angles_deg) needs one angle per projection"
+        )
+    _check_angles(path, "exchange/theta", angles)
+    _check_counts(path, "exchange/data", arrays["exchange/data"], "projection")
+    _check_counts(path, "exchange/data_white", arrays["exchange/data_white"], "flat field")
+    _check_finite(path, "exchange/data_dark", arrays["exchange/data_dark"], "dark counts")
+    signal = arrays["exchange/data_white"].mean(axis=0) - arrays["exchange/data_dark"].mean(0)
+    if not np.any(signal > 0):
+        raise TomoFormatError(
+            f"{path}: the flat field 'exchange/data_white' is nowhere brighter than the dark "
+            "field 'exchange/data_dark'; check that the two are not swapped"
         )
     return DataExchange(
         data=arrays["exchange/data"].astype(np.float32),
@@ -266,7 +334,8 @@ def read_projections(
 
     Raises:
         FileNotFoundError: no such file.
-        TomoFormatError: missing dataset or inconsistent shapes (message names the fix).
+        TomoFormatError: missing dataset, inconsistent shapes, wrong dtype, NaN/inf values, or
+            angles beyond ±360° or looking like radians (message names the fix).
     """
     path = os.fspath(path)
     with open_h5_readonly(path, TomoFormatError, "a projections HDF5 file") as f:
@@ -277,6 +346,8 @@ def read_projections(
             raise TomoFormatError(
                 f"{path}: 'projections' has shape {proj.shape}; expected (angle, y, x)"
             )
+        _check_dtype(path, proj, "line integrals", complex_ok=True)
+        _check_dtype(path, ang, "angles in degrees")
         projections = _rows(proj, rows)
         angles = np.asarray(ang[()], dtype=float)
         voxel = float(f["voxel_size_m"][()]) if "voxel_size_m" in f else None
@@ -285,6 +356,8 @@ def read_projections(
             f"{path}: 'angles_deg' has shape {angles.shape} but 'projections' holds "
             f"{projections.shape[0]} projections; store one angle (degrees) per projection"
         )
+    _check_angles(path, "angles_deg", angles)
+    _check_finite(path, "projections", projections, "line integrals")
     return projections, np.deg2rad(angles), voxel
 
 

@@ -222,7 +222,7 @@ def linear_combination_fit(
     method: str = "auto",
     iterations: int = 2000,
     batch_size: int = 65536,
-    check: bool = True,
+    check: bool = False,
 ) -> LCFResult:
     """Per-pixel non-negative linear combination fit of reference spectra.
 

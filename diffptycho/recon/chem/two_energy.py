@@ -107,7 +107,7 @@ def unmix_two_energy(
     matrix,
     od_pre: Float[Array, "..."] | None = None,
     *,
-    check: bool = True,
+    check: bool = False,
 ) -> Float[Array, "2 ..."]:
     """Concentrations of the two end members per voxel: C = I⁻¹ (OD − OD_pre).
 
