@@ -138,7 +138,7 @@ def test_every_command_shown_exists():
 
 def test_every_page_is_in_the_nav_and_every_nav_entry_exists():
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
-    nav = set(re.findall(r"^\s*-\s*(?:[^:\n]+:\s*)?([\w/.-]+\.md)\s*$", config, re.M))
+    nav = set(re.findall(r"^\s*-.*?([\w/.-]+\.md)\s*$", config, re.M))
     pages = {str(p.relative_to(DOCS)) for p in PAGES}
     assert nav <= pages, f"nav entries without a page: {sorted(nav - pages)}"
     assert pages <= nav, f"pages missing from the nav: {sorted(pages - nav)}"
