@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from diffptycho.cli.checkpointing import add_checkpoint_arguments, checkpoint_for, interrupted
 from diffptycho.cli.ptycho import positive_int
 
 __all__ = ["add_parser", "run"]
@@ -77,6 +78,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--voxel-size-nm", type=float, default=None, help="voxel edge in nm")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_checkpoint_arguments(p)
     p.set_defaults(func=run)
     return p
 
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from diffptycho.io.dxchange import load_projections
     from diffptycho.io.results import write_results
     from diffptycho.recon.align import estimate_center, fourier_shift
+    from diffptycho.recon.interrupt import Interrupted, stop_on_signals
     from diffptycho.recon.tomo import reconstruct
 
     t0 = time.perf_counter()
@@ -111,24 +114,35 @@ def run(args: argparse.Namespace) -> int:
     t_center = time.perf_counter() - t1
 
     roi = None if args.rows is None else (slice(None), args.rows, slice(None))
-    result = reconstruct(
-        projections,
-        angles_rad,
-        args.algorithm,
-        args.iterations,
-        voxel_size_m=voxel_size_m or 1.0,
-        roi=roi,
-        slab_size=args.slab_size,
-        relaxation=args.relaxation,
-        order=args.order,
-        nonnegative=args.nonnegative,
-        seed=args.seed,
-        filter=args.filter,
-        cutoff=args.cutoff,
-        learning_rate=args.learning_rate,
-        tv_weight=args.tv_weight,
-        progress=not args.no_progress,
-    )
+    skip = {"output", "no_progress", "checkpoint_every", "resume", "iterations", "func", "_run"}
+    settings = {k: v for k, v in vars(args).items() if k not in skip}
+    settings.update(command="tomo", center=center, rows=str(args.rows))
+    ckpt = checkpoint_for(args, args.output, settings, [args.input])
+    try:
+        with stop_on_signals():
+            result = reconstruct(
+                projections,
+                angles_rad,
+                args.algorithm,
+                args.iterations,
+                voxel_size_m=voxel_size_m or 1.0,
+                roi=roi,
+                slab_size=args.slab_size,
+                relaxation=args.relaxation,
+                order=args.order,
+                nonnegative=args.nonnegative,
+                seed=args.seed,
+                filter=args.filter,
+                cutoff=args.cutoff,
+                learning_rate=args.learning_rate,
+                tv_weight=args.tv_weight,
+                progress=not args.no_progress,
+                checkpoint=None if args.algorithm == "fbp" else ckpt,
+                resume=args.resume,
+                keep_best=args.keep_best,
+            )
+    except Interrupted as err:
+        return interrupted("tomo", err, ckpt.path if ckpt.exists() else None)
     config = dict(result.config)
     config.update(
         input=args.input,
@@ -158,8 +172,13 @@ def run(args: argparse.Namespace) -> int:
             "compile_s": result.compile_seconds,
         },
     )
+    ckpt.remove()
     shape = "×".join(str(n) for n in np.shape(result.volume))
-    last = f", final loss {result.loss[0, -1]:.4g}" if result.loss.size else ""
+    last = ""
+    if result.loss.size:
+        best = np.argmin(result.loss, axis=1)
+        where = f"iteration {best[0]}" if len(best) == 1 else f"iterations {best.tolist()}"
+        last = f", final loss {result.loss[0, -1]:.4g}, best at {where}"
     axis = "" if center == "none" else f", axis at column {float(center):.2f}"
     print(
         f"wrote {args.output}: {args.algorithm} volume {shape} in {result.seconds:.1f} s"

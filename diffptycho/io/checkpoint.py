@@ -137,22 +137,24 @@ def _unflatten(path: str, name: str, like: Any, arrays: Mapping[str, np.ndarray]
             )
         value = arrays[key]
         is_key = jnp.issubdtype(template.dtype, jax.dtypes.prng_key)
-        expected = (
-            np.asarray(jax.random.key_data(template))
-            if is_key and not isinstance(template, jax.ShapeDtypeStruct)
-            else template
-        )
-        if tuple(value.shape) != tuple(expected.shape) or (
-            not is_key and np.dtype(value.dtype) != np.dtype(expected.dtype)
-        ):
+        abstract = isinstance(template, jax.ShapeDtypeStruct)
+        if is_key:  # keys are stored as their key data: (*shape, impl-specific trailing axes)
+            shape_ok = tuple(value.shape[: len(template.shape)]) == tuple(template.shape)
+            expected = f"PRNG key{list(template.shape)}"
+        else:
+            shape_ok = tuple(value.shape) == tuple(template.shape)
+            shape_ok = shape_ok and np.dtype(value.dtype) == np.dtype(template.dtype)
+            expected = f"{np.dtype(template.dtype)}{list(template.shape)}"
+        if not shape_ok:
             raise CheckpointMismatchError(
                 f"{path}: array {key!r} is {value.dtype}{list(value.shape)} in the "
-                f"checkpoint but {expected.dtype}{list(expected.shape)} in this run; start "
-                "again without --resume or delete the file"
+                f"checkpoint but {expected} in this run; start again without --resume or "
+                "delete the file"
             )
         arr = jnp.asarray(value)
         if is_key:
-            arr = jax.random.wrap_key_data(arr, impl=jax.random.key_impl(template))
+            impl = None if abstract else jax.random.key_impl(template)
+            arr = jax.random.wrap_key_data(arr, impl=impl)
         values.append(arr)
     return eqx.combine(jtu.tree_unflatten(treedef, values), static)
 

@@ -38,7 +38,7 @@ class LossWatch:
     Examples:
         >>> watch = LossWatch(window=3, label="demo")
         >>> for it, loss in enumerate([4.0, 2.0, 1.0, 1.5, 2.0, 3.0]):
-        ...     watch.update(it, loss)
+        ...     _ = watch.update(it, loss)
         >>> watch.best_iteration, len(watch.warnings)
         (2, 1)
     """

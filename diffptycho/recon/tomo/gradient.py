@@ -18,6 +18,7 @@ projector's reverse mode is its hand-written adjoint).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -28,7 +29,13 @@ from diffptycho.models.tomo import TomoProjections
 from diffptycho.recon.solve import History, OptaxSolver, solve
 from diffptycho.recon.tomo import operators as ops
 
-__all__ = ["TomoLoss", "gradient_reconstruct", "total_variation", "volume_scale"]
+__all__ = [
+    "TomoLoss",
+    "gradient_reconstruct",
+    "gradient_solver",
+    "total_variation",
+    "volume_scale",
+]
 
 
 def total_variation(volume: Shaped[Array, "z y x"], eps: float | Array = 0.0) -> Float[Array, ""]:
@@ -99,6 +106,7 @@ def gradient_reconstruct(
     progress: bool = True,
     description: str = "adam",
     callback: Callable[[int, TomoProjections, float], None] | None = None,
+    **solve_options: Any,
 ) -> tuple[TomoProjections, History]:
     """Fit the model's volume to measured projections with Adam (or any optax optimizer).
 
@@ -115,6 +123,8 @@ def gradient_reconstruct(
         progress: show a progress bar.
         description: progress-bar label.
         callback: ``callback(iteration, model, loss)`` after each step (see ``solve``).
+        solve_options: further options of :func:`~diffptycho.recon.solve.solve`
+            (``resume``, ``checkpoint``, ``checkpoint_every``, ``keep_best``, ``watch``).
 
     Returns:
         The fitted model and the loss :class:`~diffptycho.recon.solve.History`.
@@ -129,6 +139,44 @@ def gradient_reconstruct(
         ...                                    nonnegative=True, progress=False)
         >>> bool(hist.loss[-1] < 1e-2 * hist.loss[0])
         True
+    """
+    solver, model = gradient_solver(
+        model,
+        projections,
+        iterations,
+        learning_rate=learning_rate,
+        tv_weight=tv_weight,
+        nonnegative=nonnegative,
+        support=support,
+        optimizer=optimizer,
+    )
+    return solve(
+        model,
+        solver,
+        jnp.asarray(projections),
+        iterations,
+        progress=progress,
+        description=description,
+        callback=callback,
+        **solve_options,
+    )
+
+
+def gradient_solver(
+    model: TomoProjections,
+    projections: Projections,
+    iterations: int,
+    *,
+    learning_rate: float = 0.2,
+    tv_weight: float = 0.0,
+    nonnegative: bool = False,
+    support: Float[Array, "z x"] | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+) -> tuple[OptaxSolver, TomoProjections]:
+    """The solver of :func:`gradient_reconstruct` and its starting model (support applied).
+
+    Arguments as for :func:`gradient_reconstruct`; for callers that run
+    :func:`~diffptycho.recon.solve.solve` themselves (e.g. to checkpoint it).
     """
     p = jnp.asarray(projections)
     if jnp.iscomplexobj(p) and not jnp.iscomplexobj(model.volume):
@@ -153,12 +201,4 @@ def gradient_reconstruct(
         lambda m: m.volume,
         constraint if nonnegative or support is not None else None,
     )
-    return solve(
-        model,
-        solver,
-        p,
-        iterations,
-        progress=progress,
-        description=description,
-        callback=callback,
-    )
+    return solver, model

@@ -21,17 +21,19 @@ import dataclasses
 import time
 from typing import Any
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
 from diffptycho._typing import Angles, Array, Float
 from diffptycho.models.tomo import TomoProjections
-from diffptycho.recon.solve import AbstractSolver, solve
+from diffptycho.recon.interrupt import Interrupted, stop_requested
+from diffptycho.recon.solve import AbstractSolver, Snapshot, solve
 from diffptycho.recon.tomo import operators as ops
 from diffptycho.recon.tomo.art import ART, SART
 from diffptycho.recon.tomo.cgls import CGLS
 from diffptycho.recon.tomo.fbp import fbp
-from diffptycho.recon.tomo.gradient import gradient_reconstruct
+from diffptycho.recon.tomo.gradient import gradient_solver
 from diffptycho.recon.tomo.sirt import SIRT
 
 __all__ = ["ALGORITHMS", "TomoResult", "make_solver", "reconstruct"]
@@ -115,6 +117,9 @@ def reconstruct(
     dtype: Any = np.float32,
     out: Any = None,
     progress: bool = True,
+    checkpoint: Any = None,
+    resume: bool = False,
+    keep_best: bool = False,
 ) -> TomoResult:
     """Reconstruct a volume from parallel-beam projections with any of :data:`ALGORITHMS`.
 
@@ -143,6 +148,14 @@ def reconstruct(
         out: array-like (z, y, x) of the output shape to write into (e.g. an h5py dataset);
             default a new NumPy array.
         progress: show a progress bar over slabs × iterations with the current loss.
+        checkpoint: a :class:`~diffptycho.io.checkpoint.Checkpoint` (or any object with
+            ``every``, ``save`` and ``load``): the volume so far, the slab and the current
+            slab's solver state are saved every ``checkpoint.every`` iterations, at the end
+            of every slab, and when a stop is requested (SIGINT/SIGTERM, see
+            :mod:`diffptycho.recon.interrupt`), which then raises
+            :class:`~diffptycho.recon.interrupt.Interrupted`.
+        resume: continue from ``checkpoint`` (same result as the uninterrupted run).
+        keep_best: keep, per slab, the volume of the lowest loss instead of the last one.
 
     Returns:
         A :class:`TomoResult`.
@@ -202,14 +215,48 @@ def reconstruct(
         )
     starts = list(range(rows.start, rows.stop, slab))
     n_steps = 0 if algorithm == "fbp" else iterations
+    losses, compile_s, first_slab, seconds_before = [], 0.0, 0, 0.0
+    saved: dict = {}
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint to resume from")
+        trees, arrays, saved, _ = checkpoint.load({"volume": np.zeros(out_shape, work)})
+        out[...] = trees["volume"]
+        first_slab = int(saved["slab"])
+        losses = [list(row) for row in arrays.get("slab_losses", np.zeros((first_slab, 0)))]
+        compile_s = float(saved.get("slab_compile_seconds", 0.0))
+        seconds_before = float(saved.get("elapsed_seconds", 0.0))
+
+    def save(i: int, snap: Any = None) -> None:
+        trees = {"volume": np.asarray(out)}
+        meta = {
+            "slab": i,
+            "slab_compile_seconds": compile_s,
+            "elapsed_seconds": seconds_before + time.perf_counter() - t_start,
+        }
+        done_losses = np.asarray(losses, dtype=float) if losses else np.zeros((0, n_steps))
+        arrays = {"slab_losses": done_losses}
+        if snap is not None:
+            trees.update(snap.trees())
+            meta.update(snap.meta())
+            arrays.update(snap.arrays())
+        done = i * n_steps + (snap.iteration if snap is not None else 0)
+        checkpoint.save(trees, meta, iteration=done, arrays=arrays)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(starts) * max(n_steps, 1), desc=f"tomo {algorithm}", leave=False)
-    losses, compile_s = [], 0.0
+        bar = tqdm(
+            total=len(starts) * max(n_steps, 1),
+            initial=first_slab * max(n_steps, 1),
+            desc=f"tomo {algorithm}",
+            leave=False,
+        )
     try:
         for i, y0 in enumerate(starts):
+            if i < first_slab:
+                continue
             y1 = min(y0 + slab, rows.stop)
             data = np.asarray(projections[:, y0:y1, :]).astype(work) / voxel_size_m
             if y1 - y0 < slab:  # same shape for every slab: compiled once per slab shape
@@ -231,7 +278,7 @@ def reconstruct(
                         bar.update()
 
                 if algorithm == "adam":
-                    model, history = gradient_reconstruct(
+                    step_solver, model = gradient_solver(
                         model,
                         data,
                         iterations,
@@ -239,25 +286,46 @@ def reconstruct(
                         tv_weight=tv_weight,
                         nonnegative=nonnegative,
                         support=support_j,
-                        progress=False,
-                        callback=tick,
                     )
+                    state = None
                 else:
+                    step_solver = solver
                     if state is None or algorithm == "cgls":
                         state = solver.init(model)
-                    model, history = solve(
-                        model,
-                        solver,
-                        data,
-                        iterations,
-                        state=state,
-                        progress=False,
-                        callback=tick,
-                    )
+                inner = None
+                if resume and i == first_slab and "iteration" in saved:
+                    like = {
+                        "model": model,
+                        "state": eqx.filter_eval_shape(step_solver.init, model),
+                        "best_model": model,
+                    }
+                    trees, arrays, meta, _ = checkpoint.load(like)
+                    inner = Snapshot.restore(trees, arrays, meta)
+                model, history = solve(
+                    model,
+                    step_solver,
+                    data,
+                    iterations,
+                    state=state,
+                    progress=False,
+                    callback=tick,
+                    description=f"tomo {algorithm} slab {i + 1}/{len(starts)}",
+                    resume=inner,
+                    checkpoint=None if checkpoint is None else (lambda snap, i=i: save(i, snap)),
+                    checkpoint_every=0 if checkpoint is None else checkpoint.every,
+                    keep_best=keep_best,
+                )
                 volume = model.volume
                 losses.append(history.loss)
                 compile_s += history.compile_seconds
             out[:, y0 - rows.start : y1 - rows.start, :] = np.asarray(volume)[zs, : y1 - y0, xs]
+            if checkpoint is not None and i + 1 < len(starts):
+                save(i + 1)  # a finished slab is never recomputed
+                if stop_requested():
+                    raise Interrupted(
+                        f"tomo {algorithm}: stopped after slab {i + 1} of {len(starts)}",
+                        iteration=(i + 1) * n_steps,
+                    )
     finally:
         if bar is not None:
             bar.close()
@@ -285,7 +353,7 @@ def reconstruct(
         loss=np.asarray(losses, dtype=float).reshape(len(losses), -1)
         if losses
         else np.zeros((len(starts), 0)),
-        seconds=time.perf_counter() - t_start,
+        seconds=seconds_before + time.perf_counter() - t_start,
         compile_seconds=compile_s,
         config=config,
     )
