@@ -464,6 +464,13 @@ def _read_header(path: str, entry: h5py.Group) -> ScanHeader:
 
     pixel = None if geometry["y_pixel"] is None else (geometry["y_pixel"], geometry["x_pixel"])
     angle_deg, angle_source = read_angle(path, entry)
+    if angle_deg is not None and abs(angle_deg) > 360.0:
+        raise _fail(
+            path,
+            str(angle_source),
+            f"is {angle_deg:g}°, beyond ±360°",
+            "store the tilt angle in degrees within ±360° (check its units attribute)",
+        )
     title_ds = _get(path, entry, TITLE)
     name = entry.name.lstrip("/")
     return ScanHeader(
@@ -520,7 +527,7 @@ def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
         "name": f"{entry.name}/{TITLE}",
     }
     try:
-        return PtychoScan(
+        scan = PtychoScan(
             data=orientation.apply(_data_dataset(path, entry)[()]),
             positions_m=header.positions_m,
             energy_ev=header.energy_ev,
@@ -533,6 +540,17 @@ def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
         )
     except _FieldError as err:
         raise _fail(path, fields[err.field], err.problem, err.fix) from None
+    empty = np.flatnonzero(~np.any(scan.data.reshape(len(scan.data), -1), axis=1))
+    if empty.size:
+        shown = ", ".join(str(i) for i in empty[:8]) + (" …" if empty.size > 8 else "")
+        raise _fail(
+            path,
+            header.frames_dataset,
+            f"has {empty.size} all-zero frame(s) of {len(scan.data)} (index {shown})",
+            "drop those frames and their positions (a closed shutter or a lost readout "
+            "records no photons)",
+        )
+    return scan
 
 
 def _string(ds: h5py.Dataset) -> str:
