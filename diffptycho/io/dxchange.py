@@ -101,7 +101,7 @@ def _check_finite(path: str, name: str, values: np.ndarray, what: str) -> None:
         )
 
 
-def _check_counts(path: str, name: str, counts: np.ndarray, image: str) -> None:
+def _check_counts(path: str, name: str, counts: np.ndarray, image: str, fix: str) -> None:
     """Raw detector counts: finite, ≥ 0, and no image entirely zero."""
     _check_finite(path, name, counts, "counts")
     n_neg = int(np.count_nonzero(counts < 0))
@@ -115,8 +115,7 @@ def _check_counts(path: str, name: str, counts: np.ndarray, image: str) -> None:
     if empty.size:
         shown = ", ".join(str(i) for i in empty[:8]) + (" …" if empty.size > 8 else "")
         raise TomoFormatError(
-            f"{path}: dataset '{name}' has {empty.size} all-zero {image}(s) (index {shown}); "
-            "drop them (and their angles) or store the missing images"
+            f"{path}: dataset '{name}' has {empty.size} all-zero {image}(s) (index {shown}); {fix}"
         )
 
 
@@ -219,8 +218,20 @@ def read_dxchange(
             "the file's 'exchange/theta' (or angles_deg) needs one angle per projection"
         )
     _check_angles(path, "exchange/theta", angles)
-    _check_counts(path, "exchange/data", arrays["exchange/data"], "projection")
-    _check_counts(path, "exchange/data_white", arrays["exchange/data_white"], "flat field")
+    _check_counts(
+        path,
+        "exchange/data",
+        arrays["exchange/data"],
+        "projection",
+        "drop them and their angles, or store the missing images",
+    )
+    _check_counts(
+        path,
+        "exchange/data_white",
+        arrays["exchange/data_white"],
+        "flat field",
+        "drop them, or store flat fields recorded with the beam on",
+    )
     _check_finite(path, "exchange/data_dark", arrays["exchange/data_dark"], "dark counts")
     signal = arrays["exchange/data_white"].mean(axis=0) - arrays["exchange/data_dark"].mean(0)
     if not np.any(signal > 0):
