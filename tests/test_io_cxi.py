@@ -330,3 +330,86 @@ def test_scan_conversions(rng):
     no_geometry = make_scan(rng, distance_m=None)
     assert no_geometry.object_pixel_size_m is None
     assert no_geometry.positions_px is no_geometry.positions_m
+
+
+TRANSLATION = "entry_1/sample_1/geometry_1/translation"
+BASIS = "entry_1/instrument_1/detector_1/basis_vectors"
+
+
+@pytest.mark.parametrize(
+    "units, scale",
+    [("m", 1.0), ("mm", 1e3), ("um", 1e6), ("µm", 1e6), ("μm", 1e6), ("nm", 1e9), ("micron", 1e6)],
+)
+def test_translation_length_units(tmp_path, units, scale):
+    path = tmp_path / "units.cxi"
+    fields = write_foreign(path)
+    metres = fields[TRANSLATION]
+    with h5py.File(path, "r+") as f:
+        del f[TRANSLATION]
+        f[TRANSLATION] = metres * scale
+        f[TRANSLATION].attrs["units"] = units
+    (scan,) = read_cxi(path)
+    np.testing.assert_allclose(scan.positions_m, metres[:, [1, 0]], rtol=1e-12, atol=1e-22)
+
+
+def test_distance_in_mm(tmp_path):
+    path = tmp_path / "mm.cxi"
+    write_foreign(path)
+    with h5py.File(path, "r+") as f:
+        ds = "entry_1/instrument_1/detector_1/distance"
+        del f[ds]
+        f[ds] = 300.0
+        f[ds].attrs["units"] = "mm"
+    assert read_cxi(path)[0].distance_m == pytest.approx(0.3, rel=1e-14)
+
+
+@pytest.mark.parametrize("units", ["inch", "px ", "degree", ""])
+def test_unknown_translation_units_are_refused(tmp_path, units):
+    path = tmp_path / "units.cxi"
+    write_foreign(path)
+    with h5py.File(path, "r+") as f:
+        f[TRANSLATION].attrs["units"] = units
+    with pytest.raises(CXIFormatError, match=f"/{TRANSLATION}' has units.*length unit"):
+        read_cxi(path)
+
+
+def test_written_basis_is_the_reference_and_reads_back_unchanged(tmp_path, rng):
+    scan = make_scan(rng)
+    path = tmp_path / "ours.cxi"
+    write_cxi(path, scan)
+    with h5py.File(path, "r") as f:
+        basis = f[BASIS][()]
+        assert f[BASIS].attrs["units"] == "m"
+    py, px = scan.pixel_size_m
+    np.testing.assert_array_equal(basis, [[0, -py, 0], [-px, 0, 0]])
+    (back,) = read_cxi(path)
+    assert_same_scan(scan, back)
+
+
+def test_basis_transposes_frames_mask_and_probe(tmp_path, rng):
+    """Rows along lab −x, columns along −y: the stored arrays are the transposes."""
+    scan = make_scan(rng)
+    path = tmp_path / "transposed.cxi"
+    py, px = scan.pixel_size_m
+    with h5py.File(path, "w") as f:
+        e = f.create_group("entry_1")
+        e["data_1/data"] = scan.data.transpose(0, 2, 1)
+        e["instrument_1/detector_1/mask"] = np.where(scan.mask.T, 0, 1).astype(np.uint32)
+        e["instrument_1/source_1/illumination"] = scan.illumination.transpose(0, 2, 1)
+        e[BASIS.removeprefix("entry_1/")] = [[-px, 0, 0], [0, -py, 0]]
+        e["instrument_1/detector_1/distance"] = scan.distance_m
+        e["instrument_1/source_1/energy"] = scan.energy_ev * EV_TO_J
+        y, x = scan.positions_m.T
+        e["sample_1/geometry_1/translation"] = np.stack([x, y, 0 * x], 1)
+    (back,) = read_cxi(path)
+    np.testing.assert_array_equal(back.data, scan.data)
+    np.testing.assert_array_equal(back.mask, scan.mask)
+    np.testing.assert_array_equal(back.illumination, scan.illumination)
+    assert back.pixel_size_m == pytest.approx(scan.pixel_size_m, rel=1e-15)
+
+
+def test_pixel_sizes_that_contradict_the_basis_are_refused(tmp_path):
+    path = tmp_path / "contradict.cxi"
+    write_foreign(path, **{BASIS: [[0, -55e-6, 0], [-55e-6, 0, 0]]})
+    with pytest.raises(CXIFormatError, match="basis_vectors' has pixel lengths"):
+        read_cxi(path)
