@@ -155,14 +155,29 @@ def test_api_pages_name_importable_modules():
         importlib.import_module(name)
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if "```pycon" in p.read_text()], ids=_rel)
-def test_examples_on_the_page_run(page):
-    """``pycon`` blocks are doctests, run in order with shared names (as a reader would)."""
-    text = page.read_text(encoding="utf-8")
-    source = "\n".join(m.group(3) for m in FENCE.finditer(text) if m.group(2).strip() == "pycon")
-    test = doctest.DocTestParser().get_doctest(source, {}, _rel(page), str(page), 0)
+def _example_blocks() -> list:
+    """Every ``pycon`` block of the docs, with an id ``page:line``."""
+    blocks = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for m in FENCE.finditer(text):
+            if m.group(2).strip() == "pycon":
+                line = text.count("\n", 0, m.start()) + 1
+                blocks.append(pytest.param(page, line, m.group(3), id=f"{_rel(page)}:{line}"))
+    return blocks
+
+
+def test_pages_have_examples():
+    assert len(_example_blocks()) >= 7
+
+
+@pytest.mark.parametrize(("page", "line", "source"), _example_blocks())
+def test_example_runs(page, line, source):
+    """Each ``pycon`` block is a doctest that runs on its own (so a reader can paste it)."""
+    name = f"{_rel(page)}:{line}"
+    test = doctest.DocTestParser().get_doctest(source, {}, name, str(page), line)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.attempted > 0
-    assert result.failed == 0, f"{result.failed} example(s) on {_rel(page)} failed (output above)"
+    assert result.failed == 0, f"{result.failed} example(s) of {name} failed (output above)"
