@@ -109,3 +109,34 @@ def test_settings_reject_bad_values():
         sp.SpectroPtychoSettings(mode="staged")
     with pytest.raises(ValueError, match="kk_relax"):
         sp.SpectroPtychoSettings(kk_relax=0.0)
+
+
+def test_cli_end_to_end_writes_the_stacks_and_feeds_xanes_fit(tmp_path, capsys):
+    import h5py
+
+    from diffptycho.cli import main
+
+    data = str(tmp_path / "v.cxi")
+    assert main(["simulate", "vanadium", "-o", data, "--size", "16", "--energies", "6",
+                 "--known-probe"]) == 0  # fmt: skip
+    out = str(tmp_path / "stacks.h5")
+    refs = str(tmp_path / "v_references.csv")
+    argv = ["spectroptycho", data, "-o", out, "--references", refs, "--kk", "--kk-rounds", "1",
+            "--kk-iterations", "2", "-n", "3", "--probe-iterations", "3",
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    with h5py.File(out) as f:
+        od = f["optical_density"][()]
+        assert od.ndim == 3 and od.shape[0] == 6
+        assert f["phase"].shape == od.shape
+        assert f["valid_mask"].shape == od.shape[1:] and f["valid_mask"][()].any()
+        assert f["offsets_px"].shape == (6, 2)
+        assert f["thickness"].shape[0] == 3 and f["thickness"].attrs["units"] == "m"
+        np.testing.assert_array_equal(np.diff(f["energies_ev"][()]) > 0, True)
+    from diffptycho.io.od_stack import read_spectral_stack
+
+    stack = read_spectral_stack(out)
+    assert stack.od.shape == od.shape and stack.phase is not None
+    # joint mode needs the references: a clear error, exit code 2
+    assert main(["spectroptycho", data, "-o", out + "j", "--mode", "joint"]) == 2
+    assert "references" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 Two plain HDF5 layouts, as beamline scripts and other programs write them:
 
-- **spectral stack** (``chem lcf``, ``chem xanes-fit``): ``od`` or ``mu_t`` (energy, y, x)
+- **spectral stack** (``chem lcf``, ``chem xanes-fit``): ``od``, ``mu_t`` or
+  ``optical_density`` (as ``spectroptycho`` writes it) (energy, y, x)
   optical density, ``energies_ev`` (energy,) in eV, optionally ``phase`` (energy, y, x) in rad.
 - **two-energy OD** (``chem two-energy``): ``od`` (2, …) at (E1, E2), a map or a volume;
   optionally ``energies_ev`` (2,) in eV, ``od_pre`` (…) pre-edge OD and ``energy_pre_ev``.
@@ -34,7 +35,7 @@ class SpectralStack:
         od: (energy, y, x) float64 optical density (dimensionless).
         energies_ev: (energy,) float64 photon energies in eV.
         phase: (energy, y, x) float64 phase in rad, or None.
-        dataset: the name the OD was read from (``"od"`` or ``"mu_t"``).
+        dataset: the name the OD was read from (``"od"``, ``"mu_t"`` or ``"optical_density"``).
     """
 
     od: Float[Array, "energy y x"]
@@ -107,11 +108,12 @@ def read_spectral_stack(path: str | os.PathLike[str]) -> SpectralStack:
     """
     path = os.fspath(path)
     with open_h5_readonly(path, ValueError, "an HDF5 stack with od/mu_t and energies_ev") as f:
-        names = [n for n in ("od", "mu_t") if isinstance(f.get(n), h5py.Dataset)]
+        names = [n for n in ("od", "mu_t", "optical_density") if isinstance(f.get(n), h5py.Dataset)]
         if not names:
             have = ", ".join(sorted(f.keys())) or "nothing"
             raise ValueError(
-                f"{path}: no dataset 'od' or 'mu_t' (the file has: {have}); store the optical "
+                f"{path}: no dataset 'od', 'mu_t' or 'optical_density' (the file has: {have}); "
+                "store the optical "
                 "density (energy, y, x) as 'od'"
             )
         name = names[0]
