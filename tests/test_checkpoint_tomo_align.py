@@ -10,7 +10,7 @@ import pytest
 
 from diffptycho.cli import main
 from diffptycho.io.dxchange import write_projections
-from diffptycho.io.results import read_results
+from diffptycho.io.results import load_checkpoint, read_results
 from diffptycho.physics.tomography import project
 from diffptycho.recon import solve as solve_module
 
@@ -76,3 +76,44 @@ def test_tomo_refuses_the_checkpoint_of_another_algorithm(
         main(["tomo", projections, "-a", "sirt", "--no-progress", "-o", str(out), "--resume"]) == 2
     )
     assert "run.ckpt.h5: this checkpoint was written by a run with other" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def misaligned(tmp_path_factory):
+    from .test_align_methods import _series
+
+    angles, _, meas = _series(n=16, n_angles=12)
+    path = str(tmp_path_factory.mktemp("align") / "proj.h5")
+    write_projections(path, meas, np.rad2deg(angles))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("options", "stop_at"),
+    [
+        # the starting ART reconstruction takes 3 solve steps, then joint steps
+        (["--method", "joint", "--fit", "shift", "--steps", "12", "--keep-best"], 3 + 7),
+        # each reprojection loop is one 100-step SIRT: stop inside the second loop
+        (["--method", "reprojection", "--fit", "shift", "--loops", "3"], 150),
+    ],
+    ids=["joint", "reprojection"],
+)
+def test_align_stopped_then_resumed_equals_the_uninterrupted_run(
+    misaligned, tmp_path, monkeypatch, capsys, options, stop_at
+):
+    base = ["align", misaligned, "-n", "3", "--no-figures", "--tolerance-px", "0", *options]
+    assert main([*base, "-o", str(tmp_path / "whole.h5")]) == 0
+    assert "lowest residual" in capsys.readouterr().out
+    out = tmp_path / "run.h5"
+    _stop_after(monkeypatch, stop_at)
+    assert main([*base, "-o", str(out), "--checkpoint-every", "1"]) == 1
+    monkeypatch.undo()
+    assert "run.ckpt.h5" in capsys.readouterr().err and not out.exists()
+    assert load_checkpoint(tmp_path / "run.ckpt.h5")[1] >= 1  # resumes mid-way
+    assert main([*base, "-o", str(out), "--resume"]) == 0
+    ours, whole = read_results(out), read_results(tmp_path / "whole.h5")
+    for key in ("shift_px", "volume"):
+        scale = np.abs(whole[key]).max()
+        np.testing.assert_allclose(ours[key], whole[key], rtol=1e-6, atol=1e-6 * scale)
+    np.testing.assert_allclose(ours["history"]["residual"], whole["history"]["residual"], rtol=1e-6)

@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from diffptycho.cli.checkpointing import add_checkpoint_arguments, checkpoint_for, interrupted
+
 __all__ = ["add_parser", "run"]
 
 _CONVENTION = (
@@ -54,6 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-figures", action="store_true", help="write no PNG figures")
     p.add_argument("--progress", action="store_true", help="report progress")
+    add_checkpoint_arguments(p, unit="loops (reprojection) or steps (joint)")
     p.set_defaults(func=run)
     return p
 
@@ -99,11 +102,22 @@ def _figures(directory: str, stem: str, projections, aligned, result) -> list[st
     return paths
 
 
+def _best(result) -> str:
+    residual = result.history.get("residual", np.zeros(0))
+    if not residual.size:
+        return "no residual"
+    unit = "loop" if result.config.get("method") == "reprojection" else "step"
+    best = int(np.argmin(residual))
+    text = f"lowest residual {residual[best]:.4g} at {unit} {best}"
+    return "; ".join([text, *result.config.get("warnings", [])])
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``diffptycho align``; returns the exit status (0 on success)."""
     from diffptycho.io.dxchange import load_projections
     from diffptycho.io.results import write_results
     from diffptycho.recon.align import align_tilt_series, resample_similarity
+    from diffptycho.recon.interrupt import Interrupted, stop_on_signals
     from diffptycho.recon.tomo.operators import inverse_alignment
 
     t0 = time.perf_counter()
@@ -129,7 +143,25 @@ def run(args: argparse.Namespace) -> int:
             iterations=args.iterations,
             progress=args.progress,
         )
-    result = align_tilt_series(projections, angles_rad, args.method, **options)
+    if args.keep_best:
+        if args.method != "joint":
+            raise ValueError("--keep-best applies to --method joint (a loss per step) only")
+        options["keep_best"] = True
+    skip = {"output", "progress", "checkpoint_every", "resume", "figures", "no_figures"}
+    settings = {k: v for k, v in vars(args).items() if k not in skip | {"func", "_run"}}
+    ckpt = checkpoint_for(args, args.output, dict(settings, command="align"), [args.input])
+    try:
+        with stop_on_signals():
+            result = align_tilt_series(
+                projections,
+                angles_rad,
+                args.method,
+                checkpoint=ckpt,
+                resume=args.resume,
+                **options,
+            )
+    except Interrupted as err:
+        return interrupted("align", err, ckpt.path if ckpt.exists() else None)
     inverse = np.asarray(inverse_alignment(result.params))
     aligned = np.stack(
         [resample_similarity(im, q) for im, q in zip(projections, inverse, strict=True)]
@@ -174,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         history=result.history,
         timings={"read_s": t_read, "align_s": result.seconds},
     )
+    ckpt.remove()
     written = [args.output]
     if not args.no_figures:
         directory = args.figures or os.path.dirname(os.path.abspath(args.output))
@@ -182,6 +215,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {', '.join(written)}: {args.method} alignment of {len(angles_rad)} projections "
         f"in {result.seconds:.1f} s, axis offset {result.axis_offset_px:+.2f} px, tilt "
-        f"{np.rad2deg(result.axis_tilt_rad):+.3f}°"
+        f"{np.rad2deg(result.axis_tilt_rad):+.3f}°; {_best(result)}"
     )
     return 0

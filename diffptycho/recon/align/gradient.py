@@ -24,6 +24,7 @@ does, so the two methods' volumes compare directly).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -111,6 +112,9 @@ def joint_align(
     algorithm: str = "art",
     iterations: int = 20,
     progress: bool = False,
+    checkpoint: Any = None,
+    resume: bool = False,
+    keep_best: bool = False,
 ) -> AlignmentResult:
     """Align a tilt series by gradient descent on volume and alignment together.
 
@@ -132,6 +136,12 @@ def joint_align(
         algorithm: algorithm of the starting and final reconstructions.
         iterations: its iterations.
         progress: show a progress bar.
+        checkpoint: a :class:`~diffptycho.io.checkpoint.Checkpoint` (any object with
+            ``every``, ``save_snapshot`` and ``load_snapshot``): the optimisation's state is
+            saved every ``checkpoint.every`` steps and when a stop is requested (see
+            :func:`~diffptycho.recon.solve.solve`).
+        resume: continue from ``checkpoint`` (same result as the uninterrupted run).
+        keep_best: keep the volume and alignment of the lowest loss.
 
     Returns:
         An :class:`~diffptycho.recon.align.reprojection.AlignmentResult`; its history holds the
@@ -197,8 +207,22 @@ def joint_align(
         return eqx.tree_at(lambda t: t.volume, m, jnp.maximum(m.volume, 0))
 
     solver = OptaxSolver(loss, optimizer, lambda m: (m.volume, m.alignment), nonnegative)
+    snapshot = None
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint to resume from")
+        snapshot = checkpoint.load_snapshot(model, eqx.filter_eval_shape(solver.init, model))
     model, history = solve(
-        model, solver, smooth_data, steps, progress=progress, description="joint align"
+        model,
+        solver,
+        smooth_data,
+        steps,
+        progress=progress,
+        description="joint align",
+        resume=snapshot,
+        checkpoint=None if checkpoint is None else checkpoint.save_snapshot,
+        checkpoint_every=0 if checkpoint is None else checkpoint.every,
+        keep_best=keep_best,
     )
     final = np.asarray(jax.device_get(model.alignment), dtype=float)
     gauge = fix_gauge(final, angles, shape)
@@ -219,6 +243,9 @@ def joint_align(
         iterations=iterations,
         initial="given" if initial is not None else "rough_align",
         total_change_px=float(change.max()),
+        best_step=history.best_iteration,
+        keep_best=keep_best,
+        warnings=history.warnings,
     )
     return AlignmentResult(
         params=gauge.params,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -44,8 +45,10 @@ from diffptycho.physics.tomography import project
 from diffptycho.recon.align.gauge import fix_gauge
 from diffptycho.recon.align.registration import register_similarity_stack, resample_similarity
 from diffptycho.recon.align.rough import _check_stack, rough_align
+from diffptycho.recon.interrupt import Interrupted, stop_requested
 from diffptycho.recon.tomo.operators import inverse_alignment
 from diffptycho.recon.tomo.reconstruct import ALGORITHMS, reconstruct
+from diffptycho.recon.watch import LossWatch
 
 __all__ = [
     "AlignmentResult",
@@ -181,6 +184,8 @@ def reprojection_align(
     loop_algorithm: str = "sirt",
     loop_iterations: int = 100,
     progress: bool = False,
+    checkpoint: Any = None,
+    resume: bool = False,
 ) -> AlignmentResult:
     """Align a tilt series by iterative reprojection (module docstring).
 
@@ -207,6 +212,12 @@ def reprojection_align(
             rotations and scales).
         loop_iterations: its iterations.
         progress: print one line per loop.
+        checkpoint: a :class:`~diffptycho.io.checkpoint.Checkpoint` (any object with
+            ``every``, ``save`` and ``load``): the parameters and history are saved every
+            ``checkpoint.every`` loops and when a stop is requested (SIGINT/SIGTERM, see
+            :mod:`diffptycho.recon.interrupt`), which then raises
+            :class:`~diffptycho.recon.interrupt.Interrupted`.
+        resume: continue from ``checkpoint`` (same result as the uninterrupted run).
 
     Returns:
         An :class:`AlignmentResult` in the gauge of
@@ -235,13 +246,37 @@ def reprojection_align(
     def recon(data, p):
         return reconstruct_dealigned(data, angles, p, loop_algorithm, loop_iterations, nonnegative)
 
-    for factor in binning:
+    watch = LossWatch(window=3, label="reprojection alignment residual")
+    position = (0, 0)  # (binning level, loop) of the next loop to run
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint to resume from")
+        _, arrays, meta, _ = checkpoint.load({})
+        params = np.asarray(arrays["params"], float)
+        hist = {k: [float(x) for x in arrays[f"history/{k}"]] for k in hist}
+        position = (int(meta["level"]), int(meta["loop"]))
+        watch.restore(meta["watch"])
+
+    def save(level: int, loop: int) -> None:
+        arrays = {"params": params, **{f"history/{k}": np.asarray(v) for k, v in hist.items()}}
+        meta = {"level": level, "loop": loop, "watch": watch.state()}
+        checkpoint.save({}, meta, iteration=len(hist["residual"]), arrays=arrays)
+
+    for level, factor in enumerate(binning):
+        if level < position[0]:
+            continue
         factor = int(factor)
         data = bin_projections(meas, factor)
         w = None if weights is None else bin_projections(np.asarray(weights)[None], factor)[0]
-        for loop in range(max_loops):
+        first = position[1] if level == position[0] else 0
+        for loop in range(first, max_loops):
             p_bin = _to_binned(params, shape, factor)
-            volume = recon(data, p_bin)
+            try:
+                volume = recon(data, p_bin)
+            except Interrupted:
+                if checkpoint is not None:
+                    save(level, loop)
+                raise
             reproj = np.asarray(project(jnp.asarray(volume), angles_j))
             q_bin, cost = register_similarity_stack(
                 reproj,
@@ -260,12 +295,25 @@ def reprojection_align(
             hist["residual"].append(float(cost.sum() / np.sum(data**2)))
             hist["seconds"].append(time.perf_counter() - t0)
             hist["binning"].append(factor)
+            watch.update(len(hist["residual"]) - 1, hist["residual"][-1])
             if progress:
                 print(
                     f"bin {factor} loop {loop + 1}: max update {change.max():.4f} px, "
                     f"residual {hist['residual'][-1]:.3e}"
                 )
-            if change.max() < tolerance_px:
+            converged = change.max() < tolerance_px
+            # where a resumed run continues: the next loop, or the next level
+            after = (level + 1, 0) if converged or loop + 1 == max_loops else (level, loop + 1)
+            if checkpoint is not None:
+                every = checkpoint.every
+                if stop_requested() or (every and len(hist["residual"]) % every == 0):
+                    save(*after)
+                if stop_requested() and after[0] < len(binning):
+                    raise Interrupted(
+                        f"reprojection alignment: stopped after loop {len(hist['residual'])}",
+                        iteration=len(hist["residual"]),
+                    )
+            if converged:
                 break
     volume = reconstruct_dealigned(meas, angles, params, algorithm, iterations, nonnegative)
     gauge = fix_gauge(params, angles, shape)
@@ -291,7 +339,7 @@ def reprojection_align(
         axis_tilt_rad=float(np.mean(gauge.params[:, 2])),
         history={k: np.asarray(v, dtype=float) for k, v in hist.items()},
         seconds=time.perf_counter() - t0,
-        config=config,
+        config=dict(config, best_loop=watch.best_iteration, warnings=watch.warnings),
     )
 
 
