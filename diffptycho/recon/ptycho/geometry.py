@@ -216,40 +216,53 @@ def hologram_score(
     """Cheap statistics of the mean frame that tell in-line holograms from far-field patterns.
 
     A centred far-field pattern concentrates its intensity in a central peak and falls by
-    orders of magnitude towards the frame edges (high scattering angles). A near-field
-    (in-line) hologram is the magnified, fringed image of a broad beam: bright over much of
-    the frame, up to its edges.
+    orders of magnitude towards the frame edges (high scattering angles): most pixels, and the
+    border, are far below the peak. A near-field (in-line) hologram is the magnified, fringed
+    image of a broad beam: the typical pixel, and the border, are a sizeable fraction of the
+    brightest. The mean frame is smoothed (Gaussian, σ = frame side / 32) so that speckle and
+    fringes do not decide; levels are relative to its 99.5th percentile ("top").
+
+    Measured on the simulations of the tests (64² near field with a diffuser probe, 32²
+    far field, 10³–10⁶ photons per frame): median level 0.20–0.25 and edge level 0.12 for near
+    field, below 1e-5 for both in the far field.
 
     Args:
         frames: (n, fy, fx) frames in photons (centred, as for the far field).
         mask: valid pixels (True) or None.
 
     Returns:
-        ``bright_fraction``: share of valid pixels above half the 99th percentile of the mean
-        frame; ``edge_level``: median of the frame's outermost rows and columns over that
-        percentile; ``hologram_like``: 1.0 when both exceed 0.2, else 0.0.
+        ``median_level``: median of the smoothed mean frame over top; ``edge_level``: median of
+        its outermost rows and columns over top; ``hologram_like``: 1.0 when the median level
+        exceeds 0.05 and the edge level 0.03, else 0.0.
 
     Examples:
         >>> import numpy as np
-        >>> flat = np.ones((2, 16, 16))
-        >>> hologram_score(flat)["hologram_like"]
+        >>> hologram_score(np.ones((2, 16, 16)))["hologram_like"]
         1.0
+        >>> peak = np.zeros((2, 16, 16)); peak[:, 8, 8] = 1e4
+        >>> hologram_score(peak)["hologram_like"]
+        0.0
     """
+    from scipy import ndimage
+
     mean = np.mean(np.asarray(frames, dtype=np.float64), axis=0)
     valid = np.ones(mean.shape, bool) if mask is None else np.asarray(mask, bool)
+    none = {"median_level": 0.0, "edge_level": 0.0, "hologram_like": 0.0}
     if not valid.any():
-        return {"bright_fraction": 0.0, "edge_level": 0.0, "hologram_like": 0.0}
-    top = float(np.percentile(mean[valid], 99))
-    if top <= 0:
-        return {"bright_fraction": 0.0, "edge_level": 0.0, "hologram_like": 0.0}
-    bright = float(np.mean(mean[valid] > 0.5 * top))
+        return none
+    mean = np.where(valid, mean, np.mean(mean[valid]))
+    smooth = ndimage.gaussian_filter(mean, max(min(mean.shape) / 32, 0.5), mode="nearest")
+    top = float(np.percentile(smooth[valid], 99.5))
+    if not top > 0:
+        return none
     edge = np.zeros(mean.shape, bool)
     edge[[0, -1], :] = True
     edge[:, [0, -1]] = True
     edge &= valid
-    edge_level = float(np.median(mean[edge]) / top) if edge.any() else 0.0
-    like = bright > 0.2 and edge_level > 0.2
-    return {"bright_fraction": bright, "edge_level": edge_level, "hologram_like": float(like)}
+    median_level = float(np.median(smooth[valid]) / top)
+    edge_level = float(np.median(smooth[edge]) / top) if edge.any() else 0.0
+    like = median_level > 0.05 and edge_level > 0.03
+    return {"median_level": median_level, "edge_level": edge_level, "hologram_like": float(like)}
 
 
 def far_field_warnings(scan, geometry: ScanGeometry | None = None) -> list[str]:
@@ -272,10 +285,11 @@ def far_field_warnings(scan, geometry: ScanGeometry | None = None) -> list[str]:
     score = hologram_score(scan.data, scan.mask)
     if score["hologram_like"]:
         out.append(
-            f"the mean frame is bright over {100 * score['bright_fraction']:.0f} % of the "
-            f"detector and up to its edges ({100 * score['edge_level']:.0f} % of the peak), "
-            "with no central far-field peak: these look like near-field (in-line holography) "
-            "frames; if so, run with --propagation near-field --focus-to-sample Z1"
+            f"the mean frame has no central far-field peak: its typical pixel is "
+            f"{100 * score['median_level']:.0f} % and its border {100 * score['edge_level']:.0f} "
+            "% of the brightest (far-field patterns: ≲ 1 %); these look like near-field "
+            "(in-line holography) frames; if so, run with --propagation near-field "
+            "--focus-to-sample Z1"
         )
     size = geometry.object_pixel_size_m
     if size is not None and len(scan.positions_m) > 1:
