@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     import equinox as eqx
     import jax.numpy as jnp
 
+    from diffptycho.io.results import check_output_path
     from diffptycho.recon.interrupt import Interrupted, stop_on_signals
     from diffptycho.recon.ptycho.data import PtychoData
     from diffptycho.recon.ptycho.geometry import far_field_warnings, scan_geometry
@@ -162,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if not os.path.exists(args.data):
         raise FileNotFoundError(f"{args.data}: no such file")
+    check_output_path(args.output)  # before the reconstruction, not after it
     scan = read_scan(args.data, args.entry)
     geometry = scan_geometry(scan, args.propagation, args.focus_to_sample)
     warnings = far_field_warnings(scan, geometry) if args.propagation == "far-field" else []

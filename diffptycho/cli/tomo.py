@@ -67,7 +67,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cutoff", type=float, default=1.0, help="fbp cutoff (fraction of Nyquist)")
     p.add_argument("--learning-rate", type=float, default=0.2, help="adam step (relative)")
     p.add_argument("--tv-weight", type=float, default=0.0, help="adam total-variation weight")
-    p.add_argument("--slab-size", type=int, default=None, help="rows per slab (memory bound)")
+    p.add_argument(
+        "--slab-size", type=positive_int, default=None, help="rows per slab (memory bound)"
+    )
     p.add_argument("--rows", type=_rows, default=None, help="detector rows START:STOP")
     p.add_argument(
         "--center",
@@ -88,12 +90,13 @@ def run(args: argparse.Namespace) -> int:
     import h5py
 
     from diffptycho.io.dxchange import load_projections
-    from diffptycho.io.results import write_results
+    from diffptycho.io.results import check_output_path, write_results
     from diffptycho.recon.align import estimate_center, fourier_shift
     from diffptycho.recon.interrupt import Interrupted, stop_on_signals
     from diffptycho.recon.tomo import reconstruct
 
     t0 = time.perf_counter()
+    check_output_path(args.output)
     projections, angles_rad, voxel_size_m = load_projections(args.input)
     with h5py.File(args.input, "r") as f:
         is_exchange = "exchange/data" in f and "projections" not in f
