@@ -1,0 +1,258 @@
+"""Scale-out and memory of diffptycho ptychography: strong and weak scaling, peak RSS.
+
+1. **Scaling over devices.** Each engine runs in its own Python process per device count D,
+   with every minibatch split over D devices (``mesh=position_mesh(D)``; D = 1 runs the
+   single-device code without a mesh). On CPU the devices are fake ones
+   (``XLA_FLAGS=--xla_force_host_platform_device_count=D``, set in the child's environment
+   before jax is imported), which share the machine's cores: they show the overhead of the
+   collectives and what the cores allow, not what D accelerators give. On a GPU machine the
+   same script uses the first D GPUs (the flag only touches the host platform) and skips
+   counts above what is present.
+
+   - strong: a fixed scan (``--positions`` frames of ``--frame``², batch ``--batch``) on
+     D = 1, 2, 4: time per iteration t_D, speed-up t_1 / t_D, efficiency speed-up / D;
+   - weak: ``--positions`` / 4 × D positions with batch ``--batch`` / 4 × D (the same work
+     per device): efficiency t_1 / t_D.
+
+   Time per iteration is the median after the first iteration (which compiles).
+
+2. **Peak memory.** ``diffptycho ptycho`` (whole process, ``--no-figure``) on a simulated
+   pixel-unit CXI file and on one with 10× the positions; peak resident memory of the child
+   (``os.wait4`` rusage ``ru_maxrss``) and wall time.
+
+Usage:
+    python experiments/benchmarks/bench_scale.py                 # everything (~10 min, 2 cores)
+    python experiments/benchmarks/bench_scale.py --quick         # smaller scans (~3 min)
+    python experiments/benchmarks/bench_scale.py --engines lsqml --skip-memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+DEVICES = (1, 2, 4)
+ENGINES = ("lsqml", "epie", "raar", "adam")
+"""One engine of each family: LSQML-type, PIE-type (in batches), projection, gradient."""
+
+
+def worker(spec: dict) -> dict:
+    """Run one reconstruction in this process; return its timings (the child's side)."""
+    import jax
+    import jax.numpy as jnp
+    from ptycho_cases import Case, simulate
+
+    from diffptycho.models import Ptycho2D
+    from diffptycho.recon.ptycho import ENGINES as CONSTRUCTORS
+    from diffptycho.recon.ptycho import PtychoData
+    from diffptycho.recon.sharding import position_mesh
+    from diffptycho.recon.solve import solve
+
+    devices = spec["devices"]
+    if len(jax.devices()) < devices:
+        return {**spec, "skipped": f"{len(jax.devices())} {jax.default_backend()} devices"}
+    case = Case("scale", spec["positions"], spec["frame"], spec["frame"] / 3, spec["iterations"])
+    sim = simulate(case)
+    model = Ptycho2D(
+        jnp.ones(sim["object_true"].shape, jnp.complex64),
+        jnp.asarray(sim["probe_init"][None]),
+        jnp.asarray(sim["positions_px"], jnp.float32),
+    )
+    mesh = None if devices == 1 else position_mesh(devices)
+    engine = CONSTRUCTORS[spec["engine"]](batch_size=spec["batch"], mesh=mesh)
+    start = time.perf_counter()
+    _, history = solve(
+        model, engine, PtychoData(jnp.asarray(sim["frames"])), case.iterations, progress=False
+    )
+    total = time.perf_counter() - start
+    steps = np.diff(np.concatenate([[0.0], history.seconds]))
+    return {
+        **spec,
+        "backend": jax.default_backend(),
+        "seconds_per_iteration": float(np.median(steps[1:])),
+        "first_iteration": float(steps[0]),
+        "solve_seconds": total,
+        "final_loss": history.loss[-1],
+    }
+
+
+def run_worker(spec: dict) -> dict:
+    """``worker(spec)`` in a child process with ``spec['devices']`` host devices."""
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "").split()
+    flags = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join(
+        [*flags, f"--xla_force_host_platform_device_count={spec['devices']}"]
+    )
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode:
+        return {**spec, "skipped": f"failed: {out.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def scaling(args) -> list[dict]:
+    """Strong and weak scaling rows for every engine and device count."""
+    rows = []
+    for engine in args.engines:
+        for mode in ("strong", "weak"):
+            for d in args.devices:
+                scale = 1 if mode == "strong" else d / max(args.devices)
+                spec = {
+                    "engine": engine,
+                    "mode": mode,
+                    "devices": d,
+                    "positions": int(round(args.positions * scale)),
+                    "batch": int(round(args.batch * scale)),
+                    "frame": args.frame,
+                    "iterations": args.iterations,
+                }
+                row = run_worker(spec)
+                rows.append(row)
+                print(f"  {engine} {mode} D={d}: {_fmt_row(row)}", file=sys.stderr, flush=True)
+    return rows
+
+
+def _fmt_row(row: dict) -> str:
+    if "skipped" in row:
+        return f"skipped ({row['skipped']})"
+    return f"{row['seconds_per_iteration'] * 1e3:.0f} ms/iteration"
+
+
+def print_scaling(rows: list[dict]) -> None:
+    """Table of time per iteration, speed-up and efficiency against D = 1."""
+    print("\nScaling over devices (time per iteration, median after the first)")
+    print(
+        f"{'engine':8} {'mode':6} {'D':>2} {'positions':>9} {'batch':>5} {'backend':7} "
+        f"{'ms/it':>8} {'1st it s':>8} {'speed-up':>8} {'effic.':>7}"
+    )
+    base = {}
+    for r in rows:
+        key = (r["engine"], r["mode"])
+        if "skipped" in r:
+            print(f"{r['engine']:8} {r['mode']:6} {r['devices']:>2} skipped: {r['skipped']}")
+            continue
+        t = r["seconds_per_iteration"]
+        if r["devices"] == 1:
+            base[key] = t
+        t1 = base.get(key)
+        speed = t1 / t if t1 else float("nan")
+        eff = speed / r["devices"] if r["mode"] == "strong" else speed
+        print(
+            f"{r['engine']:8} {r['mode']:6} {r['devices']:>2} {r['positions']:>9} "
+            f"{r['batch']:>5} {r['backend']:7} {t * 1e3:>8.1f} {r['first_iteration']:>8.2f} "
+            f"{speed:>8.2f} {eff:>7.2f}"
+        )
+
+
+def write_dataset(path: str, positions: int, frame: int) -> float:
+    """A pixel-unit CXI file of a simulated scan; returns its frames' size in MB."""
+    from ptycho_cases import Case, simulate
+
+    from diffptycho.io.cxi import write_cxi
+    from diffptycho.io.scan import PtychoScan
+
+    sim = simulate(Case("rss", positions, frame, frame / 3, 1))
+    write_cxi(path, PtychoScan(sim["frames"], sim["positions_px"], energy_ev=710.0))
+    return sim["frames"].nbytes / 1e6
+
+
+def peak_memory(args) -> list[dict]:
+    """Whole-process wall time and peak RSS of ``diffptycho ptycho`` on 1× and 10× data."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for factor in (1, 10):
+            n = args.memory_positions * factor
+            data = os.path.join(tmp, f"scan{n}.cxi")
+            mb = write_dataset(data, n, args.frame)
+            command = [
+                sys.executable,
+                "-m",
+                "diffptycho.cli",
+                "ptycho",
+                data,
+                "-a",
+                args.memory_engine,
+                "-n",
+                str(args.iterations),
+                "-o",
+                os.path.join(tmp, f"out{n}.h5"),
+                "--no-progress",
+                "--no-figure",
+            ]
+            t0 = time.perf_counter()
+            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(child.pid, 0)
+            seconds = time.perf_counter() - t0
+            if status:
+                raise RuntimeError(f"{' '.join(command)} failed: {child.stderr.read().decode()}")
+            # ru_maxrss is in KiB on Linux, in bytes on macOS
+            rss = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+            rows.append({"positions": n, "frames_mb": mb, "seconds": seconds, "peak_rss_mb": rss})
+            print(f"  ptycho {n} positions: {rss:.0f} MB, {seconds:.1f} s", file=sys.stderr)
+    return rows
+
+
+def print_memory(rows: list[dict], args) -> None:
+    """Table of the peak memory runs."""
+    print(
+        f"\nPeak memory of `diffptycho ptycho -a {args.memory_engine} -n {args.iterations}` "
+        f"({args.frame}² frames, whole process)"
+    )
+    print(
+        f"{'positions':>9} {'frames MB':>9} {'wall s':>7} {'peak RSS MB':>11} {'RSS − frames':>12}"
+    )
+    for r in rows:
+        print(
+            f"{r['positions']:>9} {r['frames_mb']:>9.1f} {r['seconds']:>7.1f} "
+            f"{r['peak_rss_mb']:>11.0f} {r['peak_rss_mb'] - r['frames_mb']:>12.0f}"
+        )
+
+
+def main(argv=None) -> int:
+    """Run the benchmark and print its tables."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="smaller scans, fewer iterations")
+    p.add_argument("--engines", nargs="+", default=list(ENGINES), help="engines to scale")
+    p.add_argument("--devices", nargs="+", type=int, default=list(DEVICES))
+    p.add_argument("--positions", type=int, default=1024, help="strong-scaling positions")
+    p.add_argument("--batch", type=int, default=128, help="strong-scaling batch size")
+    p.add_argument("--frame", type=int, default=64, help="frame edge in pixels")
+    p.add_argument("--iterations", type=int, default=8)
+    p.add_argument("--memory-positions", type=int, default=400, help="positions of the 1× file")
+    p.add_argument("--memory-engine", default="lsqml")
+    p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.quick:
+        args.positions, args.batch, args.iterations = 256, 64, 5
+        args.memory_positions = 100
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs", file=sys.stderr)
+    if not args.skip_scaling:
+        print_scaling(scaling(args))
+    if not args.skip_memory:
+        print_memory(peak_memory(args), args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
