@@ -145,3 +145,19 @@ def test_near_field_probe_guess_has_the_beam_footprint():
     assert np.sum(np.abs(guess) ** 2) == pytest.approx(np.sum(hologram), rel=1e-10)
     err = np.linalg.norm(np.abs(guess) - beam) / np.linalg.norm(beam)
     assert err < 0.05, err
+
+
+def test_measured_far_field_siemens_star_is_not_flagged(shared_data):
+    """The measured far-field Siemens star (APS): far below both hologram thresholds."""
+    import os
+
+    from diffptycho.io.siemens import SIEMENS_STAR_FILE, read_siemens_star
+
+    path = os.path.join(shared_data, SIEMENS_STAR_FILE)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not found")
+    scan = read_siemens_star(path)
+    score = hologram_score(scan.data, scan.mask)
+    assert score["hologram_like"] == 0.0
+    assert score["median_level"] < 0.01 and score["edge_level"] < 0.005, score
+    assert far_field_warnings(scan) == []
