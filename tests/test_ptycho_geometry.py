@@ -147,8 +147,13 @@ def test_near_field_probe_guess_has_the_beam_footprint():
     assert err < 0.05, err
 
 
+@pytest.mark.slow
 def test_measured_far_field_siemens_star_is_not_flagged(shared_data):
-    """The measured far-field Siemens star (APS): far below both hologram thresholds."""
+    """The measured far-field Siemens star (APS): far below both hologram thresholds.
+
+    Slow (5 s: the bzip2 file is decompressed); the simulated frames of
+    test_hologram_score_separates_near_from_far are the fast check.
+    """
     import os
 
     from diffptycho.io.siemens import SIEMENS_STAR_FILE, read_siemens_star
