@@ -175,3 +175,35 @@ def test_spectrotomo_killed_with_sigkill_resumes_to_the_same_result(lfp, tmp_pat
     for key in ("composition", "od_volumes", "stages/ptychography/objects"):
         scale = np.abs(whole[key]).max()
         np.testing.assert_allclose(ours[key], whole[key], rtol=1e-6, atol=1e-6 * scale)
+
+
+@pytest.mark.slow
+def test_spectrotomo_stopped_between_scans_resumes_with_the_scans_not_done(
+    lfp, tmp_path, monkeypatch, capsys
+):
+    from diffptycho.pipeline import stages
+
+    cxi, refs = lfp
+    common = ["spectrotomo", cxi, "-r", refs, "-n", "20", "--no-progress", "--no-figures",
+              "--stop-after", "ptychography"]  # fmt: skip
+    assert main([*common, "-o", str(tmp_path / "whole.h5")]) == 0
+    out = tmp_path / "run.h5"
+    monkeypatch.setattr(stages, "stop_requested", lambda: True)  # stop after the first scan
+    assert main([*common, "-o", str(out), "--checkpoint-every", "3"]) == 1
+    monkeypatch.undo()
+    assert "run.h5" in capsys.readouterr().err
+    partial = read_results(out)
+    assert partial["stages/ptychography/done"].sum() == 1  # saved at the stop, not at 3 scans
+    assert main([*common, "-o", str(out), "--resume"]) == 0
+    ours, whole = read_results(out), read_results(tmp_path / "whole.h5")
+    for key in ("objects", "probes"):
+        ref = whole[f"stages/ptychography/{key}"]
+        np.testing.assert_allclose(ours[f"stages/ptychography/{key}"], ref, rtol=1e-6,
+                                   atol=1e-6 * np.abs(ref).max())  # fmt: skip
+
+
+def test_spectrotomo_resume_needs_the_results_file(lfp, tmp_path, capsys):
+    cxi, refs = lfp
+    missing = tmp_path / "none.h5"
+    assert main(["spectrotomo", cxi, "-r", refs, "-o", str(missing), "--resume"]) == 2
+    assert "none.h5: nothing to resume from" in capsys.readouterr().err
