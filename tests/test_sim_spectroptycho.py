@@ -19,11 +19,11 @@ GEOMETRY = sp.fit_scan_to(SHAPE, sp.SPECTRO_GEOMETRY, E3)
 REFINE = 8  # analytic field sampled 8× finer than the reference grid
 
 
-def _blob_field(pixel_m: float, refine: int = REFINE, scale: float = 1.0):
+def _blob_field(pixel_m: float, refine: int = REFINE, scale: float = 1.0, shift_px=(0.0, 0.0)):
     """Smooth Gaussian bumps (one per species) given at ``refine``× the reference grid."""
     n = refine * SHAPE[0]
     c = (np.arange(n) + 0.5) / refine - 0.5 - SHAPE[0] // 2  # reference pixels from origin
-    yy, xx = np.meshgrid(c, c, indexing="ij")
+    yy, xx = np.meshgrid(c - shift_px[0], c - shift_px[1], indexing="ij")
     thickness = scale * _blobs_m(yy * pixel_m, xx * pixel_m, pixel_m)
     domain = np.where(thickness.max(axis=0) > 1e-9, np.argmax(thickness, axis=0), -1)
     return phantoms.VanadiumField(
@@ -36,9 +36,9 @@ def _blob_field(pixel_m: float, refine: int = REFINE, scale: float = 1.0):
 
 def _blobs_m(y, x, pixel_m):
     """Thickness (3, …) in m of three Gaussian bumps at physical points (y, x) in m."""
-    centres = [(-2.5, -2.0), (2.0, 3.0), (3.0, -3.5)]  # reference pixels
+    centres = [(-2.0, -1.5), (1.5, 2.5), (2.5, -2.5)]  # reference pixels, ≥ 4.5 σ inside
     heights = [400e-9, 300e-9, 500e-9]
-    s = 1.6 * pixel_m
+    s = 1.2 * pixel_m
     return np.stack(
         [
             h * np.exp(-((y - cy * pixel_m) ** 2 + (x - cx * pixel_m) ** 2) / (2 * s**2))
@@ -111,7 +111,8 @@ def _direct_frame(ds, e, j, pixel_m, sample=True):
     f = int(ds.truth["oversample"])
     q = ds.pixel_size_m[e] / f  # fine pixel
     wy = f * ds.frames.shape[-1]
-    true_m = ds.positions_px[e, 0, j] * ds.pixel_size_m[e] + ds.truth["offsets_px"][e] * pixel_m
+    # the stage moved the sample by +offset: the beam hits it at recorded − offset
+    true_m = ds.positions_px[e, 0, j] * ds.pixel_size_m[e] - ds.truth["offsets_px"][e] * pixel_m
     c = (np.arange(wy) - wy // 2) * q
     yy, xx = np.meshgrid(c + true_m[0], c + true_m[1], indexing="ij")
     n = np.einsum("s,syx->yx", ds.truth["spectra"][e], _blobs_m(yy, xx, pixel_m)) * sample
@@ -141,7 +142,7 @@ def test_noiseless_frame_matches_a_direct_computation(blobs, e):
     expected = blobs.truth["expected_frames"][e]
     # the recorded position nearest to the thickest bump, whose frame sees the sample
     positions_m = blobs.positions_px[e, 0] * blobs.pixel_size_m[e]
-    j = int(np.argmin(np.hypot(*(positions_m - np.array([3.0, -3.5]) * 20e-9).T)))
+    j = int(np.argmin(np.hypot(*(positions_m - np.array([2.5, -2.5]) * 20e-9).T)))
     direct = _direct_frame(blobs, e, j, 20e-9)
     error = np.abs(expected[j] - direct).max()
     # ~0.1-0.3 %: the simulation moves the probe by a Fourier shift in a periodic window and
@@ -179,6 +180,25 @@ def test_offsets_are_not_in_the_recorded_positions():
     assert np.all(still.truth["offsets_px"] == 0)
     assert np.abs(moved.truth["offsets_px"]).max() > 0.5
     assert np.abs(moved.truth["expected_frames"] - still.truth["expected_frames"]).max() > 100
+
+
+def test_an_offset_is_the_sample_displaced_towards_larger_indices():
+    kw = dict(energies_ev=E3[2:], geometry=GEOMETRY, seed=7)
+    moved = sp.simulate_vanadium_spectroptycho(
+        SHAPE, offset_sigma_px=0.5, field=_blob_field(20e-9, refine=4), **kw
+    )
+    offset = moved.truth["offsets_px"][0]
+    assert np.abs(offset).min() > 0.05
+    shifted = sp.simulate_vanadium_spectroptycho(
+        SHAPE, offset_sigma_px=0.0, field=_blob_field(20e-9, refine=4, shift_px=offset), **kw
+    )
+    a, b = moved.truth["expected_frames"], shifted.truth["expected_frames"]
+    # as in the direct comparison: the beam moved by a Fourier shift vs the sample resampled
+    assert np.abs(a - b).max() < 5e-3 * a.max()
+    backwards = sp.simulate_vanadium_spectroptycho(
+        SHAPE, offset_sigma_px=0.0, field=_blob_field(20e-9, refine=4, shift_px=-offset), **kw
+    )
+    assert np.abs(a - backwards.truth["expected_frames"]).max() > 10 * np.abs(a - b).max()
 
 
 def test_probe_drifts_slowly_with_energy(blobs):

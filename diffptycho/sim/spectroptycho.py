@@ -261,8 +261,11 @@ def simulate_vanadium_spectroptycho(
         ``pixel_size_m`` (energy,) object pixels in m, ``detector_pixel_m``, ``probe`` the true
         probes (energy, 1, N, N) at each energy's object pixel, and ``truth``: ``thickness``
         (species, H, W) in m and ``domain`` (H, W) (−1 = vacuum) on the reference grid,
-        ``offsets_px`` (energy, 2) the unrecorded offsets in reference pixels (true position =
-        recorded + offset·``reference_pixel_size_m``), ``spectra`` (energy, species) δ + iβ,
+        ``offsets_px`` (energy, 2) the unrecorded stage offsets: the displacement (y, x) of the
+        sample in reference pixels, positive towards larger indices (a feature at truth pixel
+        s appears at s + offset in that energy's image made with the recorded positions; the
+        beam hits the sample at recorded − offset·``reference_pixel_size_m``), ``spectra``
+        (energy, species) δ + iβ,
         ``species``, ``mu_t`` and ``phase`` (energy, H, W) the noiseless optical density
         −ln|T|² and phase arg T on the reference grid, ``defocus_m`` and
         ``photons_per_frame`` (energy,), ``expected_frames``, ``reference_energy_ev``,
@@ -327,13 +330,14 @@ def simulate_vanadium_spectroptycho(
     ref, descriptors = spectra.vanadium_reference_spectra(energies)
     spec = np.stack([ref[name] for name in field.species], axis=1)  # (energy, species)
 
-    # the scan: one nominal raster in metres; the unrecorded offsets move the sample
+    # the scan: one nominal raster in metres; the unrecorded offsets move the sample, so the
+    # beam hits it at nominal − offset
     n_pos = int(np.prod(geometry.scan_shape))
     nominal_m = pixel_size_m * patterns.raster_positions(
         *geometry.scan_shape, geometry.step_px, 0.0
     ) + pixel_size_m * rng_jitter.uniform(-geometry.jitter_px, geometry.jitter_px, (n_pos, 2))
     offsets = rng_offset.normal(0.0, 1.0, (energies.size, 2)) * offset_sigma_px
-    true_m = nominal_m[None] + pixel_size_m * offsets[:, None, :]  # (energy, n, 2)
+    true_m = nominal_m[None] - pixel_size_m * offsets[:, None, :]  # (energy, n, 2)
 
     window = (factor * frame[0], factor * frame[1])
     frames = np.empty((energies.size, n_pos, *frame))
