@@ -364,10 +364,16 @@ def _stack_case(command: str, spoil: str) -> Case:
         elif spoil == "unwritable":
             out = _no_dir(tmp_path)
             expected = (out, "directory")
+        elif spoil == "cli-window-kev":
+            expected = ("--edge-range", "keV")
+        elif spoil == "cli-window-outside":
+            expected += ("--edge-range", "6000", "5450")
         if command == "lcf":
             argv = ["chem", "lcf", data, "--references", *_references(tmp_path), "-o", out]
         else:
             argv = ["chem", "xanes-fit", data, "-o", out]
+            window = {"cli-window-kev": ["5.47", "5.49"], "cli-window-outside": ["6000", "6100"]}
+            argv += ["--edge-range", *window[spoil]] if spoil in window else []
         return argv, out, expected
 
     return build
@@ -466,6 +472,8 @@ for _spoil in TOMO_SPOILS:
 for _cmd in ("lcf", "xanes-fit"):
     for _spoil in STACK_SPOILS:
         CASES[f"{_cmd}-{_spoil}"] = _stack_case(_cmd, _spoil)
+for _spoil in ("cli-window-kev", "cli-window-outside"):
+    CASES[f"xanes-fit-{_spoil}"] = _stack_case("xanes-fit", _spoil)
 TWO_ENERGY_SPOILS = (
     "truncated",
     "missing-od",

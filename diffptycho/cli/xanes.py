@@ -99,6 +99,21 @@ def read_stack(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     return stack.od, stack.energies_ev, stack.phase
 
 
+def _check_range(option: str, bounds, energies_ev: np.ndarray, path: str) -> None:
+    """An energy window from the command line: eV, increasing, inside the stack's energies."""
+    from diffptycho.io.energies import check_energies_ev
+
+    lo, hi = check_energies_ev(bounds, option)
+    first, last = float(energies_ev.min()), float(energies_ev.max())
+    if not lo < hi:
+        raise ValueError(f"{option} {lo:g} {hi:g}: expected LO < HI in eV")
+    if hi < first or lo > last:
+        raise ValueError(
+            f"{option} {lo:g}–{hi:g} eV lies outside the energies of {path} ('energies_ev' "
+            f"{first:g}–{last:g} eV); give the window in eV within that range"
+        )
+
+
 def cmd_xanes_fit(args: argparse.Namespace) -> int:
     """``diffptycho chem xanes-fit``: fit, descriptors, densities → results HDF5 (+ PNGs)."""
     import dataclasses
@@ -111,6 +126,12 @@ def cmd_xanes_fit(args: argparse.Namespace) -> int:
 
     check_output_path(args.output)
     mu_t, e, phase = read_stack(args.stack)
+    for option, given in (
+        ("--edge-range", args.edge_range),
+        ("--pre-edge-range", args.pre_edge_range),
+    ):
+        if given:
+            _check_range(option, given, e, args.stack)
     windows = default_windows(e, mu_t.reshape(e.size, -1).T)
     if args.edge_range:
         windows = dataclasses.replace(windows, edge_ev=tuple(args.edge_range))
