@@ -35,7 +35,11 @@ def main() -> None:
     from larch.xafs import pre_edge
 
     energy = np.concatenate(
-        [np.arange(5300.0, 5450.0, 2.0), np.arange(5450.0, 5520.0, 0.25), np.arange(5520, 5801, 2.0)]
+        [
+            np.arange(5300.0, 5450.0, 2.0),
+            np.arange(5450.0, 5520.0, 0.25),
+            np.arange(5520, 5801, 2.0),
+        ]
     )
     ref, desc = spectra.vanadium_reference_spectra(energy)
     project = AthenaProject(str(HERE / "vanadium_oxides.prj"))
@@ -45,8 +49,13 @@ def main() -> None:
         raw = mu * thickness + 0.3 - 2e-4 * (energy - 5300.0)
         g = Group(__name__=name, energy=energy, mu=raw, filename=name)
         pre_edge(
-            g, e0=desc[name]["edge_ev"], pre1=PRE[0], pre2=PRE[1], norm1=NORM[0],
-            norm2=NORM[1], nnorm=NNORM,
+            g,
+            e0=desc[name]["edge_ev"],
+            pre1=PRE[0],
+            pre2=PRE[1],
+            norm1=NORM[0],
+            norm2=NORM[1],
+            nnorm=NNORM,
         )
         project.add_group(g)
     project.save(use_gzip=True)
