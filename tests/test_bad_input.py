@@ -22,6 +22,7 @@ from diffptycho.io.cxi import write_cxi
 from diffptycho.io.dxchange import write_projections
 from diffptycho.io.scan import PtychoScan
 from diffptycho.physics.optics import EV_TO_J
+from tests.test_stxm import _write_stack as _write_stxm
 
 OLD_BYTES = b"results of an earlier run that must survive a failed one\n"
 
@@ -436,7 +437,44 @@ def _two_energy_case(spoil: str) -> Case:
     return build
 
 
+def _stxm_case(spoil: str) -> Case:
+    """``chem lcf`` on an ALS STXM ``.hdr`` + ``.xim`` stack spoilt one way."""
+
+    def build(tmp_path):
+        energies = np.linspace(5450.0, 5520.0, 5)
+        if spoil == "energies-kev":
+            energies = energies / 1000
+        counts = np.random.default_rng(2).uniform(200.0, 900.0, (5, 3, 4))
+        hdr = _write_stxm(tmp_path, counts, energies)
+        xim = str(tmp_path / "s_a002.xim")
+        expected: tuple[str, ...] = (xim,)
+        if spoil == "missing-image":
+            os.remove(xim)
+            expected += ("not found",)
+        elif spoil == "truncated-image":
+            with open(xim) as fh:
+                text = fh.read()
+            with open(xim, "w") as fh:
+                fh.write(text[: len(text) // 2 + 3])
+            expected += ("not a table", "truncated")
+        elif spoil == "negative":
+            np.savetxt(xim, -counts[2])
+            expected += ("negative",)
+        elif spoil == "all-zero":
+            np.savetxt(xim, np.zeros((3, 4)))
+            expected += ("zero",)
+        elif spoil == "energies-kev":
+            expected = (hdr, "StackAxis", "keV")
+        out = str(tmp_path / "lcf.h5")
+        argv = ["chem", "lcf", hdr, "--references", *_references(tmp_path), "-o", out]
+        return argv, out, expected
+
+    return build
+
+
 CASES: dict[str, Case] = {}
+for _spoil in ("missing-image", "truncated-image", "negative", "all-zero", "energies-kev"):
+    CASES[f"lcf-stxm-{_spoil}"] = _stxm_case(_spoil)
 for _cmd in ("ptycho", "spectrotomo"):
     for _spoil in (*CXI_SPOILS, "unwritable"):
         CASES[f"{_cmd}-{_spoil}"] = _cxi_case(_cmd, _spoil)

@@ -116,7 +116,8 @@ def read_xim(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the file does not exist (the message names it).
-        STXMFormatError: not a rectangular table of numbers.
+        STXMFormatError: not a rectangular table of numbers, non-finite or negative counts, or
+            all zero.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -124,9 +125,23 @@ def read_xim(path: str | os.PathLike) -> np.ndarray:
     try:
         image = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as err:
-        raise STXMFormatError(f"{path}: not a table of counts ({err})") from err
+        raise STXMFormatError(
+            f"{path}: not a table of counts ({err}); the file may be truncated: copy it again"
+        ) from err
     if image.size == 0:
         raise STXMFormatError(f"{path}: empty image")
+    bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+    if bad:
+        raise STXMFormatError(f"{path}: {bad} NaN/inf counts; store the detector counts")
+    if np.any(image < 0):
+        raise STXMFormatError(
+            f"{path}: negative counts (min {float(image.min()):g}); store raw detector counts ≥ 0"
+        )
+    if not np.any(image):
+        raise STXMFormatError(
+            f"{path}: every count is zero (beam off or the image was not read out); "
+            "re-export it or drop this energy from the stack"
+        )
     return image
 
 
@@ -244,16 +259,26 @@ def read_stxm_stack(
 
     Raises:
         FileNotFoundError: the ``.hdr``, an ``.xim`` or the I0 file is missing (named).
-        STXMFormatError: inconsistent image shapes or energy ranges (the file is named).
+        STXMFormatError: inconsistent image shapes or energy ranges, or bad counts (the file
+            is named).
+        ValueError: the energies are not in eV (keV or J named).
     """
+    from diffptycho.io.energies import check_energies_ev
+
     hdr_path = os.fspath(hdr_path)
     meta = read_hdr(hdr_path)
     stem = hdr_path[:-4] if hdr_path.lower().endswith(".hdr") else hdr_path
-    energies = np.asarray(meta["energies_ev"])
+    energies = check_energies_ev(meta["energies_ev"], f"{hdr_path}: StackAxis Points")
     x_um, y_um = np.asarray(meta["x_um"]), np.asarray(meta["y_um"])
     images = []
     for k in range(energies.size):
         xim = f"{stem}_a{k:03d}.xim"
+        if not os.path.isfile(xim):
+            raise FileNotFoundError(
+                f"{xim}: STXM image (.xim) not found; {hdr_path} lists {energies.size} energies, "
+                f"so {os.path.basename(stem)}_a000.xim … _a{energies.size - 1:03d}.xim must all "
+                "be beside it: copy the missing image"
+            )
         image = read_xim(xim)
         if image.shape != (y_um.size, x_um.size):
             raise STXMFormatError(
