@@ -226,6 +226,8 @@ def test_known_probe_is_written_only_when_asked(tmp_path):
         ({"offset_sigma_px": -1.0}, "offset_sigma_px"),
         ({"image_shape": (16, 16), "geometry": sp.SPECTRO_GEOMETRY}, "image_shape=\\(16, 16\\)"),
         ({"field": _blob_field(20e-9, refine=2)}, "field"),  # covers 16², the image is 32²
+        ({"pixel_size_m": 60e-9}, "outer zone width"),
+        ({"pixel_size_m": 5e-9}, "defocused beam"),
     ],
 )
 def test_bad_arguments_are_refused_clearly(kwargs, match):

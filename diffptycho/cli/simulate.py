@@ -134,16 +134,22 @@ def run(args: argparse.Namespace) -> int:
             geometry = spectroptycho.fit_scan_to(shape, geometry, energies)
         except ValueError as err:
             raise ValueError(f"--size {args.size}: {err}") from None
-        ds = spectroptycho.simulate_vanadium_spectroptycho(
-            image_shape=shape,
-            pixel_size_m=(args.pixel_nm or 20.0) * 1e-9,
-            energies_ev=energies,
-            geometry=geometry,
-            oversample=args.oversample,
-            offset_sigma_px=args.offset_px,
-            seed=args.seed,
-            known_probe=args.known_probe,
-        )
+        pixel_nm = args.pixel_nm or 20.0
+        try:
+            ds = spectroptycho.simulate_vanadium_spectroptycho(
+                image_shape=shape,
+                pixel_size_m=pixel_nm * 1e-9,
+                energies_ev=energies,
+                geometry=geometry,
+                oversample=args.oversample,
+                offset_sigma_px=args.offset_px,
+                seed=args.seed,
+                known_probe=args.known_probe,
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"--pixel-nm {pixel_nm:g} --oversample {args.oversample} --size {args.size}: {err}"
+            ) from None
     datasets.write_dataset(args.output, ds)
     n_e, n_a, n_f = ds.frames.shape[:3]
     print(

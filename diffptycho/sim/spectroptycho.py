@@ -165,6 +165,29 @@ def _check_scan(geometry: datasets.ScanGeometry, shape: tuple[int, ...], scale: 
             )
 
 
+def _check_probe_sampling(
+    geometry: datasets.ScanGeometry, pixel_m: float, factor: int, energies: np.ndarray
+) -> None:
+    """Refuse pixels that cannot sample the zone-plate beam, before simulating anything."""
+    fine = pixel_m / factor
+    if fine > geometry.outer_zone_width_m:
+        raise ValueError(
+            f"pixel_size_m={pixel_m:g} with oversample={factor}: the simulation pixel "
+            f"{fine * 1e9:.3g} nm exceeds the zone plate's outer zone width "
+            f"{geometry.outer_zone_width_m * 1e9:.3g} nm, so the focused beam cannot be sampled; "
+            "use a smaller pixel or a larger oversample"
+        )
+    lam = optics.wavelength(energies)
+    beam = float(np.max(lam * abs(geometry.defocus_m) / geometry.outer_zone_width_m))
+    window = min(geometry.probe_shape) * pixel_m * float(lam[-1] / lam[0])
+    if beam > window:
+        raise ValueError(
+            f"pixel_size_m={pixel_m:g}: the {min(geometry.probe_shape)}-px frames span "
+            f"{window * 1e9:.3g} nm at the highest energy, less than the defocused beam "
+            f"(≈ {beam * 1e9:.3g} nm); use a larger pixel or less defocus"
+        )
+
+
 def _band_limited(
     fine: Complex[np.ndarray, "wy wx"], frame_shape: tuple[int, int]
 ) -> tuple[Complex[np.ndarray, "fy fx"], float]:
@@ -302,6 +325,7 @@ def simulate_vanadium_spectroptycho(
     energies = _check_energies(energies_ev)
     frame = tuple(int(n) for n in geometry.probe_shape)
     _check_scan(geometry, shape, float(energies[-1] / energies[0]))
+    _check_probe_sampling(geometry, pixel_size_m, factor, energies)
     rng_jitter, rng_offset, rng_noise = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
     )
