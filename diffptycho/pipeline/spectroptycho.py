@@ -312,21 +312,26 @@ class _Grid:
     target_pixel: float
     shape: tuple[int, int]
     offsets: np.ndarray
+    vacuum: np.ndarray | None = None
 
 
-def _projections(model, threshold: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vacuum-normalised μt, φ = arg T (rad) and lit region of one energy's own grid."""
+def _projections(
+    model, vacuum: np.ndarray | None = None, threshold: float = 0.1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Vacuum-normalised μt, φ = arg T (rad), lit region and vacuum of one energy's own grid.
+
+    ``vacuum`` (this energy's grid) replaces the histogram's vacuum when given.
+    """
     from diffptycho.analysis.phase import unwrap_phase
     from diffptycho.pipeline.stages import normalise_transmission
-    from diffptycho.recon.ptycho.metrics import illuminated_region
 
     obj = np.asarray(model.object)
-    region = np.asarray(illuminated_region(model.probe, model.positions, obj.shape, threshold))
-    t, vacuum = normalise_transmission(obj, region)
+    region = _lit(model, threshold)
+    t, vac = normalise_transmission(obj, region, vacuum=vacuum)
     phi = unwrap_phase(np.angle(t), region)
-    phi = np.asarray(phi) - np.mean(np.asarray(phi)[vacuum])
+    phi = np.asarray(phi) - np.mean(np.asarray(phi)[vac])
     od = -2.0 * np.log(np.maximum(np.abs(t), 1e-6))
-    return np.where(region, od, 0.0), np.where(region, phi, 0.0), region
+    return np.where(region, od, 0.0), np.where(region, phi, 0.0), region, vac
 
 
 def _to_common(images: list[np.ndarray], grid: _Grid, order: int = 3) -> np.ndarray:
@@ -343,24 +348,81 @@ def _to_common(images: list[np.ndarray], grid: _Grid, order: int = 3) -> np.ndar
     )
 
 
-def _from_common(image: np.ndarray, e: int, shape: tuple[int, int], grid: _Grid) -> np.ndarray:
+def _from_common(
+    image: np.ndarray, e: int, shape: tuple[int, int], grid: _Grid, order: int = 3
+) -> np.ndarray:
     """One common-grid image → energy ``e``'s own grid, its offset put back."""
     from diffptycho.recon.align.energy import resample_to_grid
 
     scale = grid.target_pixel / grid.pixel_sizes[e]
     back = -grid.offsets[e] * scale  # energy-e pixels; resample_to_grid removes what it gets
     return resample_to_grid(
-        image[None], [grid.target_pixel], grid.pixel_sizes[e], shape, offsets_px=back[None]
+        image[None],
+        [grid.target_pixel],
+        grid.pixel_sizes[e],
+        shape,
+        offsets_px=back[None],
+        order=order,
     ).images[0]
 
 
-def _stacks(models, grid: _Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """μt, φ and lit masks of every energy on the common grid."""
-    per = [_projections(m) for m in models]
+def _stacks(
+    models, grid: _Grid, vacuum: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """μt, φ and lit masks of every energy on the common grid.
+
+    ``vacuum`` (default ``grid.vacuum``): a common-grid vacuum mask used at every energy
+    (mapped onto each energy's grid) instead of each energy's own histogram vacuum.
+    """
+    vacuum = grid.vacuum if vacuum is None else vacuum
+    per = []
+    for e, m in enumerate(models):
+        own = None
+        if vacuum is not None:
+            shape = tuple(m.object.shape)
+            own = _from_common(vacuum.astype(np.float64), e, shape, grid, order=1) > 0.99
+        if own is not None and (own & _lit(m)).sum() < 16:
+            own = None  # the shared vacuum misses this energy's field: use its own
+        per.append(_projections(m, own))
     od = _to_common([p[0] for p in per], grid)
     phase = _to_common([p[1] for p in per], grid)
     lit = _to_common([p[2].astype(np.float64) for p in per], grid, order=1) > 0.99
     return od, phase, lit
+
+
+def _lit(model, threshold: float = 0.1) -> np.ndarray:
+    from diffptycho.recon.ptycho.metrics import illuminated_region
+
+    shape = tuple(model.object.shape)
+    return np.asarray(illuminated_region(model.probe, model.positions, shape, threshold))
+
+
+def _common_vacuum(models, grid: _Grid, erosion_px: int = 2) -> np.ndarray:
+    """The vacuum found at the energy of highest OD contrast, on the common grid.
+
+    Below an edge the sample's OD can sit within the noise, so the OD histogram cannot tell
+    sample from vacuum there and the phase offset would be taken on sample pixels; the
+    energy whose lit OD spreads most decides for all.
+    """
+    from scipy import ndimage
+
+    per = [_projections(m) for m in models]
+    spread = [np.percentile(p[0][p[2]], 99) - np.percentile(p[0][p[2]], 50) for p in per]
+    e = int(np.argmax(spread))
+    one = _Grid(grid.pixel_sizes[e : e + 1], grid.target_pixel, grid.shape, grid.offsets[e : e + 1])
+    vac = _to_common([per[e][3].astype(np.float64)], one, order=1)[0] > 0.99
+    eroded = ndimage.binary_erosion(vac, iterations=erosion_px) if erosion_px else vac
+    return eroded if eroded.sum() >= 16 else vac
+
+
+def _register(models, grid: _Grid, reference: int, upsample: int) -> np.ndarray:
+    """(E, 2) sample offsets of every energy from the reference energy, on the phase."""
+    from diffptycho.recon.align.energy import register_energies
+
+    _, phase, lit = _stacks(models, dataclasses.replace(grid, offsets=np.zeros_like(grid.offsets)))
+    return np.asarray(
+        register_energies(phase, reference=reference, mask=_valid(lit, 0), upsample=upsample)
+    )
 
 
 def _valid(lit: np.ndarray, erosion_px: int = 2) -> np.ndarray:
@@ -599,12 +661,10 @@ def run_spectroptycho(
     )
     t0 = time.perf_counter()
     if settings.register:
-        from diffptycho.recon.align.energy import register_energies
-
-        _, phase, lit = _stacks(models, grid)
-        grid.offsets = np.asarray(
-            register_energies(phase, reference=ref, mask=_valid(lit, 0), upsample=settings.upsample)
-        )
+        grid.offsets = _register(models, grid, ref, settings.upsample)
+    grid.vacuum = _common_vacuum(models, grid)
+    if settings.register:  # again, with every energy normalised on the same vacuum
+        grid.offsets = _register(models, grid, ref, settings.upsample)
     times["registration"] = time.perf_counter() - t0
 
     if settings.kk:

@@ -328,7 +328,7 @@ def _shared_probe_energy(context, settings, e, positions, field, out) -> None:
 
 
 def normalise_transmission(
-    obj: np.ndarray, region: np.ndarray, erosion_px: int = 1
+    obj: np.ndarray, region: np.ndarray, erosion_px: int = 1, vacuum: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Divide out the vacuum level and phase ramp of a reconstructed transmission.
 
@@ -344,6 +344,8 @@ def normalise_transmission(
         obj: (H, W) complex transmission.
         region: (H, W) bool, the illuminated pixels.
         erosion_px: erosion of the vacuum region in pixels.
+        vacuum: (H, W) bool vacuum pixels to use instead of the histogram's (e.g. found at
+            an energy of higher contrast); only its illuminated part is used.
 
     Returns:
         ``(T, vacuum)``: the normalised transmission (H, W) complex128 and the vacuum mask.
@@ -359,6 +361,14 @@ def normalise_transmission(
     region = np.asarray(region, bool)
     if region.sum() < 16:
         raise ValueError(f"the scan lights only {int(region.sum())} pixels; expected ≥ 16")
+    if vacuum is not None:
+        vacuum = region & np.asarray(vacuum, bool)
+        if vacuum.sum() < 16:
+            raise ValueError(
+                f"the given vacuum has only {int(vacuum.sum())} illuminated pixels; expected ≥ 16"
+            )
+        flat = remove_phase_ramp(obj, vacuum)
+        return flat / np.mean(np.abs(flat[vacuum])), vacuum
     amp = np.abs(obj)
     od0 = -2.0 * np.log(np.maximum(amp, 1e-12) / np.percentile(amp[region], 95))
     vacuum = region & (od0 <= _vacuum_threshold(od0[region]))
