@@ -417,11 +417,19 @@ def _common_vacuum(models, grid: _Grid, erosion_px: int = 2) -> np.ndarray:
 
 def _register(models, grid: _Grid, reference: int, upsample: int) -> np.ndarray:
     """(E, 2) sample offsets of every energy from the reference energy, on the phase."""
+    from scipy import ndimage
+
     from diffptycho.recon.align.energy import register_energies
 
     _, phase, lit = _stacks(models, dataclasses.replace(grid, offsets=np.zeros_like(grid.offsets)))
+    # a soft window: the hard edge of the lit region does not move with the sample and drags
+    # the cross-correlation towards zero (0.16 px RMS against 0.07 px on the V K-edge data)
+    window = _valid(lit, 3)
+    if window.sum() < 16:
+        window = _valid(lit, 0)
+    window = ndimage.gaussian_filter(window.astype(np.float64), 2.0)
     return np.asarray(
-        register_energies(phase, reference=reference, mask=_valid(lit, 0), upsample=upsample)
+        register_energies(phase, reference=reference, mask=window, upsample=upsample, chain=False)
     )
 
 
