@@ -418,11 +418,12 @@ def _read_header(path: str, entry: h5py.Group) -> ScanHeader:
     if not (math.isfinite(energy_j) and energy_j > 0):
         raise _fail(path, energy_ds.name, f"is {energy_j!r}", "store a positive energy in J")
     if energy_j > MAX_ENERGY_J:
+        kev = energy_j < 10.0  # below 10 eV no X-ray energy: a keV value
         raise _fail(
             path,
             energy_ds.name,
-            f"is {energy_j!r}, which looks like eV",
-            f"CXI stores joules: multiply by {EV_TO_J!r}",
+            f"is {energy_j!r}, which looks like {'keV' if kev else 'eV'}",
+            f"CXI stores joules: multiply by {1000 * EV_TO_J if kev else EV_TO_J!r}",
         )
 
     geometry: dict[str, float | None] = {}
