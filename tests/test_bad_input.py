@@ -206,7 +206,7 @@ CXI_SPOILS: dict[str, tuple[Callable[[str], None], tuple[str, ...]]] = {
         (CXI_TRANS, "positions"),
     ),
     "energy-in-ev": (_cxi_energy(708.2, None), (CXI_ENERGY, "looks like eV")),
-    "energy-in-kev": (_cxi_energy(0.7082, None), (CXI_ENERGY, "looks like")),
+    "energy-in-kev": (_cxi_energy(0.7082, None), (CXI_ENERGY, "looks like keV")),
     "angle-out-of-range": (_cxi_angle(400.0), ("angle", "400", "±360")),
 }
 """CXI spoils: name → (spoil the file in place, strings the error must contain)."""
