@@ -264,3 +264,24 @@ def test_counts_below_one_are_refused_by_the_parser(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "must be ≥ 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["attribute", "spectrotomo"])
+def test_energies_are_found_where_other_writers_put_them(tmp_path, share, layout):
+    m = _matrix(np.asarray(FILE_EV))
+    od = np.einsum("ij,j...->i...", m, np.stack([share, 1 - share]))
+    path = tmp_path / "od.h5"
+    with h5py.File(path, "w") as f:
+        if layout == "attribute":
+            f["od"] = od
+            f["od"].attrs["energies_ev"] = np.asarray(FILE_EV)
+        else:  # a two-energy spectrotomo result: od_volumes (energy, z, y, x), energies_ev
+            f["od_volumes"] = od[:, None]
+            f["energies_ev"] = np.asarray(FILE_EV)
+    out = tmp_path / "te.h5"
+    argv = ["chem", "two-energy", str(path), "--references", *_refs(tmp_path), "-o", str(out)]
+    assert main([*argv, "--e1", "708.2", "--e2", "710.2"]) == 0
+    with h5py.File(out, "r") as f:
+        frac = f["fraction_first"][()].reshape(share.shape)
+        np.testing.assert_allclose(f["reference_matrix"][()], m, rtol=1e-5)
+    np.testing.assert_allclose(frac[np.isfinite(frac)], share[np.isfinite(frac)], atol=1e-4)

@@ -5,8 +5,10 @@ Two plain HDF5 layouts, as beamline scripts and other programs write them:
 - **spectral stack** (``chem lcf``, ``chem xanes-fit``): ``od``, ``mu_t`` or
   ``optical_density`` (as ``spectroptycho`` writes it) (energy, y, x)
   optical density, ``energies_ev`` (energy,) in eV, optionally ``phase`` (energy, y, x) in rad.
-- **two-energy OD** (``chem two-energy``): ``od`` (2, …) at (E1, E2), a map or a volume;
-  optionally ``energies_ev`` (2,) in eV, ``od_pre`` (…) pre-edge OD and ``energy_pre_ev``.
+- **two-energy OD** (``chem two-energy``): ``od`` (2, …) at (E1, E2), a map or a volume
+  (``od_volumes`` of a two-energy ``spectrotomo`` result is read too); optionally
+  ``energies_ev`` (2,) in eV (dataset, or attribute of the OD), ``od_pre`` (…) pre-edge OD and
+  ``energy_pre_ev``.
 
 Every dataset is checked on reading (real numbers, rank, finite, not all zero, energies in eV),
 and each error names the file, the dataset and what to store instead.
@@ -145,8 +147,9 @@ def read_two_energy_od(path: str | os.PathLike[str]) -> TwoEnergyOD:
     """Read the ODs at two energies (layout in the module docstring).
 
     Args:
-        path: HDF5 file with ``od`` (2, …) and optionally ``energies_ev`` (2,) in eV,
-            ``od_pre`` (…) and ``energy_pre_ev`` (scalar, eV).
+        path: HDF5 file with ``od`` (2, …) (or ``od_volumes``, as ``spectrotomo`` writes for
+            two energies) and optionally ``energies_ev`` (2,) in eV (a dataset, or an
+            attribute of the OD dataset), ``od_pre`` (…) and ``energy_pre_ev`` (scalar, eV).
 
     Returns:
         The :class:`TwoEnergyOD`.
@@ -158,30 +161,40 @@ def read_two_energy_od(path: str | os.PathLike[str]) -> TwoEnergyOD:
     """
     path = os.fspath(path)
     with open_h5_readonly(path, ValueError, "an HDF5 file with 'od' (2, …)") as f:
-        od_ds = _dataset(path, f, "od", "the ODs (2, …) at (E1, E2)")
+        # a spectrotomo results file of two energies holds them as 'od_volumes'
+        name = "od" if "od" in f or "od_volumes" not in f else "od_volumes"
+        od_ds = _dataset(path, f, name, "the ODs (2, …) at (E1, E2)")
         if od_ds.ndim < 2 or od_ds.shape[0] != 2:
             raise ValueError(
-                f"{path}: dataset 'od' has shape {od_ds.shape}; expected (2, …): the ODs at "
-                "(E1, E2) on the first axis, a map or a volume after it"
+                f"{path}: dataset '{name}' has shape {od_ds.shape}; expected (2, …): the ODs "
+                "at (E1, E2) on the first axis, a map or a volume after it"
             )
         od = _real(path, od_ds, "optical densities")
         energies = pre = energy_pre = None
+        where, stored = None, None
         if "energies_ev" in f:
             ds = _dataset(path, f, "energies_ev", "the two energies in eV")
-            if ds.size != 2:
+            where, stored = f"{path}: dataset 'energies_ev'", ds
+        elif "energies_ev" in od_ds.attrs:  # some writers keep them as an attribute
+            where, stored = f"{path}: attribute '{name}.energies_ev'", od_ds.attrs["energies_ev"]
+        if stored is not None:
+            if np.size(stored) != 2:
                 raise ValueError(
-                    f"{path}: dataset 'energies_ev' holds {ds.size} energies; expected 2, the "
-                    "energies (E1, E2) of the two 'od' images in eV"
+                    f"{where} holds {np.size(stored)} energies; expected 2, the energies "
+                    f"(E1, E2) of the two '{name}' images in eV"
                 )
-            energies = check_energies_ev(
-                _real(path, ds, "energies in eV"), f"{path}: dataset 'energies_ev'"
-            ).ravel()
+            values = (
+                _real(path, stored, "energies in eV")
+                if isinstance(stored, h5py.Dataset)
+                else stored
+            )
+            energies = check_energies_ev(values, where).ravel()
         if "od_pre" in f:
             ds = _dataset(path, f, "od_pre", "the pre-edge OD")
             if ds.shape != od_ds.shape[1:]:
                 raise ValueError(
                     f"{path}: dataset 'od_pre' has shape {ds.shape}; expected "
-                    f"{od_ds.shape[1:]} as one image of 'od'"
+                    f"{od_ds.shape[1:]} as one image of '{name}'"
                 )
             pre = _real(path, ds, "pre-edge ODs", nonzero=False)
         if "energy_pre_ev" in f:
