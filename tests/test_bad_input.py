@@ -426,10 +426,16 @@ def _two_energy_case(spoil: str) -> Case:
         elif spoil == "no-energies":
             _replace(data, "energies_ev", None)
             expected = (data, "energies_ev", "--e1")
+        elif spoil == "references-kev":
+            expected = ("lfp.txt", "keV")
         elif spoil == "unwritable":
             out = _no_dir(tmp_path)
             expected = (out, "directory")
-        argv = ["chem", "two-energy", data, "--references", *_two_energy_refs(tmp_path)]
+        refs = _two_energy_refs(tmp_path)
+        if spoil == "references-kev":
+            table = np.loadtxt(refs[0])
+            np.savetxt(refs[0], np.column_stack([table[:, 0] / 1000, table[:, 1]]))
+        argv = ["chem", "two-energy", data, "--references", *refs]
         if spoil != "no-energies":
             argv += ["--e1", e1, "--e2", e2]
         return [*argv, "-o", out], out, expected
@@ -526,6 +532,7 @@ TWO_ENERGY_SPOILS = (
     "cli-energies-disagree",
     "cli-energies-kev",
     "no-energies",
+    "references-kev",
     "unwritable",
 )
 for _spoil in TWO_ENERGY_SPOILS:

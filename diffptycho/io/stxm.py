@@ -156,6 +156,7 @@ def read_two_column(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         FileNotFoundError: the file does not exist.
         STXMFormatError: not two numeric columns, fewer than two rows, or non-finite values.
+        ValueError: the energies are not in eV (keV or J named).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -170,6 +171,9 @@ def read_two_column(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         )
     if not np.all(np.isfinite(table[:, :2])):
         raise STXMFormatError(f"{path}: non-finite values")
+    from diffptycho.io.energies import check_energies_ev
+
+    check_energies_ev(table[:, 0], f"{path}: first column (energy)")
     order = np.argsort(table[:, 0], kind="stable")
     return table[order, 0], table[order, 1]
 
