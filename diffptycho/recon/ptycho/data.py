@@ -85,12 +85,18 @@ class PtychoData(eqx.Module):
 class NativeLayout:
     """Mixin of the ptychography engines: ``solve`` hands them data in the native layout.
 
-    The frames are moved once (:meth:`PtychoData.in_layout`) instead of once per batch.
+    The frames are moved once (:meth:`PtychoData.in_layout`) instead of once per batch, and,
+    for an engine with a ``mesh``, copied once to every device of it instead of once per step.
     """
 
     def prepare(self, model, data: PtychoData) -> PtychoData:
-        """``data`` in ``model.propagator``'s native layout."""
-        return data.in_layout(model.propagator)
+        """``data`` in ``model.propagator``'s native layout (on every device of the mesh)."""
+        data = data.in_layout(model.propagator)
+        mesh = getattr(self, "mesh", None)
+        if mesh is not None:
+            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            data = eqx.filter_shard(data, replicated)
+        return data
 
 
 def native_background(model) -> Float[Array, "fy fx"] | None:
