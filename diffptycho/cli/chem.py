@@ -302,7 +302,7 @@ def cmd_two_energy(args: argparse.Namespace) -> int:
     e1, e2 = reconcile_energies(
         data.energies_ev,
         [args.e1, args.e2],
-        file_where=f"{args.od}: dataset 'energies_ev'",
+        file_where=data.energies_source,
         cli_names=["--e1", "--e2"],
     )
     e_pre = None

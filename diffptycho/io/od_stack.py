@@ -55,12 +55,16 @@ class TwoEnergyOD:
         energies_ev: (2,) float64 energies in eV stored in the file, or None.
         od_pre: (…) float64 pre-edge OD, or None.
         energy_pre_ev: pre-edge energy in eV stored in the file, or None.
+        energies_source: where the energies were read (``"FILE: dataset 'energies_ev'"`` or
+            ``"FILE: attribute 'od.energies_ev'"``), for messages; where they would be
+            without them.
     """
 
     od: np.ndarray
     energies_ev: np.ndarray | None
     od_pre: np.ndarray | None
     energy_pre_ev: float | None
+    energies_source: str = ""
 
 
 def _dataset(path: str, f: h5py.File, name: str, what: str) -> h5py.Dataset:
@@ -114,9 +118,8 @@ def read_spectral_stack(path: str | os.PathLike[str]) -> SpectralStack:
         if not names:
             have = ", ".join(sorted(f.keys())) or "nothing"
             raise ValueError(
-                f"{path}: no dataset 'od', 'mu_t' or 'optical_density' (the file has: {have}); "
-                "store the optical "
-                "density (energy, y, x) as 'od'"
+                f"{path}: no dataset 'od' or 'mu_t' (nor 'optical_density'; the file has: "
+                f"{have}); store the optical density (energy, y, x) as 'od'"
             )
         name = names[0]
         od_ds = f[name]
@@ -171,7 +174,7 @@ def read_two_energy_od(path: str | os.PathLike[str]) -> TwoEnergyOD:
             )
         od = _real(path, od_ds, "optical densities")
         energies = pre = energy_pre = None
-        where, stored = None, None
+        where, stored = f"{path}: dataset 'energies_ev'", None
         if "energies_ev" in f:
             ds = _dataset(path, f, "energies_ev", "the two energies in eV")
             where, stored = f"{path}: dataset 'energies_ev'", ds
@@ -199,9 +202,11 @@ def read_two_energy_od(path: str | os.PathLike[str]) -> TwoEnergyOD:
             pre = _real(path, ds, "pre-edge ODs", nonzero=False)
         if "energy_pre_ev" in f:
             ds = _dataset(path, f, "energy_pre_ev", "the pre-edge energy in eV")
-            where = f"{path}: dataset 'energy_pre_ev'"
-            value = check_energies_ev(_real(path, ds, "an energy in eV"), where).ravel()
+            pre_where = f"{path}: dataset 'energy_pre_ev'"
+            value = check_energies_ev(_real(path, ds, "an energy in eV"), pre_where).ravel()
             if value.size != 1:
-                raise ValueError(f"{where}: holds {value.size} values; store one energy in eV")
+                raise ValueError(f"{pre_where}: holds {value.size} values; store one energy in eV")
             energy_pre = float(value[0])
-    return TwoEnergyOD(od=od, energies_ev=energies, od_pre=pre, energy_pre_ev=energy_pre)
+    return TwoEnergyOD(
+        od=od, energies_ev=energies, od_pre=pre, energy_pre_ev=energy_pre, energies_source=where
+    )
