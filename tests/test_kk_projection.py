@@ -146,3 +146,5 @@ def test_bad_input_names_the_argument(kk):
         kk.project(np.zeros((39, 3)), np.zeros((39, 3)))
     with pytest.raises(ValueError, match="phase"):
         kk.project(np.zeros((40, 3)), np.zeros((40, 4)))
+    with pytest.raises(ValueError, match="relax"):
+        kk.project(np.zeros((40, 3)), np.zeros((40, 3)), relax=1.5)

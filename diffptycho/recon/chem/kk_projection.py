@@ -32,6 +32,14 @@ stacked ``[μt; φ]``: orthogonal in the metric ``Σ_E (Δμt)² + phase_weight�
 default ``phase_weight = 4`` is the inverse-variance ratio for isotropic complex noise on T
 (σ_μt = 2σ_|T|/|T| = 2σ_φ).
 
+Accuracy. A pair without near-edge structure (tabulated absorber + matrix) is a fixed point to
+rounding (< 1e-5 of its range). The V-oxide references of
+:func:`~diffptycho.physics.spectra.vanadium_reference_spectra` on 40 energies 3.1 eV apart move
+by 1.9–4.2 % of their μt range and ≤ 4.7 mrad of phase per µm of oxide: the piecewise-linear
+Δf2 cannot follow structure narrower than the energy step (their 2 eV edges and pre-edge
+line); cubic-spline Δf2 or 3× finer grids did not do better. Noise of the metric's ratio
+falls by √((E + 3)/2E) ≈ 0.73 (the consistent set has E + 3 of 2E dimensions).
+
 Phase offsets. A ptychographic phase is known up to a constant per energy, common to all
 pixels. With ``free_phase_offsets=True`` (default) the set projected onto is
 {per-pixel consistent pairs} + {φ offset c(E) shared by all pixels}, still a linear subspace
@@ -260,7 +268,16 @@ class KKProjector(eqx.Module):
 
         Returns:
             ``(mu_t, phase)`` projected, same shapes.
+
+        Raises:
+            ValueError: shapes that do not match the energies, complex input, or a concrete
+                ``relax`` outside [0, 1].
+
+        With ``free_phase_offsets`` the per-energy offset is estimated from the mean over all
+        the pixels given, so pass the whole field (or all its valid pixels), not a minibatch.
         """
+        if isinstance(relax, int | float) and not 0.0 <= relax <= 1.0:
+            raise ValueError(f"relax={relax!r}: expected a step fraction in [0, 1]")
         x, shape = self._stack(mu_t, phase)
         y = x + jnp.asarray(relax, x.dtype) * (self._projected(x) - x)
         n = shape[0]
