@@ -243,14 +243,22 @@ def write_ptylab_cases(cxi: str, case_dir: str, threshold: float = 0.3) -> dict:
     }
 
 
-def object_errors(objects: dict, setup: dict, threshold: float = 0.3) -> np.ndarray:
-    """Per-energy object error of a package's final objects (on their own grids)."""
+def object_errors(
+    objects: dict, setup: dict, threshold: float = 0.3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-energy object error of a package's final objects (on their own grids).
+
+    Returns:
+        ``object_error`` (relative to ‖T‖) and the same residual relative to the truth's
+        contrast ‖T − mean T‖ on the region: this sample is weak (μt ≤ 0.07, |φ| ≤ 0.2 rad), so
+        an object of ones already has an ``object_error`` of ~0.05 but a contrast error of ~1.
+    """
     import jax.numpy as jnp
 
     from diffptycho.recon.ptycho.metrics import illuminated_region, object_error
     from diffptycho.recon.ptycho.start import scaled_probe
 
-    out = []
+    out, contrast = [], []
     for e, s in enumerate(setup["scans"]):
         obj = np.asarray(objects[f"object_{e:03d}"])
         shape = obj.shape
@@ -259,7 +267,9 @@ def object_errors(objects: dict, setup: dict, threshold: float = 0.3) -> np.ndar
         probe = scaled_probe(s.illumination, s.data, s.mask, 1)
         region = illuminated_region(probe, setup["positions"][e], shape, threshold)
         out.append(float(object_error(jnp.asarray(obj), jnp.asarray(truth), region)))
-    return np.asarray(out)
+        t = truth[np.asarray(region)]
+        contrast.append(out[-1] * np.linalg.norm(t) / np.linalg.norm(t - t.mean()))
+    return np.asarray(out), np.asarray(contrast)
 
 
 # --------------------------------------------------------------------------- driver
@@ -282,7 +292,7 @@ def launch(python: str, package: str, source: str, iterations: int, out: str, en
     return result
 
 
-def summarise(result: dict, iterations: int, errors: np.ndarray) -> dict:
+def summarise(result: dict, iterations: int, errors: np.ndarray, contrast: np.ndarray) -> dict:
     """Whole-process, in-process, per-energy and per-iteration seconds; object errors."""
     energy_s = np.asarray(result["energy_s"])
     steady = float(np.median(energy_s[1:])) if energy_s.size > 1 else float(energy_s[0])
@@ -304,6 +314,9 @@ def summarise(result: dict, iterations: int, errors: np.ndarray) -> dict:
         "error_median": float(np.median(errors)),
         "error_max": float(np.max(errors)),
         "errors": errors.tolist(),
+        "contrast_error_median": float(np.median(contrast)),
+        "contrast_error_max": float(np.max(contrast)),
+        "contrast_errors": contrast.tolist(),
         "timings": result.get("timings"),
     }
 
@@ -313,15 +326,16 @@ def report(rows: list[dict], iterations: int, info: str) -> str:
     head = (
         "| package | energies | process s | import s | ptychography s (all energies) | "
         "1st energy s | s/energy (median, after 1st) | s/iteration | peak MB | "
-        "object error median (max) |"
+        "object error median (max) | contrast error median (max) |"
     )
-    lines = [info, "", head, "|" + "---|" * 10]
+    lines = [info, "", head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
             f"| {r['package']} {r['version']} | {r['energies']} | {r['process_s']:.1f} | "
             f"{r['import_s']:.1f} | {r['ptychography_s']:.1f} | {r['first_energy_s']:.2f} | "
             f"{r['s_per_energy']:.3f} | {r['s_per_iter'] * 1e3:.1f} ms | {r['peak_mb']:.0f} | "
-            f"{r['error_median']:.4f} ({r['error_max']:.4f}) |"
+            f"{r['error_median']:.4f} ({r['error_max']:.4f}) | "
+            f"{r['contrast_error_median']:.3f} ({r['contrast_error_max']:.3f}) |"
         )
     ours = next(r for r in rows if r["package"] == "diffptycho")
     timings = ours["timings"] or {}
@@ -397,8 +411,8 @@ def main(argv=None) -> int:
     rows = []
     for r in results:
         with np.load(os.path.join(args.out, r["package"] + ".npz")) as z:
-            errors = object_errors({k: z[k] for k in z.files}, setup)
-        rows.append(summarise(r, args.iterations, errors))
+            errors, contrast = object_errors({k: z[k] for k in z.files}, setup)
+        rows.append(summarise(r, args.iterations, errors, contrast))
     s0 = setup["scans"][0]
     info = (
         f"{len(setup['scans'])} energies ({setup['geometry'][0]['energy_ev']:.0f}–"
