@@ -391,6 +391,16 @@ def main(argv=None) -> int:
         raise ValueError(f"--iterations {args.iterations}: expected an integer ≥ 1")
     from bench_ptycho import worker_env
 
+    check = subprocess.run(
+        [args.ptylab_python, "-c", "import PtyLab"], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        raise RuntimeError(
+            f"--ptylab-python {args.ptylab_python}: cannot import PtyLab there "
+            f"({check.stderr.strip().splitlines()[-1:]}); pip install ptylab, or point "
+            "--ptylab-python at an interpreter that has it"
+        )
+
     os.makedirs(args.out, exist_ok=True)
     cxi = args.data
     if cxi is None:
