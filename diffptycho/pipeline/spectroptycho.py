@@ -14,9 +14,10 @@ The published V K-edge workflow (40 energies across the edge) as one function,
    reference energy's pixel (cubic splines, array centre = scan centre at every energy).
 4. **Cross-energy registration** (sub-pixel, on φ): the stage offset of each energy is found and
    removed; ``valid_mask`` keeps pixels lit at every energy.
-5. Optionally the **Kramers–Kronig constraint** (Hirose et al. 2017 style): after the first
-   pass, ``kk_rounds`` times, every energy runs ``kk_iterations`` more ptychography iterations,
-   then each pixel's (μt, φ) spectrum on the common grid is projected onto KK-consistent pairs
+5. Optionally the **Kramers–Kronig constraint** (Hirose et al. 2017 style): ``kk_rounds``
+   times (every round after the first starting with ``kk_iterations`` more ptychography
+   iterations of every energy), each pixel's (μt, φ) spectrum on the common grid is projected
+   onto KK-consistent pairs
    (:class:`~diffptycho.recon.chem.kk_projection.KKProjector`) and the change is mapped back
    onto each energy's own grid and multiplied into its transmission, T ← T·exp(−Δμt/2 + iΔφ).
 6. With reference spectra, **species thickness maps** by non-negative least squares on the
@@ -681,8 +682,9 @@ def run_spectroptycho(
         t0 = time.perf_counter()
         projector = KKProjector.build(energies, settings.element, settings.edge)
         for r in range(settings.kk_rounds):
+            if r:  # the first pass has just run its iterations
+                losses = _continue(models, scans, settings, settings.kk_iterations, progress)
             change = _apply_kk(models, grid, settings, projector)
-            losses = _continue(models, scans, settings, settings.kk_iterations, progress)
             log(f"KK round {r + 1}/{settings.kk_rounds}: RMS phase change {change:.3g} rad")
         times["kk"] = time.perf_counter() - t0
 
