@@ -140,3 +140,49 @@ def test_cli_end_to_end_writes_the_stacks_and_feeds_xanes_fit(tmp_path, capsys):
     # joint mode needs the references: a clear error, exit code 2
     assert main(["spectroptycho", data, "-o", out + "j", "--mode", "joint"]) == 2
     assert "references" in capsys.readouterr().err
+
+
+def test_interrupted_per_energy_pass_resumes_to_the_same_result(tmp_path, monkeypatch):
+    from diffptycho.io.checkpoint import Checkpoint
+    from diffptycho.pipeline import stages
+    from diffptycho.recon import interrupt
+    from diffptycho.sim import datasets
+    from diffptycho.sim.spectroptycho import fit_scan_to, simulate_vanadium_spectroptycho
+
+    energies = np.linspace(5450.0, 5500.0, 4)
+    ds = simulate_vanadium_spectroptycho(
+        (16, 16),
+        energies_ev=energies,
+        geometry=fit_scan_to((16, 16), energies_ev=energies),
+        known_probe=True,
+        seed=2,
+    )
+    path = str(tmp_path / "v.cxi")
+    datasets.write_dataset(path, ds)
+    settings = sp.SpectroPtychoSettings(iterations=3, probe_iterations=3, register=False)
+    quiet = {"log": lambda m: None}
+    full = sp.run_spectroptycho(path, settings, **quiet)
+
+    solve, calls = stages._solve, []
+
+    def stop_after_two(*args, **kwargs):
+        calls.append(1)
+        out = solve(*args, **kwargs)
+        if len(calls) == 2:
+            interrupt.request_stop()
+        return out
+
+    ckpt = Checkpoint(str(tmp_path / "out.ckpt.h5"), "run-1", every=0)
+    monkeypatch.setattr(stages, "_solve", stop_after_two)
+    with interrupt.stop_on_signals(), pytest.raises(interrupt.Interrupted, match="2 of 4"):
+        sp.run_spectroptycho(path, settings, checkpoint=ckpt, **quiet)
+    monkeypatch.setattr(stages, "_solve", solve)
+    assert ckpt.exists()
+    with interrupt.stop_on_signals():
+        resumed = sp.run_spectroptycho(path, settings, checkpoint=ckpt, resume=True, **quiet)
+    for a, b in zip(full.objects, resumed.objects, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(full.optical_density, resumed.optical_density, atol=1e-6)
+    other = Checkpoint(ckpt.path, "run-2")
+    with pytest.raises(ValueError, match="other inputs or settings"):
+        sp.run_spectroptycho(path, settings, checkpoint=other, resume=True, **quiet)

@@ -74,6 +74,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-registration", action="store_true", help="do not register energies")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from diffptycho.cli.checkpointing import add_checkpoint_arguments
+
+    add_checkpoint_arguments(p, unit="energies (of the per-energy pass)", keep_best=False)
     return p
 
 
@@ -108,18 +111,29 @@ def run(args: argparse.Namespace) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.access(out_dir, os.W_OK):
         raise OSError(f"--output {args.output}: directory {out_dir} is not writable")
+    from diffptycho.cli.checkpointing import checkpoint_for, interrupted
+    from diffptycho.recon.interrupt import Interrupted, stop_on_signals
+
     settings = settings_from_args(args)
+    files = [args.data] + ([args.references] if args.references else [])
+    checkpoint = checkpoint_for(args, args.output, vars(settings), files)
     references = None
     if args.references:
         species, ref_e, spectra = read_reference_csv(args.references)
         references = (ref_e, {s: spectra[:, i] for i, s in enumerate(species)})
-    result = run_spectroptycho(
-        args.data,
-        settings,
-        references=references,
-        progress=not args.no_progress,
-        log=lambda msg: print(msg, file=sys.stderr),
-    )
+    try:
+        with stop_on_signals():
+            result = run_spectroptycho(
+                args.data,
+                settings,
+                references=references,
+                progress=not args.no_progress,
+                log=lambda msg: print(msg, file=sys.stderr),
+                checkpoint=checkpoint,
+                resume=args.resume,
+            )
+    except Interrupted as err:
+        return interrupted("spectroptycho", err, err.checkpoint)
     data, units = result.datasets()
     write_results(
         args.output,
@@ -128,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         config={"command": "spectroptycho", "data": args.data, **vars(settings)},
         timings=result.timings,
     )
+    checkpoint.remove()
     n_e, h, w = result.optical_density.shape
     print(
         f"wrote {args.output}: {n_e} energies on one {h}×{w} grid of "

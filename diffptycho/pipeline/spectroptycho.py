@@ -250,40 +250,98 @@ def _ptycho_settings(settings: SpectroPtychoSettings):
     )
 
 
-def _reconstruct_energies(scans, positions, settings, progress, log) -> tuple[list, np.ndarray]:
-    """First pass: every energy from its neighbour's probe; returns models and final losses."""
+def _template(scan, positions: np.ndarray, probe_modes: int):
+    """A Ptycho2D of an energy's shapes (the object grid follows from its positions)."""
     from diffptycho.models import Ptycho2D
     from diffptycho.physics import scan as scan_ops
+
+    field = scan_ops.object_shape_for(positions, scan.data.shape[-2:])
+    return Ptycho2D(
+        jnp.ones(field, jnp.complex64),
+        jnp.zeros((probe_modes, *scan.data.shape[-2:]), jnp.complex64),
+        jnp.asarray(positions, jnp.float32),
+    )
+
+
+def _reconstruct_energies(
+    scans, positions, settings, progress, log, checkpoint=None, resume: bool = False
+) -> tuple[list, np.ndarray]:
+    """First pass: every energy from its neighbour's probe; returns models and final losses.
+
+    With a :class:`~diffptycho.io.checkpoint.Checkpoint`, the energies done so far are
+    written every ``checkpoint.every`` energies and when a stop is requested (SIGINT/SIGTERM,
+    see :mod:`diffptycho.recon.interrupt`); ``resume`` continues after the last one saved.
+    """
     from diffptycho.pipeline.stages import _engine, _solve
+    from diffptycho.recon.interrupt import Interrupted, stop_requested
     from diffptycho.recon.ptycho.start import probe_guess, scaled_probe
 
     ptycho = _ptycho_settings(settings)
     first_iterations = settings.probe_iterations or 3 * settings.iterations
     models, losses, probe = [], np.full(len(scans), np.nan), None
-    for e, s in enumerate(scans):
-        field = scan_ops.object_shape_for(positions[e], s.data.shape[-2:])
+    templates = [
+        _template(s, p, settings.probe_modes) for s, p in zip(scans, positions, strict=True)
+    ]
+    if resume and checkpoint is not None:
+        trees, arrays, _, done = checkpoint.load({f"e{e:03d}": t for e, t in enumerate(templates)})
+        models = [trees[f"e{e:03d}"] for e in range(done)]
+        losses[:done] = arrays["losses"][:done]
+        probe = np.asarray(models[-1].probe) if models else None
+        log(f"resumed after {done} of {len(scans)} energies from {checkpoint.path}")
+
+    def save() -> None:
+        if checkpoint is not None:
+            checkpoint.save(
+                {f"e{e:03d}": m for e, m in enumerate(models)},
+                {"energies_done": len(models)},
+                iteration=len(models),
+                arrays={"losses": losses},
+            )
+
+    for e in range(len(models), len(scans)):
+        s = scans[e]
         first = probe is None
         if first:
             probe = s.illumination if s.illumination is not None else probe_guess(s.data, s.mask)
-        start = Ptycho2D(
-            jnp.ones(field, jnp.complex64),
-            jnp.asarray(scaled_probe(probe, s.data, s.mask, settings.probe_modes)),
-            jnp.asarray(positions[e], jnp.float32),
+        start = eqx.tree_at(
+            lambda m: (m.object, m.probe),
+            templates[e],
+            (
+                templates[e].object,
+                jnp.asarray(scaled_probe(probe, s.data, s.mask, settings.probe_modes)),
+            ),
         )
-        model, loss, ok = _solve(
-            start,
-            _engine(ptycho),
-            s.data,
-            s.mask,
-            first_iterations if first else settings.iterations,
-            progress,
-            f"ptycho {s.energy_ev:.1f} eV",
-        )
+        try:
+            model, loss, ok = _solve(
+                start,
+                _engine(ptycho),
+                s.data,
+                s.mask,
+                first_iterations if first else settings.iterations,
+                progress,
+                f"ptycho {s.energy_ev:.1f} eV",
+            )
+        except Interrupted as err:  # the energies before this one are kept
+            save()
+            raise Interrupted(
+                f"stopped at {s.energy_ev:.2f} eV",
+                iteration=len(models),
+                checkpoint=checkpoint.path if checkpoint else None,
+            ) from err
         if not ok:
             log(f"ptychography at {s.energy_ev:.2f} eV diverged; kept its last finite model")
         probe = np.asarray(model.probe)
         models.append(model)
         losses[e] = loss[-1] if loss.size else np.nan
+        every = checkpoint.every if checkpoint is not None else 0
+        if (every and len(models) % every == 0) or stop_requested():
+            save()
+        if stop_requested() and len(models) < len(scans):
+            raise Interrupted(
+                f"stopped after {len(models)} of {len(scans)} energies",
+                iteration=len(models),
+                checkpoint=checkpoint.path if checkpoint else None,
+            )
     return models, losses
 
 
@@ -625,6 +683,8 @@ def run_spectroptycho(
     references: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    checkpoint=None,
+    resume: bool = False,
 ) -> SpectroPtychoResult:
     """Reconstruct a spectro-ptychography CXI file into registered μt and φ stacks.
 
@@ -635,6 +695,13 @@ def run_spectroptycho(
             the file's energies, they give the thickness maps.
         progress: show progress bars.
         log: where progress messages go.
+        checkpoint: a :class:`~diffptycho.io.checkpoint.Checkpoint` for the per-energy pass
+            (written every ``checkpoint.every`` energies and on SIGINT/SIGTERM), or None.
+        resume: continue the per-energy pass from ``checkpoint``.
+
+    Raises:
+        Interrupted: a stop was requested during the per-energy pass (the energies done are
+            in the checkpoint).
 
     Returns:
         The stacks on the common grid and the per-energy reconstructions.
@@ -657,7 +724,9 @@ def run_spectroptycho(
             "mode 'joint' fits species thickness maps and needs reference spectra (--references)"
         )
     t0 = time.perf_counter()
-    models, losses = _reconstruct_energies(scans, positions, settings, progress, log)
+    models, losses = _reconstruct_energies(
+        scans, positions, settings, progress, log, checkpoint, resume
+    )
     times["ptychography"] = time.perf_counter() - t0
     log(f"ptychography: {len(scans)} energies in {times['ptychography']:.1f} s")
 
