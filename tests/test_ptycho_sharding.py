@@ -113,3 +113,12 @@ def test_summed_gradient_is_the_sum_of_the_devices_gradients():
     np.testing.assert_allclose(value, jnp.sum(weights * jnp.abs(x) ** 2), rtol=1e-12)
     # JAX's gradient of a real function of complex x is 2 c conj(x)
     np.testing.assert_allclose(grad, 2 * weights * jnp.conj(x), rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_sharded_raar_with_probe_modes_equals_single_device():
+    # the waves kept per device are mixed with the modes when they are orthogonalised
+    truth, frames = simulate(n=16, probe_px=16, step=3.0, modes=2)
+    scan = (starting_model(truth, frames), PtychoData(jnp.asarray(frames)))
+    moved = _compare(scan, "raar", 2, iterations=3)
+    assert moved["object"] > 0.05 and moved["probe"] > 0

@@ -148,11 +148,12 @@ def _zero_cotangent(tree: Any) -> Any:
 
 
 def over_positions(
-    fn: Callable[[Any, Array, Array, str | None], Any],
+    fn: Callable[..., Any],
     mesh: jax.sharding.Mesh | None,
     replicated: Any,
     idx: Int[Array, "batches size"],
     valid: Bool[Array, "batches size"],
+    slots: Any = None,
 ) -> Any:
     """Run ``fn(replicated, idx, valid, axis)`` with each minibatch split over ``mesh``.
 
@@ -161,6 +162,11 @@ def over_positions(
     ``fn`` must make its outputs equal on all devices (sum with :func:`psum`, write rows with
     :func:`set_rows` or :func:`merge_rows`).
 
+    Per-position state that stays split (an engine's exit waves) goes in ``slots``: arrays
+    laid out like ``idx`` in their first two axes, ``(batches, size, ...)``, and split the
+    same way. ``fn`` is then called as ``fn(replicated, idx, valid, axis, slots)`` and returns
+    ``(outputs, new_slots)``; ``new_slots`` stay split over the mesh.
+
     Args:
         fn: the sweep over the minibatches.
         mesh: a mesh from :func:`position_mesh`, or None.
@@ -168,12 +174,14 @@ def over_positions(
         idx: ``(batches, size)`` position indices (:func:`~diffptycho.recon.ptycho.data.
             batch_indices`).
         valid: ``(batches, size)`` False for padding.
+        slots: optional per-slot state, see above.
 
     Raises:
         ValueError: the minibatch size is not a multiple of the number of devices.
     """
+    extra = () if slots is None else (slots,)
     if mesh is None:
-        return fn(replicated, idx, valid, None)
+        return fn(replicated, idx, valid, None, *extra)
     devices = device_count(mesh)
     if idx.shape[1] % devices:
         raise ValueError(
@@ -182,17 +190,23 @@ def over_positions(
         )
     arrays, static = eqx.partition(replicated, eqx.is_array)
 
-    def local(arrays, idx, valid):
-        return fn(eqx.combine(arrays, static), idx, valid, AXIS)
+    def local(arrays, idx, valid, *extra):
+        return fn(eqx.combine(arrays, static), idx, valid, AXIS, *extra)
 
+    split = _SPEC(None, AXIS)
     return jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(_SPEC(), _SPEC(None, AXIS), _SPEC(None, AXIS)),
-        out_specs=_SPEC(),
+        in_specs=(_SPEC(), split, split, *((split,) * len(extra))),
+        out_specs=_SPEC() if slots is None else (_SPEC(), split),
         # the patch operators' custom linear_call transposes carry no varying-axis types
         check_vma=False,
-    )(arrays, idx, valid)
+    )(arrays, idx, valid, *extra)
+
+
+def slot_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    """Sharding of per-slot state ``(batches, size, ...)`` split along ``size``."""
+    return jax.sharding.NamedSharding(mesh, _SPEC(None, AXIS))
 
 
 __all__ = [
@@ -205,5 +219,6 @@ __all__ = [
     "psum",
     "set_rows",
     "sharded_mean",
+    "slot_sharding",
     "summed",
 ]

@@ -62,14 +62,26 @@ from diffptycho.recon.ptycho.data import (
     frame_losses,
     native_background,
 )
-from diffptycho.recon.sharding import merge_rows, over_positions, owned_rows, psum
+from diffptycho.recon.sharding import (
+    merge_rows,
+    over_positions,
+    owned_rows,
+    psum,
+    slot_sharding,
+)
 from diffptycho.recon.solve import AbstractSolver
 
 
 class RAARState(eqx.Module):
-    """Detector-plane exit waves of every position, reference positions, iteration counter."""
+    """Detector-plane exit waves of every position, reference positions, iteration counter.
 
-    waves: Complex[Array, "n mode fy fx"]  # in the propagator's native layout
+    The waves are in the propagator's native layout, one per position ``(n, mode, fy, fx)``;
+    for an engine with a mesh, one per minibatch slot ``(batches, size, mode, fy, fx)`` (see
+    :func:`~diffptycho.recon.ptycho.data.batch_indices`), split over the devices along
+    ``size``, so each device keeps the waves of its own positions only.
+    """
+
+    waves: Complex[Array, "n mode fy fx"] | Complex[Array, "batches size mode fy fx"]
     positions0: Positions
     iteration: Int[Array, ""]
 
@@ -94,7 +106,7 @@ class RAAR(NativeLayout, AbstractSolver):
         loss: noise model of the reported loss (``"poisson"`` or ``"amplitude"``).
         mesh: split every minibatch over these devices
             (:func:`~diffptycho.recon.sharding.position_mesh`; ``batch_size`` a multiple of
-            their number); the waves stay whole on every device. None: one device.
+            their number); each device keeps the waves of its share. None: one device.
 
     Examples:
         >>> RAAR(beta=0.8).beta
@@ -138,6 +150,10 @@ class RAAR(NativeLayout, AbstractSolver):
             return model.propagator.native(z)
 
         waves = jax.lax.map(one, idx)
+        if self.mesh is not None:  # minibatch slots, each device holding its share
+            return RAARState(
+                eqx.filter_shard(waves, slot_sharding(self.mesh)), model.positions, jnp.asarray(0)
+            )
         waves = waves.reshape(-1, *waves.shape[2:])[: model.positions.shape[0]]
         return RAARState(waves, model.positions, jnp.asarray(0))
 
@@ -149,13 +165,15 @@ class RAAR(NativeLayout, AbstractSolver):
         obj, probe, prop = model.object, model.probe, model.propagator
         shape = obj.shape
         beta = self.relaxation_at(it).astype(obj.real.dtype)
-        waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = over_positions(
-            lambda args, i, v, axis: args[0]._sweep(*args[1:], i, v, axis),
+        sums, waves = over_positions(
+            lambda args, i, v, axis, waves: args[0]._sweep(*args[1:], i, v, axis, waves),
             self.mesh,
-            (self, model, state.waves, data, beta, it),
+            (self, model, data, beta, it),
             idx,
             valid,
+            slots=state.waves,
         )
+        obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = sums
         obj_den = proj.illumination(probe, model.positions, shape)
         d_obj = proj.regularized_step(obj_num, obj_den, self.regularization)
         new_probe = probe
@@ -172,12 +190,17 @@ class RAAR(NativeLayout, AbstractSolver):
         ratio = prop.from_native(ratio_sum / n)
         model, mixing = end_of_iteration(model, ref, it, state.positions0, ratio)
         if probe.shape[0] > 1 and ref.orthogonalize_every > 0:
-            waves = jnp.einsum("mk,nkyx->nmyx", mixing, waves)
+            layout = "nkyx->nmyx" if waves.ndim == 4 else "bskyx->bsmyx"
+            waves = jnp.einsum(f"mk,{layout}", mixing, waves)
         state = RAARState(waves, state.positions0, it + 1)
         return model, state, loss_sum / n
 
-    def _sweep(self, model, waves, data: PtychoData, beta, it, idx, valid, axis: str | None):
-        """The minibatch scan; with ``axis`` each device holds its share of every batch."""
+    def _sweep(self, model, data: PtychoData, beta, it, idx, valid, axis: str | None, waves):
+        """The minibatch scan; with ``axis`` each device holds its share of every batch.
+
+        ``waves`` are per position (one device) or this device's minibatch slots (a mesh).
+        """
+        slotted = axis is not None
         n = model.positions.shape[0]
         ref = self.refinement
         obj, probe, prop = model.object, model.probe, model.propagator
@@ -186,12 +209,12 @@ class RAAR(NativeLayout, AbstractSolver):
 
         def body(carry, xs):
             waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = carry
-            i, v = xs
+            i, v, slot = xs
             w = v.astype(real)
             frames, mask = data.take_native(i, prop)
             patches, z = proj.exit_waves(obj, probe, model.positions[i])
             fz = prop.native(z)
-            psi = waves[i]
+            psi = slot if slotted else waves[i]
             intensity = proj.model_intensity(fz, bg)
             loss_sum = loss_sum + jnp.sum(w * frame_losses(intensity, frames, mask, self.loss))
             ratio = proj.intensity_ratio(intensity, frames, mask)
@@ -200,7 +223,9 @@ class RAAR(NativeLayout, AbstractSolver):
             y = proj.fourier_projection(reflected, frames, mask, bg)
             y = y + self.fourier_relaxation * (reflected - y)
             new = beta * (psi + y - fz) + (1 - beta) * fz
-            waves = waves.at[i].set(jnp.where(v[:, None, None, None], new, psi))
+            kept = jnp.where(v[:, None, None, None], new, psi)
+            if not slotted:
+                waves = waves.at[i].set(kept)
             chi = prop.native_adjoint(new - fz) * w[:, None, None, None]
             obj_num = obj_num + proj.object_numerator(chi, probe, model.positions[i], shape)
             probe_num = probe_num + proj.probe_numerator(chi, patches)
@@ -208,10 +233,11 @@ class RAAR(NativeLayout, AbstractSolver):
             if ref.positions is not None:
                 new_pos = refine_positions(obj, probe, pos[i], chi, w, ref.positions, it, axis)
                 pos = pos.at[i].set(new_pos)
-            return (waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum), None
+            carry = (waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum)
+            return carry, (kept if slotted else None)
 
         init = (
-            waves,
+            None if slotted else waves,
             jnp.zeros_like(obj),
             jnp.zeros_like(probe),
             jnp.zeros(probe.shape[-2:], real),
@@ -219,15 +245,15 @@ class RAAR(NativeLayout, AbstractSolver):
             jnp.zeros(data.frames.shape[-2:], real),
             jnp.zeros((), real),
         )
-        carry, _ = jax.lax.scan(body, init, (idx, valid))
-        waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = carry
-        if axis is not None:  # every device wrote the rows of its own share
-            owned = owned_rows(n, idx, valid)
-            waves, pos = merge_rows(waves, owned, axis), merge_rows(pos, owned, axis)
+        carry, slots = jax.lax.scan(body, init, (idx, valid, waves if slotted else None))
+        rows, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = carry
+        if slotted:  # every device wrote the positions of its own share
+            pos = merge_rows(pos, owned_rows(n, idx, valid), axis)
         obj_num, probe_num, probe_den, ratio_sum, loss_sum = psum(
             (obj_num, probe_num, probe_den, ratio_sum, loss_sum), axis
         )
-        return waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum
+        sums = (obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum)
+        return sums, (slots if slotted else rows)
 
 
 def _object_overlap(obj, d_obj, positions, idx, valid, probe) -> Complex[Array, "py px"]:
