@@ -538,8 +538,8 @@ TWO_ENERGY_SPOILS = (
 for _spoil in TWO_ENERGY_SPOILS:
     CASES[f"two-energy-{_spoil}"] = _two_energy_case(_spoil)
 
-INSPECT_EXITS_ZERO = {f"inspect-{s}" for s in INSPECT_SPOILS} - {"inspect-truncated"}
-"""``inspect`` lists an unreadable entry under "unreadable entries" and still exits 0."""
+INSPECT_UNREADABLE = {f"inspect-{s}" for s in INSPECT_SPOILS} - {"inspect-truncated"}
+"""``inspect`` lists an unreadable entry under "unreadable entries" (and exits 2)."""
 
 
 def run_case(name: str, tmp_path, capsys) -> tuple[int, str, str | None, tuple[str, ...]]:
@@ -563,8 +563,6 @@ def run_case(name: str, tmp_path, capsys) -> tuple[int, str, str | None, tuple[s
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_fails_clearly_and_keeps_the_old_output(name, tmp_path, capsys):
-    if name in INSPECT_EXITS_ZERO:
-        pytest.xfail("cli/inspect.py describes an unreadable entry but exits 0")
     before = set(os.listdir(tmp_path))
     code, message, out, expected = run_case(name, tmp_path, capsys)
     assert code != 0, message
@@ -579,7 +577,7 @@ def test_bad_input_fails_clearly_and_keeps_the_old_output(name, tmp_path, capsys
     assert not leftovers, leftovers
 
 
-@pytest.mark.parametrize("name", sorted(INSPECT_EXITS_ZERO))
+@pytest.mark.parametrize("name", sorted(INSPECT_UNREADABLE))
 def test_inspect_names_the_unreadable_dataset(name, tmp_path, capsys):
     _, message, _, expected = run_case(name, tmp_path, capsys)
     for text in expected:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 __all__ = ["add_parser", "run"]
 
@@ -31,11 +32,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``diffptycho inspect``; returns the exit status (0 on success)."""
+    """Run ``diffptycho inspect``; exit status 0, or 2 when the file has unreadable entries."""
     from diffptycho.io.inspect import describe, describe_dict
 
+    info = describe_dict(args.file)
     if args.json:
-        print(json.dumps(describe_dict(args.file), indent=2, ensure_ascii=False, default=str))
+        print(json.dumps(info, indent=2, ensure_ascii=False, default=str))
     else:
         print(describe(args.file))
+    if info.get("unreadable entries"):
+        print(
+            f"diffptycho inspect: error: {args.file}: {len(info['unreadable entries'])} "
+            "unreadable entr(y/ies), listed above with what to fix",
+            file=sys.stderr,
+        )
+        return 2
     return 0
