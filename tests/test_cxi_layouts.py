@@ -20,7 +20,12 @@ detector ``basis_vectors`` transposed to (3, 2) (one column per frame axis) with
 probe-motion convention (CXI: the sample's translation) with soft links in ``data_1`` and
 ``detector_1``; without basis vectors it assumes rows along lab −y and columns along −x. The
 third layout, per-frame (N, 2, 3) basis vectors with the detector rotated by 90° and
-translations in µm, is how some beamline converters write CXI.
+translations in µm, is how some beamline converters write CXI. PtyPy reads HDF5 with its
+``Hdf5Loader`` (and the NXcxi_ptycho loader), which take the frames as stored (N, ny, nx) and
+the positions as two 1-D datasets, the slow axis (rows, y) and the fast axis (columns, x), each
+times a user multiplier to m; it reads ``energy`` in keV, ``distance`` and ``psize`` in m, each
+as the first element of a dataset. NXcxi_ptycho files (Diamond I08-1, processed for PtyPy) hold
+those axes as ``data_1/x`` and ``data_1/y`` with NeXus ``units`` and SI energy (J).
 """
 
 import equinox as eqx
@@ -173,6 +178,54 @@ def test_per_frame_basis_rotated_detector_micrometres(tmp_path, truth):
         e["sample_1/geometry_1/translation"] = _absolute_translation(truth) * 1e6
         e["sample_1/geometry_1/translation"].attrs["units"] = "µm"
     _check(path, truth, "transposed, columns flipped")
+
+
+def _write_ptypy(path, sim, energy):
+    """The NXcxi_ptycho layout PtyPy's loaders read: 1-D x/y positions in µm, (1,) scalars."""
+    translation_um = _absolute_translation(sim) * 1e6
+    with h5py.File(path, "w") as f:
+        f["cxi_version"] = 160
+        e = f.create_group("entry_1")
+        e.attrs["NX_class"] = "NXentry"
+        e["definition"] = "NXcxi_ptycho"
+        data = e.create_group("data_1")
+        data.attrs["NX_class"] = "NXdata"
+        data["data"] = sim.frames.astype(np.float32)
+        for axis, column in (("x", 0), ("y", 1)):
+            data[axis] = translation_um[:, column]
+            data[axis].attrs["units"] = "um"
+        e["instrument_1/source_1/energy"] = np.array([energy])
+        det = e.create_group("instrument_1/detector_1")
+        for name, value in (("distance", Z2_M), ("x_pixel_size", P), ("y_pixel_size", P)):
+            det[name] = np.array([value])
+            det[name].attrs["units"] = "m"
+
+
+def test_ptypy_layout(tmp_path, truth):
+    """Positions from the 1-D ``data_1/x``, ``data_1/y`` pair, frames as stored, energy in J."""
+    path = tmp_path / "ptypy.cxi"
+    _write_ptypy(path, truth, ENERGY_EV * EV_TO_J)
+    _check(path, truth, "as stored")
+
+
+def test_ptypy_energy_in_kev_is_refused_naming_the_dataset(tmp_path, truth):
+    """PtyPy's own ``recorded_energy`` is keV: in a CXI energy slot that is caught, not used."""
+    path = tmp_path / "ptypy_kev.cxi"
+    _write_ptypy(path, truth, ENERGY_EV / 1000)
+    with pytest.raises(CXIFormatError, match="looks like keV") as info:
+        read_cxi(path)
+    assert "/entry_1/instrument_1/source_1/energy" in str(info.value)
+
+
+def test_ptypy_positions_one_per_frame(tmp_path, truth):
+    path = tmp_path / "ptypy_short.cxi"
+    _write_ptypy(path, truth, ENERGY_EV * EV_TO_J)
+    with h5py.File(path, "a") as f:
+        x = f["entry_1/data_1/x"][:-1]
+        del f["entry_1/data_1/x"]
+        f["entry_1/data_1/x"] = x
+    with pytest.raises(CXIFormatError, match=r"/entry_1/data_1/x.*one value per frame"):
+        read_cxi(path)
 
 
 def test_ignoring_the_basis_would_misfit(truth):

@@ -70,6 +70,8 @@ CXI_VERSION = 150
 DATA = "data_1/data"
 DETECTOR_DATA = "instrument_1/detector_1/data"
 TRANSLATION = "sample_1/geometry_1/translation"
+DATA_X = "data_1/x"  # NXcxi_ptycho / PtyPy: 1-D positions, used when TRANSLATION is absent
+DATA_Y = "data_1/y"
 ENERGY = "instrument_1/source_1/energy"
 ILLUMINATION = "instrument_1/source_1/illumination"
 DISTANCE = "instrument_1/detector_1/distance"
@@ -378,12 +380,45 @@ def _data_dataset(path: str, entry: h5py.Group) -> h5py.Dataset:
     return data_ds
 
 
-def _read_header(path: str, entry: h5py.Group) -> ScanHeader:
-    """Everything of one entry but the frames, mask and probe arrays, validated."""
-    data_ds = _data_dataset(path, entry)
-    n_frames = int(data_ds.shape[0])
+def _translation(
+    path: str, entry: h5py.Group, data_ds: h5py.Dataset
+) -> tuple[np.ndarray, h5py.Dataset, str]:
+    """Positions as (N, 2|3) rows (x, y[, z]) in m (or pixels), the dataset, and the unit kind.
 
-    trans_ds = _require(path, entry, TRANSLATION, "the (N, 3) sample positions (x, y, z) in m")
+    Read from ``sample_1/geometry_1/translation``; when that is absent, from the pair of 1-D
+    datasets ``data_1/x`` and ``data_1/y`` (NXcxi_ptycho, as PtyPy's HDF5 loaders read the
+    fast and slow scan axes), each in m or in the length unit its ``units`` attribute names.
+    """
+    n_frames = int(data_ds.shape[0])
+    trans_ds = _get(path, entry, TRANSLATION)
+    x_ds, y_ds = _get(path, entry, DATA_X), _get(path, entry, DATA_Y)
+    if trans_ds is None and x_ds is not None and y_ds is not None:
+        columns = []
+        for ds in (x_ds, y_ds):
+            values = np.asarray(ds[()], dtype=np.float64)
+            if values.shape != (n_frames,):
+                raise _fail(
+                    path,
+                    ds.name,
+                    f"has shape {values.shape}, expected ({n_frames},), one value per frame of "
+                    f"'{data_ds.name}'",
+                    "store one position per frame (flatten grid scans in frame order)",
+                )
+            factor = length_factor(path, ds)
+            columns.append(values * float(factor))
+        trans = np.stack(columns, axis=1)
+        if not np.all(np.isfinite(trans)):
+            raise _fail(
+                path, x_ds.name, "or its y partner contains NaN/inf", "store finite positions"
+            )
+        return trans, x_ds, "m"
+    if trans_ds is None:
+        raise _fail(
+            path,
+            f"{entry.name}/{TRANSLATION}",
+            f"is missing (and so is the pair {entry.name}/{DATA_X}, {entry.name}/{DATA_Y})",
+            "write the (N, 3) sample positions (x, y, z) in m there",
+        )
     trans = np.asarray(trans_ds[()], dtype=np.float64)
     if trans.ndim != 2 or trans.shape[1] not in (2, 3):
         raise _fail(
@@ -402,9 +437,17 @@ def _read_header(path: str, entry: h5py.Group) -> ScanHeader:
     if not np.all(np.isfinite(trans)):
         raise _fail(path, trans_ds.name, "contains NaN/inf", "store finite positions")
     trans_factor = length_factor(path, trans_ds, extra=("pixel", "pixels"))
-    trans_units = "pixel" if isinstance(trans_factor, str) else "m"
-    if trans_units == "m":
-        trans = trans * trans_factor
+    if isinstance(trans_factor, str):
+        return trans, trans_ds, "pixel"
+    return trans * trans_factor, trans_ds, "m"
+
+
+def _read_header(path: str, entry: h5py.Group) -> ScanHeader:
+    """Everything of one entry but the frames, mask and probe arrays, validated."""
+    data_ds = _data_dataset(path, entry)
+    n_frames = int(data_ds.shape[0])
+
+    trans, trans_ds, trans_units = _translation(path, entry, data_ds)
 
     energy_ds = _require(path, entry, ENERGY, "the photon energy in J")
     if _check_units(path, energy_ds, _JOULES | {"ev"}, "CXI stores joules") == "ev":
@@ -518,7 +561,9 @@ def _read_entry(path: str, entry: h5py.Group) -> PtychoScan:
     probe_ds = _get(path, entry, ILLUMINATION)
     fields = {
         "data": header.frames_dataset,
-        "positions_m": f"{entry.name}/{TRANSLATION}",
+        "positions_m": f"{entry.name}/{TRANSLATION}"
+        if _get(path, entry, TRANSLATION) is not None
+        else f"{entry.name}/{DATA_X}",
         "energy_ev": f"{entry.name}/{ENERGY}",
         "distance_m": f"{entry.name}/{DISTANCE}",
         "pixel_size_m": f"{entry.name}/{X_PIXEL}",
