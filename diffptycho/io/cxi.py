@@ -10,6 +10,8 @@ the full reference. Conversions at this boundary:
 - positions: our API uses (y, x) in m; CXI ``translation`` is (N, 3) with columns (x, y, z),
   in m or in the length unit its ``units`` attribute names (m, mm, um/µm, nm); absolute motor
   positions are kept (:func:`diffptycho.recon.ptycho.start.starting_model` centres them);
+  without a ``translation``, the 1-D pair ``data_1/x``, ``data_1/y`` (NXcxi_ptycho, as PtyPy
+  reads it) is used instead;
 - frames: reoriented (transposed/flipped) from the file's ``detector_1/basis_vectors`` into
   the reference orientation of :mod:`diffptycho.io._cxi_detector`; written with that basis;
 - energy: our API uses eV; CXI ``source_1/energy`` is in joules;
