@@ -97,6 +97,7 @@ def run_one(path: str, truth_raw: dict, mode: str, args) -> dict:
         kk_rounds=args.kk_rounds,
         kk_iterations=args.kk_iterations,
         joint_iterations=args.joint_iterations,
+        refine_probe=not args.fixed_probe,
         **MODES[mode],
     )
     refs = {s: truth_raw["spectra"][:, i] for i, s in enumerate(_strings(truth_raw["species"]))}
@@ -164,6 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--kk-iterations", type=int, default=10)
     p.add_argument("--joint-iterations", type=int, default=15)
     p.add_argument("--known-probe", action="store_true", help="the file holds the true probe")
+    p.add_argument("--fixed-probe", action="store_true", help="keep the file's probe")
     p.add_argument("--max-thickness-nm", type=float, default=1000.0, help="thickest particle")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from diffptycho.cli.ptycho import ALGORITHMS, positive_int
+from diffptycho.cli.ptycho import positive_int
 
 __all__ = ["add_parser", "run", "settings_from_args"]
 
@@ -26,6 +26,7 @@ __all__ = ["add_parser", "run", "settings_from_args"]
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``spectroptycho`` sub-command (defaults from the settings dataclass)."""
     from diffptycho.pipeline.spectroptycho import MODES, SpectroPtychoSettings
+    from diffptycho.recon.ptycho import ENGINES
 
     d = SpectroPtychoSettings()
     p = subparsers.add_parser(
@@ -51,7 +52,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--kk", action="store_true", help="apply the Kramers–Kronig constraint")
     p.add_argument("--mode", choices=MODES, default=d.mode, help=f"default {d.mode}")
-    p.add_argument("--engine", "-a", choices=ALGORITHMS, default=d.engine)
+    p.add_argument("--engine", "-a", choices=list(ENGINES), default=d.engine)
     p.add_argument("--iterations", "-n", type=positive_int, default=d.iterations)
     p.add_argument(
         "--probe-iterations",
@@ -60,6 +61,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="iterations of the first energy, which retrieves the probe (default 3×)",
     )
     p.add_argument("--probe-modes", type=positive_int, default=d.probe_modes)
+    p.add_argument(
+        "--fixed-probe",
+        action="store_true",
+        help="keep each energy's probe from the file (no probe refinement; avoids the raster "
+        "grid pathology of a refined probe on a raster scan)",
+    )
     p.add_argument("--kk-rounds", type=positive_int, default=d.kk_rounds)
     p.add_argument("--kk-iterations", type=positive_int, default=d.kk_iterations)
     p.add_argument(
@@ -89,6 +96,7 @@ def settings_from_args(args: argparse.Namespace):
         iterations=args.iterations,
         probe_iterations=args.probe_iterations,
         probe_modes=args.probe_modes,
+        refine_probe=not args.fixed_probe,
         kk=args.kk,
         kk_rounds=args.kk_rounds,
         kk_iterations=args.kk_iterations,

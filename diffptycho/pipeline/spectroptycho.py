@@ -65,6 +65,9 @@ class SpectroPtychoSettings:
         probe_modes: incoherent probe modes.
         refine_positions: refine the scan positions.
         batch_size: positions per minibatch (engine default when None).
+        refine_probe: refine the probe. False needs a probe in the file at every energy and
+            keeps it: with a raster scan a refined probe trades a periodic amplitude pattern
+            with the object (raster grid pathology), which a known probe avoids.
         kk: apply the Kramers–Kronig constraint.
         kk_rounds: alternations of ptychography and KK projection.
         kk_iterations: ptychography iterations of every energy per KK round.
@@ -85,6 +88,7 @@ class SpectroPtychoSettings:
     probe_modes: int = 1
     refine_positions: bool = False
     batch_size: int | None = None
+    refine_probe: bool = True
     kk: bool = False
     kk_rounds: int = 4
     kk_iterations: int = 10
@@ -237,19 +241,6 @@ def _centred_positions(scans) -> list[np.ndarray]:
 # --------------------------------------------------------------------------- per energy
 
 
-def _ptycho_settings(settings: SpectroPtychoSettings):
-    from diffptycho.pipeline.config import PtychographySettings
-
-    return PtychographySettings(
-        engine=settings.engine,
-        iterations=settings.iterations,
-        first_scan_iterations=settings.probe_iterations,
-        probe_modes=settings.probe_modes,
-        refine_positions=settings.refine_positions,
-        batch_size=settings.batch_size,
-    )
-
-
 def _template(scan, positions: np.ndarray, probe_modes: int):
     """A Ptycho2D of an energy's shapes (the object grid follows from its positions)."""
     from diffptycho.models import Ptycho2D
@@ -263,6 +254,20 @@ def _template(scan, positions: np.ndarray, probe_modes: int):
     )
 
 
+def _energy_engine(settings: SpectroPtychoSettings):
+    """The ptychography engine of every energy (probe refined or kept)."""
+    from diffptycho.recon.ptycho import PositionRefinement, Refinement
+    from diffptycho.recon.ptycho.start import make_engine
+
+    positions = PositionRefinement() if settings.refine_positions else None
+    options: dict[str, Any] = {
+        "refinement": Refinement(probe=settings.refine_probe, positions=positions)
+    }
+    if settings.batch_size is not None:
+        options["batch_size"] = settings.batch_size
+    return make_engine(settings.engine, **options)
+
+
 def _reconstruct_energies(
     scans, positions, settings, progress, log, checkpoint=None, resume: bool = False
 ) -> tuple[list, np.ndarray]:
@@ -272,11 +277,10 @@ def _reconstruct_energies(
     written every ``checkpoint.every`` energies and when a stop is requested (SIGINT/SIGTERM,
     see :mod:`diffptycho.recon.interrupt`); ``resume`` continues after the last one saved.
     """
-    from diffptycho.pipeline.stages import _engine, _solve
+    from diffptycho.pipeline.stages import _solve
     from diffptycho.recon.interrupt import Interrupted, stop_requested
     from diffptycho.recon.ptycho.start import probe_guess, scaled_probe
 
-    ptycho = _ptycho_settings(settings)
     first_iterations = settings.probe_iterations or 3 * settings.iterations
     models, losses, probe = [], np.full(len(scans), np.nan), None
     templates = [
@@ -301,7 +305,14 @@ def _reconstruct_energies(
     for e in range(len(models), len(scans)):
         s = scans[e]
         first = probe is None
-        if first:
+        if not settings.refine_probe:
+            if s.illumination is None:
+                raise ValueError(
+                    f"refine_probe=False keeps the file's probe, but the entry at "
+                    f"{s.energy_ev:.2f} eV has none; refine the probe or add the illumination"
+                )
+            probe = s.illumination  # each energy's own known probe
+        elif first:
             probe = s.illumination if s.illumination is not None else probe_guess(s.data, s.mask)
         start = eqx.tree_at(
             lambda m: (m.object, m.probe),
@@ -314,7 +325,7 @@ def _reconstruct_energies(
         try:
             model, loss, ok = _solve(
                 start,
-                _engine(ptycho),
+                _energy_engine(settings),
                 s.data,
                 s.mask,
                 first_iterations if first else settings.iterations,
@@ -347,13 +358,18 @@ def _reconstruct_energies(
 
 def _continue(models, scans, settings, iterations: int, progress: bool) -> np.ndarray:
     """``iterations`` more ptychography iterations of every energy (in place)."""
-    from diffptycho.pipeline.stages import _engine, _solve
+    from diffptycho.pipeline.stages import _solve
 
-    ptycho = _ptycho_settings(settings)
     losses = np.full(len(scans), np.nan)
     for e, s in enumerate(scans):
         model, loss, _ = _solve(
-            models[e], _engine(ptycho), s.data, s.mask, iterations, progress, f"{s.energy_ev:.1f}"
+            models[e],
+            _energy_engine(settings),
+            s.data,
+            s.mask,
+            iterations,
+            progress,
+            f"{s.energy_ev:.1f}",
         )
         models[e] = model
         losses[e] = loss[-1] if loss.size else np.nan
