@@ -16,7 +16,7 @@ from diffptycho.io.results import read_results
 from diffptycho.models import Ptycho2D
 from diffptycho.physics import optics
 from diffptycho.physics.scan import object_shape_for
-from diffptycho.recon.ptycho import start
+from diffptycho.recon.ptycho import ENGINES, start
 from diffptycho.recon.solve import AbstractSolver
 from diffptycho.sim.patterns import raster_positions
 
@@ -153,7 +153,7 @@ def test_probe_modes_and_background(tmp_path, plain_cxi):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", cli_ptycho.ALGORITHMS)
+@pytest.mark.parametrize("name", list(ENGINES))
 def test_every_engine_runs_from_the_cli(tmp_path, cxi_with_probe, name):
     _registry()
     out = tmp_path / f"{name}.h5"

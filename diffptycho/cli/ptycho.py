@@ -36,14 +36,19 @@ import numpy as np
 
 from diffptycho.cli.checkpointing import add_checkpoint_arguments, checkpoint_for, interrupted
 
-__all__ = ["ALGORITHMS", "add_parser", "positive_float", "positive_int", "run"]
-
-ALGORITHMS = ("raar", "dm", "epie", "rpie", "mpie", "lsqml", "adam", "lbfgs")
-"""Engine names the command accepts (keys of ``diffptycho.recon.ptycho.ENGINES``)."""
+__all__ = ["add_parser", "positive_float", "positive_int", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``ptycho`` sub-command on an ``argparse`` sub-parser set."""
+    """Register the ``ptycho`` sub-command on an ``argparse`` sub-parser set.
+
+    The engine, loss and propagation choices are the keys of the library's registries
+    (``recon.ptycho.ENGINES``, ``recon.losses.LOSSES``, ``recon.ptycho.geometry.PROPAGATIONS``).
+    """
+    from diffptycho.recon.losses import LOSSES
+    from diffptycho.recon.ptycho import ENGINES
+    from diffptycho.recon.ptycho.geometry import PROPAGATIONS
+
     p = subparsers.add_parser(
         "ptycho",
         help="reconstruct a CXI ptychography scan (object, probe, positions)",
@@ -51,7 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "engine; writes an HDF5 results file with provenance and a PNG figure beside it.",
     )
     p.add_argument("data", help="CXI file (one entry_k group per scan)")
-    p.add_argument("--algorithm", "-a", choices=ALGORITHMS, default="raar", help="engine")
+    p.add_argument("--algorithm", "-a", choices=list(ENGINES), default="raar", help="engine")
     p.add_argument("--iterations", "-n", type=positive_int, default=100, help="iterations")
     p.add_argument("--output", "-o", required=True, help="results HDF5 file to write")
     p.add_argument("--probe-modes", type=positive_int, default=1, help="incoherent modes M")
@@ -61,13 +66,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--entry", type=positive_int, default=1, help="scan: entry_K (default 1)")
     p.add_argument(
         "--loss",
-        choices=("poisson", "amplitude"),
+        choices=list(LOSSES),
         default=None,
         help="noise model (default: the engine's own)",
     )
     p.add_argument(
         "--propagation",
-        choices=("far-field", "near-field"),
+        choices=list(PROPAGATIONS),
         default="far-field",
         help="far field (Fraunhofer) or near field (Fresnel, divergent beam; needs "
         "--focus-to-sample)",

@@ -16,7 +16,7 @@ import argparse
 import os
 
 from diffptycho.cli.checkpointing import add_checkpoint_arguments, interrupted
-from diffptycho.cli.ptycho import ALGORITHMS, positive_int
+from diffptycho.cli.ptycho import positive_int
 from diffptycho.pipeline import config as cfg
 from diffptycho.pipeline.config import STAGE_NAMES
 
@@ -26,6 +26,7 @@ __all__ = ["add_parser", "config_from_args", "run"]
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``spectrotomo`` sub-command (choices and defaults from the library)."""
     from diffptycho.recon.joint import SOLVERS
+    from diffptycho.recon.ptycho import ENGINES
     from diffptycho.recon.tomo import ALGORITHMS as TOMO_ALGORITHMS
 
     p = subparsers.add_parser(
@@ -95,7 +96,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     ptycho = cfg.PtychographySettings
     p.add_argument(
-        "--engine", choices=ALGORITHMS, default=ptycho.engine, help="ptychography engine"
+        "--engine", choices=list(ENGINES), default=ptycho.engine, help="ptychography engine"
     )
     p.add_argument(
         "--iterations", "-n", type=positive_int, default=ptycho.iterations, help="per scan"
