@@ -144,3 +144,18 @@ def test_bad_solver(data):
         joint_reconstruct(
             model, ds.frames, 1, solver="gauss-newton", mesh=angle_mesh(), progress=False
         )
+
+
+def test_minibatches_read_lazily_from_hdf5_give_the_same_result(data, tmp_path):
+    import h5py
+
+    ds, model = data
+    path = tmp_path / "frames.h5"
+    with h5py.File(path, "w") as f:
+        f["frames"] = ds.frames
+    kwargs = {"angles_per_batch": 3, "learning_rate": 0.05, "progress": False, "seed": 4}
+    in_memory, h_mem = joint_reconstruct(model, ds.frames, 2, **kwargs)
+    with h5py.File(path, "r") as f:
+        lazy, h_lazy = joint_reconstruct(model, f["frames"], 2, **kwargs)
+    np.testing.assert_allclose(h_lazy.loss, h_mem.loss, rtol=1e-5)
+    np.testing.assert_allclose(lazy.composition, in_memory.composition, atol=1e-6)

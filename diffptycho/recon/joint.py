@@ -185,6 +185,13 @@ class GaussNewtonSolver(AbstractSolver):
         return new, state, self.loss(model, batch)
 
 
+def _mean_frame_counts(frames) -> float:
+    """Mean total counts per frame, read one angle at a time (lazy arrays stay lazy)."""
+    totals = [float(np.sum(np.asarray(frames[:, a], np.float64))) for a in range(frames.shape[1])]
+    n_frames = int(np.prod(frames.shape[:3]))
+    return float(sum(totals) / max(n_frames, 1))
+
+
 def _tree_dot(a, b) -> Array:
     leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(jnp.vdot, a, b))
     return sum(leaves, jnp.asarray(0.0))
@@ -280,7 +287,10 @@ def joint_reconstruct(
 
     Args:
         model: starting model (e.g. zero composition, known probe and positions).
-        frames: measured counts (energy, angle, n, fy, fx).
+        frames: measured counts (energy, angle, n, fy, fx): a NumPy array, or any array that
+            reads slices lazily (e.g. an ``h5py.Dataset``). Only the angles of the current
+            minibatch are read and sent to the device, so with ``angles_per_batch`` the
+            memory held does not grow with the number of scans.
         iterations: number of Adam steps, or of Gauss–Newton steps (each costing about
             ``cg_iterations`` + 2 gradients).
         refine: names of the leaves to refine (keys of :data:`TRAINABLE`); refining
@@ -343,7 +353,7 @@ def joint_reconstruct(
             is_leaf=lambda x: x is None,
         )
     if adam_eps is None:
-        adam_eps = 1e-5 * float(np.mean(np.sum(frames, axis=(-1, -2))))
+        adam_eps = 1e-5 * _mean_frame_counts(frames)
     selectors = [TRAINABLE[name] for name in refine]
     mask_j = None if mask is None else jnp.asarray(mask)
     objective = joint_loss(loss, mask_j) if mesh is None else sharded_joint_loss(mesh, loss, mask_j)
@@ -365,20 +375,19 @@ def joint_reconstruct(
             where=where,
             constraint=constraint,
         )
-    frames_j = jnp.asarray(frames)
     per_batch = n_angle if angles_per_batch is None else min(angles_per_batch, n_angle)
+    everything = jnp.asarray(np.asarray(frames)) if per_batch == n_angle else None
     rng = np.random.default_rng(seed)
     order: list[int] = []
 
     def batches(_: int):
         nonlocal order
-        if per_batch == n_angle:
-            idx = np.arange(n_angle)
-        else:
-            if len(order) < per_batch:
-                order = list(rng.permutation(n_angle))
-            idx, order = np.asarray(order[:per_batch]), order[per_batch:]
-        idx = jnp.asarray(idx)
-        return frames_j[:, idx], idx
+        if everything is not None:
+            return everything, jnp.arange(n_angle)
+        if len(order) < per_batch:
+            order = list(rng.permutation(n_angle))
+        idx, order = np.sort(order[:per_batch]), order[per_batch:]
+        # read only this minibatch (increasing indices, as h5py's fancy indexing needs)
+        return jnp.asarray(np.asarray(frames[:, idx])), jnp.asarray(idx)
 
     return solve(model, step_solver, batches, iterations, progress=progress, description="joint")
