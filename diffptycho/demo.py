@@ -43,6 +43,10 @@ def run_demo(
     misalign_px: float = 1.0,
     seed: int = 6,
     progress: bool = True,
+    volume_size: int = 32,
+    n_angles: int = 24,
+    scan_shape: tuple[int, int] = (9, 9),
+    align_loops: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run the demo and write its outputs to ``out``.
 
@@ -55,6 +59,11 @@ def run_demo(
         misalign_px: standard deviation of the unrecorded sample shift of each scan, px.
         seed: seed of phantom, scan, shifts and noise.
         progress: show progress bars.
+        volume_size: edge of the cubic model volume in voxels (6.7 nm each).
+        n_angles: tilt angles, evenly spread over the study's −80°…+77°.
+        scan_shape: raster of probe positions per scan (rows, columns), 3 px apart; it must
+            cover ``volume_size`` (the default 9 × 9 covers 32 voxels with the 16 px probe).
+        align_loops: most reprojection-alignment loops (default: the pipeline's).
 
     Returns:
         Errors of each method against the truth (see
@@ -77,7 +86,13 @@ def run_demo(
 
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    ds = tiltseries.simulate_lfp_tilt_series(seed=seed, shift_sigma_px=misalign_px)
+    ds = tiltseries.simulate_lfp_tilt_series(
+        volume_shape=(volume_size,) * 3,
+        angles_deg=np.linspace(*tiltseries.STUDY_ANGLES_DEG, n_angles),
+        geometry=datasets.ScanGeometry(scan_shape=scan_shape),
+        seed=seed,
+        shift_sigma_px=misalign_px,
+    )
     cxi = os.path.join(out, "lfp_tilt_series.cxi")
     refs = os.path.join(out, "lfp_references.csv")
     datasets.write_dataset(cxi, ds)
@@ -92,7 +107,10 @@ def run_demo(
         references=refs,
         mode="joint",
         ptychography=PtychographySettings(iterations=ptycho_iterations),
-        alignment=AlignmentSettings(method="reprojection"),
+        alignment=AlignmentSettings(
+            method="reprojection",
+            **({} if align_loops is None else {"max_loops": align_loops}),
+        ),
         tomography=TomographySettings(iterations=tomo_iterations, volume_shape=truth.shape[1:]),
         joint=JointSettings(iterations=joint_iterations),
     )

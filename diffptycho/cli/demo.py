@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from diffptycho.cli.ptycho import positive_int
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add ``demo`` to the sub-command parsers."""
@@ -17,7 +19,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "writes HDF5 results and PNG figures.",
     )
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    p.add_argument("--iterations", type=int, default=32, help="joint Gauss-Newton steps")
+    p.add_argument("--iterations", type=positive_int, default=32, help="joint Gauss-Newton steps")
     p.add_argument(
         "--seed", type=int, default=6, help="phantom/noise seed (6: one active, one inactive plate)"
     )
