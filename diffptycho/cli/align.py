@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from diffptycho.cli.checkpointing import add_checkpoint_arguments, checkpoint_for, interrupted
+from diffptycho.cli.ptycho import positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -47,10 +48,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--fit", choices=["similarity", "shift"], default="similarity", help="what to fit"
     )
     p.add_argument("--algorithm", "-a", choices=ALGORITHMS, default="art", help="tomography")
-    p.add_argument("--iterations", "-n", type=int, default=20, help="reconstruction iterations")
-    p.add_argument("--loops", type=int, default=10, help="reprojection loops at most")
+    p.add_argument(
+        "--iterations", "-n", type=positive_int, default=20, help="reconstruction iterations"
+    )
+    p.add_argument("--loops", type=positive_int, default=10, help="reprojection loops at most")
     p.add_argument("--tolerance-px", type=float, default=0.01, help="reprojection stop, px")
-    p.add_argument("--steps", type=int, default=300, help="joint optimizer steps")
+    p.add_argument("--steps", type=positive_int, default=300, help="joint optimizer steps")
     p.add_argument(
         "--figures", default=None, metavar="DIR", help="PNG directory (default: beside the output)"
     )

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from diffptycho.cli.ptycho import positive_int
+
 _V_FIRST_EV, _V_LAST_EV = 5420.0, 5540.0  # the published V K-edge scan
 _V_MIN_SIZE = 16  # sim.spectroptycho: smallest image edge in reference pixels
 
@@ -30,12 +32,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="CXI file to write")
     p.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         default=32,
         help="volume/image edge in voxels (vanadium: reference pixels of the lowest energy, "
         f"≥ {_V_MIN_SIZE})",
     )
-    p.add_argument("--angles", type=int, default=24, help="number of angles (lfp)")
+    p.add_argument("--angles", type=positive_int, default=24, help="number of angles (lfp)")
     p.add_argument(
         "--energies",
         type=int,
@@ -64,7 +66,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--oversample",
-        type=int,
+        type=positive_int,
         default=2,
         help="the sample is simulated this many times finer than the reconstruction pixels "
         "(default 2)",
@@ -82,8 +84,6 @@ def _check(args: argparse.Namespace) -> None:
     """Refuse values no simulation can use, naming the option."""
     if args.photons <= 0 or not np.isfinite(args.photons):
         raise ValueError(f"--photons {args.photons:g}: expected a positive number of photons")
-    if args.oversample < 1:
-        raise ValueError(f"--oversample {args.oversample}: expected an integer ≥ 1")
     if args.pixel_nm is not None and not (np.isfinite(args.pixel_nm) and args.pixel_nm > 0):
         raise ValueError(f"--pixel-nm {args.pixel_nm:g}: expected a positive size in nm")
     if args.kind == "vanadium":

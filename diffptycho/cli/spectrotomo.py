@@ -209,9 +209,11 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """``diffptycho spectrotomo``."""
+    from diffptycho.io.results import check_output_path
     from diffptycho.pipeline import run_pipeline
     from diffptycho.recon.interrupt import Interrupted, stop_on_signals
 
+    check_output_path(args.output)  # before any stage runs, not after them
     config = config_from_args(args)
     try:
         with stop_on_signals():
