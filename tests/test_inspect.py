@@ -67,6 +67,17 @@ def test_cxi_tilt_series(tmp_path):
     assert "entry_3: 710.20 eV, -30.000° (sample_1/geometry_1/angle_deg)" in text
 
 
+def test_cxi_frame_orientation_from_the_basis_vectors(tmp_path):
+    path = tmp_path / "flipped.cxi"
+    write_cxi(path, tilt_scans())
+    assert describe_dict(path)["detector"]["frame orientation"] == "as stored"
+    with h5py.File(path, "a") as f:
+        basis = f["entry_2/instrument_1/detector_1/basis_vectors"]
+        basis[...] = -basis[()]  # rows along lab +y, columns along +x
+    orientations = describe_dict(path)["detector"]["frame orientation"]
+    assert sorted(orientations) == ["as stored", "rows flipped, columns flipped"]
+
+
 def test_cxi_foreign_with_missing_angle_and_geometry(tmp_path):
     path = tmp_path / "foreign.cxi"
     with h5py.File(path, "w") as f:

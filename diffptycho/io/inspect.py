@@ -164,6 +164,7 @@ def _cxi_scans(headers: list[ScanHeader]) -> dict[str, Any]:
         if first.object_pixel_size_m is None
         else [round(p * 1e9, 3) for p in first.object_pixel_size_m],
         "mask": f"{sum(h.has_mask for h in headers)} of {len(headers)} scans",
+        "frame orientation": _distinct([h.frame_orientation for h in headers]),
     }
     out["illumination (probe)"] = f"{sum(h.has_illumination for h in headers)} of {len(headers)}"
     missing = []
