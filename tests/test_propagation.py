@@ -83,6 +83,27 @@ def test_fresnel_forward_backward_identity(rng):
     np.testing.assert_allclose(np.linalg.norm(there), np.linalg.norm(x), rtol=1e-12)
 
 
+def test_near_field_keeps_complex64_under_x64(rng):
+    """The x64 session's complex128 transfer function must not promote a complex64 wave."""
+    import jax
+
+    from diffptycho.models.propagators import NearField
+
+    assert jax.config.jax_enable_x64
+    prop = NearField(pixel_size_m=10e-9, wavelength_m=LAM, distance_m=5e-6)
+    x = _complex(rng, (2, 32, 40))
+    x64 = x.astype(jnp.complex64)
+    for op in (prop, prop.adjoint, jax.jit(prop)):
+        out = op(x64)
+        assert out.dtype == jnp.complex64
+        # float32 accuracy against the complex128 propagation of the same (rounded) wave
+        ref = np.asarray(op(x64.astype(jnp.complex128)))
+        assert ref.dtype == np.complex128
+        rel = np.linalg.norm(np.asarray(out) - ref) / np.linalg.norm(ref)
+        assert rel < 1e-6, rel
+    assert fresnel_propagate(x, 10e-9, LAM, 5e-6).dtype == jnp.complex128
+
+
 def test_fresnel_dot_test(rng):
     x, y = _complex(rng, (32, 40)), _complex(rng, (32, 40))
     forward = lambda u: fresnel_propagate(u, 10e-9, LAM, 3e-6)  # noqa: E731

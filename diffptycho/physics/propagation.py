@@ -65,7 +65,8 @@ def fresnel_propagate(
 ) -> Complex[Array, "*b y x"]:
     """Near-field (Fresnel) propagation by the angular-spectrum transfer function.
 
-    Unitary; its adjoint is propagation by ``-distance_m``.
+    Unitary; its adjoint is propagation by ``-distance_m``. The result has the field's
+    precision (a complex64 wave stays complex64 with x64 enabled).
 
     Args:
         field: input wavefield.
@@ -77,14 +78,20 @@ def fresnel_propagate(
         The propagated field on the same grid.
     """
     h = fresnel_transfer_function(field.shape[-2:], pixel_size_m, wavelength_m, distance_m)
-    return jnp.fft.ifft2(jnp.fft.fft2(field, axes=_AXES) * h, axes=_AXES)
+    return fresnel_propagate_tf(field, h)
 
 
 def fresnel_propagate_tf(
     field: Complex[Array, "*b y x"], transfer: Complex[Array, "y x"]
 ) -> Complex[Array, "*b y x"]:
-    """Apply a precomputed transfer function (see :func:`fresnel_transfer_function`)."""
-    return jnp.fft.ifft2(jnp.fft.fft2(field, axes=_AXES) * transfer, axes=_AXES)
+    """Apply a precomputed transfer function (see :func:`fresnel_transfer_function`).
+
+    The transfer function is cast to the field's complex dtype, so that the (complex128)
+    function of an x64 session does not promote a complex64 wave.
+    """
+    dtype = jnp.result_type(field.dtype, jnp.complex64)
+    spectrum = jnp.fft.fft2(field.astype(dtype), axes=_AXES)
+    return jnp.fft.ifft2(spectrum * transfer.astype(dtype), axes=_AXES)
 
 
 def intensity(wave: Complex[Array, "*m y x"], axis: int | None = 0) -> Float[Array, "..."]:
