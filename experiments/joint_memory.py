@@ -3,10 +3,15 @@
 For each number of angles, a two-energy LFP tilt series is simulated and its frames written to
 HDF5; then, in a fresh process each, ``joint_reconstruct`` runs a few Adam steps with a fixed
 minibatch of angles, reading the frames (a) lazily from the HDF5 dataset and (b) loaded whole
-into memory. The peak resident memory (ru_maxrss) of each process is reported: with lazy
+into memory. The peak resident memory (VmHWM) of each process is reported: with lazy
 minibatches it should not grow with the number of scans beyond the model itself.
 
     PYTHONPATH=. python experiments/joint_memory.py [--angles 24 96] [--size 32]
+
+Measured (24³ voxels, minibatch of 4 angles, 3 Adam steps): 12 angles (2 MB of frames) 363 MB
+lazily / 370 MB whole; 96 angles (12 MB) 378 MB lazily / 382 MB whole — the process is
+dominated by JAX and the compiled step; frames of that size do not show, and the lazy path
+holds only the minibatch.
 """
 
 from __future__ import annotations
@@ -31,8 +36,23 @@ def _child(path: str, lazy: bool, steps: int, batch: int) -> None:
         frames = f["frames"] if lazy else f["frames"][()]
         model = _model_from(path)
         joint_reconstruct(model, frames, steps, angles_per_batch=batch, progress=False)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mb": peak_mb}))
+    print(json.dumps({"peak_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    VmHWM belongs to the process image and starts afresh at exec, unlike ``ru_maxrss``,
+    which a child started by fork + exec inherits from its (larger) parent on Linux.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _model_from(path: str):
