@@ -80,10 +80,14 @@ def test_batch_not_divisible_by_devices_is_refused(tiny_scan):
         solve(start, engine, data, 1, progress=False)
 
 
-def test_position_mesh_counts():
+def test_position_mesh_counts(tiny_scan):
     assert position_mesh(2).devices.shape == (2,)
     with pytest.raises(ValueError, match="devices=99"):
         position_mesh(99)
+    other = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("angle",))
+    start, data = tiny_scan
+    with pytest.raises(ValueError, match="no 'positions' axis"):
+        solve(start, ENGINES["epie"](mesh=other), data, 1, progress=False)
 
 
 def test_summed_gradient_is_the_sum_of_the_devices_gradients():

@@ -59,8 +59,19 @@ def position_mesh(devices: Sequence[jax.Device] | int | None = None) -> jax.shar
 
 
 def device_count(mesh: jax.sharding.Mesh | None) -> int:
-    """Devices along :data:`AXIS` (1 without a mesh)."""
-    return 1 if mesh is None else int(mesh.shape[AXIS])
+    """Devices along :data:`AXIS` (1 without a mesh).
+
+    Raises:
+        ValueError: the mesh has no axis named :data:`AXIS`.
+    """
+    if mesh is None:
+        return 1
+    if AXIS not in mesh.axis_names:
+        raise ValueError(
+            f"mesh: axes {mesh.axis_names} have no {AXIS!r} axis to split positions over; "
+            "build it with diffptycho.recon.sharding.position_mesh"
+        )
+    return int(mesh.shape[AXIS])
 
 
 def psum(tree: Any, axis: str | None) -> Any:
