@@ -27,8 +27,9 @@ batch 128): LSQML 209 / 152 / 222, ePIE 116 / 215 / 202, RAAR 403 / 329 / 464, A
 Two cores cannot run more than two devices at once, and the single-device run already uses
 both through XLA's threads, so ≈ 1× strong and ≈ 1/D weak is what this machine allows; the
 numbers bound the collectives' overhead rather than measure a speed-up. Peak RSS of
-``diffptycho ptycho -a lsqml -n 8``: 515 MB for 400 positions of 64² (6.6 MB of frames),
-677 MB for 4000 (65.5 MB): +162 MB for +59 MB of frames, over a ~450 MB JAX/XLA baseline.
+``diffptycho ptycho -a lsqml -n 8``: 382 MB for 400 positions of 64² (6.6 MB of frames),
+547 MB for 4000 (65.5 MB): +165 MB for +59 MB of frames (≈ 2.8 copies), over a ~360 MB
+JAX/XLA baseline.
 
 Usage:
     python experiments/benchmarks/bench_scale.py                 # everything (~10 min, 2 cores)
@@ -189,7 +190,15 @@ def peak_memory(args) -> list[dict]:
         for factor in (1, 10):
             n = args.memory_positions * factor
             data = os.path.join(tmp, f"scan{n}.cxi")
-            mb = write_dataset(data, n, args.frame)
+            # written by a child: on Linux a child's ru_maxrss starts from its parent's peak
+            # at fork (kept across exec), so this process must stay free of jax and frames
+            out = subprocess.run(
+                [sys.executable, __file__, "--write-dataset", data, str(n), str(args.frame)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            mb = float(out.stdout.strip().splitlines()[-1])
             command = [
                 sys.executable,
                 "-m",
@@ -238,6 +247,7 @@ def main(argv=None) -> int:
     """Run the benchmark and print its tables."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--write-dataset", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="smaller scans, fewer iterations")
     p.add_argument("--engines", nargs="+", default=list(ENGINES), help="engines to scale")
     p.add_argument("--devices", nargs="+", type=int, default=list(DEVICES))
@@ -252,6 +262,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.write_dataset:
+        path, n, frame = args.write_dataset
+        print(write_dataset(path, int(n), int(frame)))
         return 0
     if args.quick:
         args.positions, args.batch, args.iterations = 256, 64, 5
