@@ -87,7 +87,7 @@ def run_case(case: Case, args, folder: str) -> dict:
         mode="joint",
         ptychography=PtychographySettings(iterations=args.ptycho_iterations),
         tomography=TomographySettings(volume_shape=(args.size,) * 3),
-        joint=JointSettings(iterations=args.joint_iterations),  # Gauss–Newton steps
+        joint=JointSettings(iterations=args.joint_iterations, tv_weight=args.tv_weight),
     )
     if os.path.exists(config.output):
         os.remove(config.output)
@@ -171,6 +171,10 @@ def figure(rows: list[dict], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced sweep in a few minutes")
+    parser.add_argument("--tv-weight", type=float, default=0.0, help="joint TV weight")
+    parser.add_argument(
+        "--single", type=float, default=None, help="run only the central case at this dose"
+    )
     parser.add_argument("--out", default="joint_vs_staged_out")
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--misalign", type=float, default=1.0, help="scan shift σ, px")
@@ -186,6 +190,10 @@ def main() -> None:
             [3.0, 4.5],
         )
         args.ptycho_iterations, args.joint_iterations = 50, 32
+    if args.single is not None:
+        args.doses = [args.single]
+        args.angles = [args.angles[len(args.angles) // 2]]
+        args.steps = [args.steps[0]]
     os.makedirs(args.out, exist_ok=True)
     rows = []
     for case in cases(args):

@@ -159,3 +159,32 @@ def test_minibatches_read_lazily_from_hdf5_give_the_same_result(data, tmp_path):
         lazy, h_lazy = joint_reconstruct(model, f["frames"], 2, **kwargs)
     np.testing.assert_allclose(h_lazy.loss, h_mem.loss, rtol=1e-5)
     np.testing.assert_allclose(lazy.composition, in_memory.composition, atol=1e-6)
+
+
+def test_total_variation_terms_square_to_the_smoothed_tv():
+    from diffptycho.recon.joint import total_variation_terms
+
+    c = np.zeros((2, 4, 5, 6))
+    c[0, :, :, 3:] = 0.5  # one step of 0.5 along x: |∇c| = 0.5 on one plane of 4×5 voxels
+    eps = 1e-3
+    tv = np.asarray(total_variation_terms(jnp.asarray(c), eps)) ** 2
+    expected = 4 * 5 * np.sqrt(0.25 + eps**2) + (c.size - 20) * eps
+    np.testing.assert_allclose(tv.sum(), expected, rtol=1e-6)
+
+
+def test_tv_residuals_and_loss_agree(data):
+    from diffptycho.recon.joint import joint_residuals, total_variation_terms
+
+    ds, model = data
+    idx = jnp.arange(2)
+    batch = (jnp.asarray(ds.frames[:, :2]), idx)
+    plain = joint_residuals()(model, batch)
+    with_tv = joint_residuals(tv_weight=0.3)(model, batch)
+    tv = 0.3 * jnp.sum(total_variation_terms(model.composition) ** 2)
+    np.testing.assert_allclose(jnp.sum(with_tv**2), jnp.sum(plain**2) + tv, rtol=1e-4)
+    amp = joint_loss("amplitude")(model, batch)
+    np.testing.assert_allclose(
+        joint_loss("amplitude", tv_weight=0.3)(model, batch), amp + tv, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="tv_weight"):
+        joint_reconstruct(model, ds.frames, 1, tv_weight=-1.0, progress=False)

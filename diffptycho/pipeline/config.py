@@ -296,6 +296,8 @@ class JointSettings:
             ``background``, ``energy_offsets`` where the model has them).
         angles_per_batch: angles per minibatch (all when None).
         loss: ``"poisson"`` or ``"amplitude"``.
+        tv_weight: weight of the smoothed total variation of the composition (per frame, see
+            :func:`~diffptycho.recon.joint.total_variation_terms`; 0: none).
     """
 
     start: str = "staged"
@@ -305,10 +307,13 @@ class JointSettings:
     refine: tuple[str, ...] = ("composition", "probe")
     angles_per_batch: int | None = None
     loss: str = "poisson"
+    tv_weight: float = 0.0
 
     def __post_init__(self) -> None:
         from diffptycho.recon.joint import SOLVERS, TRAINABLE
 
+        if not self.tv_weight >= 0:
+            raise ConfigError(f"joint.tv_weight = {self.tv_weight}: expected ≥ 0")
         if self.start not in ("staged", "blank"):
             raise ConfigError(f"joint.start = {self.start!r}: use 'staged' or 'blank'")
         if self.solver not in SOLVERS:

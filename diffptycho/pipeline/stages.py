@@ -820,6 +820,7 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
         angles_per_batch=settings.angles_per_batch,
         loss=settings.loss,
         progress=context.progress,
+        tv_weight=settings.tv_weight,
     )
     nominal = np.stack([np.stack(row) for row in centred_positions(series)])
     moved = nominal - np.asarray(model.positions, np.float64)  # probe −s ≡ sample +s
