@@ -37,6 +37,17 @@ minutes on a loaded 2-core machine; ``--quick`` (24³, 16 angles, 3 plates, fewe
 about 3. Writes ``results.json``, ``results.md`` and PNG figures (``fsc.png``,
 ``correlation_*.png``, ``polar_histogram_*.png``, ``phases.png``, ``activity.png``) into ``--out``,
 with the simulated files (``*.cxi``) and the pipeline's results (``*.h5``) of the three runs.
+
+Measured here (defaults but ``--dose``, seed 6; staged → joint):
+
+    photons/frame   composition RMSE   Dice mixed   FSC ½-bit even/odd (nm)   particles labelled
+    10³             0.364 → 0.253      0.15 → 0.53  12.3 → 11.3               3 → 6 of 6
+    10⁴ (default)   0.216 → 0.123      0.65 → 0.78  7.3 → ≤ 6.7 (Nyquist)     6 → 6 of 6
+    10⁵             0.131 → 0.079      0.81 → 0.80  ≤ 6.7 → ≤ 6.7             6 → 6 of 6
+
+At 10³ photons the half-data FSC is the study's (11 nm with 6.7 nm voxels). The half-data FSC
+measures consistency, not accuracy: both halves share the missing wedge and the model's
+systematic errors, so it can stay above threshold to Nyquist while the composition RMSE is 0.13.
 """
 
 from __future__ import annotations
