@@ -34,7 +34,7 @@ tomogram's position is arbitrary) before it is compared with the truth or with t
 
 The defaults (32³ voxels of 6.7 nm, 24 angles, 6 plates, 10⁴ photons per frame) take 3–5
 minutes on a loaded 2-core machine; ``--quick`` (24³, 16 angles, 3 plates, fewer iterations)
-about 3. Writes ``results.json``, ``results.md`` and PNG figures (``fsc.png``,
+about 2. Writes ``results.json``, ``results.md`` and PNG figures (``fsc.png``,
 ``correlation_*.png``, ``polar_histogram_*.png``, ``phases.png``, ``activity.png``) into ``--out``,
 with the simulated files (``*.cxi``) and the pipeline's results (``*.h5``) of the three runs.
 
