@@ -88,6 +88,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="joint step size (Adam)",
     )
     p.add_argument(
+        "--joint-tv-weight",
+        type=float,
+        default=cfg.JointSettings.tv_weight,
+        help="weight of the composition's total variation in the joint fit (per frame; "
+        f"default {cfg.JointSettings.tv_weight:g}, 0: none)",
+    )
+    p.add_argument(
         "--joint-refine",
         nargs="+",
         default=list(cfg.JointSettings.refine),
@@ -184,6 +191,7 @@ def config_from_args(args: argparse.Namespace):
             iterations=args.joint_iterations,
             learning_rate=args.joint_learning_rate,
             refine=tuple(args.joint_refine),
+            tv_weight=args.joint_tv_weight,
         ),
         tilt_series=cfg.TiltSeriesSettings(args.energy_tolerance_ev, args.angle_tolerance_deg),
         ptychography=cfg.PtychographySettings(
