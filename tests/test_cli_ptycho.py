@@ -1,5 +1,6 @@
 """``diffptycho ptycho`` on tiny simulated CXI files: outputs, conventions and error paths."""
 
+import argparse
 import os
 
 import equinox as eqx
@@ -264,3 +265,18 @@ def test_divergence_writes_the_last_finite_model(tmp_path, cxi_with_probe, monke
     assert np.all(np.isfinite(res["object"]))
     np.testing.assert_allclose(np.abs(res["object"]), 0.9, rtol=1e-6)
     assert res["provenance"]["config"]["status"].startswith("diverged after 1 iterations")
+
+
+def test_devices_split_the_positions_and_give_the_single_device_result(tmp_path, cxi_with_probe):
+    # the conftest gives 4 fake CPU devices; the split sums must not change the result
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    common = ["--algorithm", "lsqml", "--iterations", 3, "--batch-size", 8, "--no-figure"]
+    assert _run(cxi_with_probe, *common, "--output", one) == 0
+    assert _run(cxi_with_probe, *common, "--devices", 2, "--output", two) == 0
+    a, b = read_results(one)["object"], read_results(two)["object"]
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    assert read_results(two)["provenance"]["config"]["devices"] == 2
+    parser = argparse.ArgumentParser()
+    cli_ptycho.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["ptycho", "x.cxi", "-o", "y.h5", "--devices", "2"])
+    assert cli_ptycho.engine_options(args)["mesh"].devices.size == 2

@@ -4,6 +4,7 @@
 
     diffptycho ptycho DATA.cxi --algorithm raar --iterations 500 --output OUT.h5
         [--probe-modes M] [--refine-positions] [--background] [--batch-size B] [--entry K]
+        [--devices N]
         [--checkpoint-every N] [--resume] [--keep-best]
         [--propagation near-field --focus-to-sample Z1]
 
@@ -63,6 +64,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--refine-positions", action="store_true", help="refine scan positions")
     p.add_argument("--background", action="store_true", help="retrieve incoherent background")
     p.add_argument("--batch-size", type=positive_int, default=None, help="positions per batch")
+    p.add_argument(
+        "--devices",
+        type=positive_int,
+        default=None,
+        help="split every minibatch's positions over the first N devices (the batch size "
+        "must be a multiple of N; on CPU, more devices need XLA_FLAGS="
+        "--xla_force_host_platform_device_count=N)",
+    )
     p.add_argument("--entry", type=positive_int, default=1, help="scan: entry_K (default 1)")
     p.add_argument(
         "--loss",
@@ -139,6 +148,10 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         options["loss"] = args.loss
     if args.batch_size is not None:
         options["batch_size"] = int(args.batch_size)
+    if getattr(args, "devices", None):
+        from diffptycho.recon.sharding import position_mesh
+
+        options["mesh"] = position_mesh(int(args.devices))
     return options
 
 
@@ -265,6 +278,7 @@ def _write(
         "refine_positions": args.refine_positions,
         "background": args.background,
         "batch_size": args.batch_size,
+        "devices": args.devices or 1,
         "loss": args.loss,
         "status": status,
         "keep_best": args.keep_best,
