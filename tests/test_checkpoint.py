@@ -226,3 +226,16 @@ def test_stop_on_signals_turns_sigterm_into_a_stop_request():
         err = Interrupted("x")
         assert err.exit_code == 128 + signal.SIGTERM
     assert not stop_requested()  # the flag does not leak out of the block
+
+
+def test_quiet_loss_watch_records_without_logging(caplog):
+    from diffptycho.recon.watch import LossWatch
+
+    losses = [4.0, 2.0, 1.0, 1.5, 2.0, 3.0]
+    for quiet, logged in ((False, 1), (True, 0)):
+        caplog.clear()
+        watch = LossWatch(window=3, label="scan", quiet=quiet)
+        for it, loss in enumerate(losses):
+            watch.update(it, loss)
+        assert len(watch.warnings) == 1 and "loss rose" in watch.warnings[0]
+        assert sum("loss rose" in r.getMessage() for r in caplog.records) == logged

@@ -302,6 +302,7 @@ def _reconstruct_energies(
                 arrays={"losses": losses},
             )
 
+    flagged: list[str] = []
     for e in range(len(models), len(scans)):
         s = scans[e]
         first = probe is None
@@ -331,6 +332,7 @@ def _reconstruct_energies(
                 first_iterations if first else settings.iterations,
                 progress,
                 f"ptycho {s.energy_ev:.1f} eV",
+                flagged,
             )
         except Interrupted as err:  # the energies before this one are kept
             save()
@@ -353,6 +355,8 @@ def _reconstruct_energies(
                 iteration=len(models),
                 checkpoint=checkpoint.path if checkpoint else None,
             )
+    if flagged:
+        log(f"ptychography: the loss watch flagged {len(flagged)} energies, e.g. {flagged[0]}")
     return models, losses
 
 

@@ -148,16 +148,39 @@ def _engine(settings: PtychographySettings, group_sizes=None):
     return make_engine(settings.engine, **options)
 
 
-def _solve(model, engine, frames, mask, iterations: int, progress: bool, description: str):
-    """Run an engine; a divergence keeps the last finite model and is reported, not fatal."""
+def _solve(
+    model,
+    engine,
+    frames,
+    mask,
+    iterations: int,
+    progress: bool,
+    description: str,
+    flagged: list[str] | None = None,
+):
+    """Run an engine; a divergence keeps the last finite model and is reported, not fatal.
+
+    With ``flagged``, the loss watch's warnings are appended there instead of being logged
+    one per scan (the caller reports them once).
+    """
     from diffptycho.recon.ptycho import PtychoData
     from diffptycho.recon.solve import DivergenceError, solve
+    from diffptycho.recon.watch import LossWatch
 
     data = PtychoData(jnp.asarray(frames), None if mask is None else jnp.asarray(mask))
+    watch = LossWatch(label=description, quiet=flagged is not None)
     try:
         model, history = solve(
-            model, engine, data, iterations, progress=progress, description=description
+            model,
+            engine,
+            data,
+            iterations,
+            progress=progress,
+            description=description,
+            watch=watch,
         )
+        if flagged is not None:
+            flagged.extend(history.warnings)
         return model, np.asarray(history.loss), True
     except DivergenceError as err:
         return err.model, np.asarray(err.history.loss), False
@@ -211,15 +234,24 @@ def ptychography(context: Context, settings: PtychographySettings) -> StageOutpu
     def snapshot(complete: bool) -> StageOutput:
         return StageOutput(dict(out), units, complete=complete)
 
+    flagged: list[str] = []
     try:
-        _ptychography_scans(context, settings, positions, field, modes, out, snapshot)
+        _ptychography_scans(context, settings, positions, field, modes, out, snapshot, flagged)
     except Interrupted:
         context.checkpoint(snapshot(False))  # the scans done so far; the current one restarts
         raise
+    if flagged:
+        context.log(
+            f"ptychography: the loss watch flagged {len(flagged)} scan(s), e.g. {flagged[0]} "
+            f"(the loss of {settings.engine} need not fall monotonically; compare final_loss "
+            "between scans)"
+        )
     return snapshot(True)
 
 
-def _ptychography_scans(context, settings, positions, field, modes, out, snapshot) -> None:
+def _ptychography_scans(
+    context, settings, positions, field, modes, out, snapshot, flagged: list[str]
+) -> None:
     """The scan loop of :func:`ptychography`, filling ``out`` and saving as it goes."""
     from diffptycho.models import Ptycho2D
     from diffptycho.recon.ptycho.start import probe_guess, scaled_probe
@@ -257,6 +289,7 @@ def _ptychography_scans(context, settings, positions, field, modes, out, snapsho
                 iterations,
                 context.progress,
                 f"ptycho E{series.energies_ev[e]:.1f} θ{series.angles_deg[a]:+.1f}",
+                flagged,
             )
             if not ok:
                 context.log(

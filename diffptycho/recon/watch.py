@@ -31,6 +31,8 @@ class LossWatch:
         rise: relative rise that counts (0.05: 5 %).
         diverge_factor: loss / best loss above which the run is diverging.
         label: name used in messages (e.g. the engine).
+        quiet: record the warnings without logging them (a caller that runs many short
+            solves, such as the pipeline's per-scan ptychography, reports them once).
         best_loss: lowest finite loss seen.
         best_iteration: its iteration (0-based), or -1 before any.
         warnings: the warnings issued, as text.
@@ -47,6 +49,7 @@ class LossWatch:
     rise: float = 0.05
     diverge_factor: float = 1e3
     label: str = "loss"
+    quiet: bool = False
     best_loss: float = math.inf
     best_iteration: int = -1
     warnings: list[str] = dataclasses.field(default_factory=list)
@@ -99,7 +102,8 @@ class LossWatch:
             return
         self._warned.add(kind)
         self.warnings.append(message)
-        log.warning(message)
+        if not self.quiet:
+            log.warning(message)
 
     def state(self) -> dict:
         """JSON-serialisable state, for checkpoints (see :meth:`restore`)."""
