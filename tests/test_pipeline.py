@@ -636,3 +636,11 @@ def test_joint_settings_are_checked():
         JointSettings(refine=("probe",))
     with pytest.raises(ConfigError, match="references"):
         PipelineConfig(input=("a.cxi",), output="o.h5", mode="joint")
+
+
+def test_joint_defaults_depend_on_the_start():
+    staged, blank = JointSettings(), JointSettings(start="blank")
+    assert staged.refine == ("composition", "probe") and staged.iterations == 32
+    assert blank.refine == ("composition", "probe", "energy_offsets") and blank.iterations == 64
+    given = JointSettings(start="blank", refine=("composition",), iterations=5)
+    assert given.refine == ("composition",) and given.iterations == 5

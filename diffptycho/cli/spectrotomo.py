@@ -78,8 +78,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--joint-iterations",
         type=positive_int,
-        default=cfg.JointSettings.iterations,
-        help=f"joint steps: Gauss-Newton (default {cfg.JointSettings.iterations}) or Adam (~150)",
+        default=None,
+        help="joint steps: Gauss-Newton (default 32 from the staged start, 64 from a blank "
+        "one) or Adam (~150)",
     )
     p.add_argument(
         "--joint-learning-rate",
@@ -97,9 +98,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--joint-refine",
         nargs="+",
-        default=list(cfg.JointSettings.refine),
+        default=None,
         help="leaves refined jointly (composition and any of probe, positions, alignment, "
-        "background)",
+        "background, energy_offsets; default composition probe from the staged start, "
+        "composition probe energy_offsets from a blank one)",
     )
     ptycho = cfg.PtychographySettings
     p.add_argument(
@@ -190,7 +192,7 @@ def config_from_args(args: argparse.Namespace):
             solver=args.joint_solver,
             iterations=args.joint_iterations,
             learning_rate=args.joint_learning_rate,
-            refine=tuple(args.joint_refine),
+            refine=tuple(args.joint_refine) if args.joint_refine else None,
             tv_weight=args.joint_tv_weight,
         ),
         tilt_series=cfg.TiltSeriesSettings(args.energy_tolerance_ev, args.angle_tolerance_deg),
