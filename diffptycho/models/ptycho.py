@@ -15,7 +15,7 @@ import numpy as np
 from diffptycho._typing import Array, Complex, Float, Int
 from diffptycho.models.propagators import AbstractPropagator, FarField
 from diffptycho.physics import optics, propagation, scan
-from diffptycho.physics.alignment import similarity_transform
+from diffptycho.physics.alignment import cubic_similarity_transform
 
 
 def scan_intensities(
@@ -112,8 +112,8 @@ class SpectroPtycho2D(eqx.Module):
 
     The thickness maps live on one common grid. With a fixed detector the object pixel
     λz/(N·dx) of each energy differs from it, and each energy's scan may see the sample at a
-    small offset: ``grid`` holds, per energy, the similarity transform (see
-    :func:`~diffptycho.physics.alignment.similarity_transform`) from the common grid to that
+    small offset: ``grid`` holds, per energy, the similarity transform (cubic convolution, see
+    :func:`~diffptycho.physics.alignment.cubic_similarity_transform`) from the common grid to that
     energy's object grid — shift (y, x) in that energy's pixels and log(p_common/p_energy) —,
     so nothing has to be resampled upstream. Without it every energy uses the common grid.
 
@@ -160,8 +160,8 @@ class SpectroPtycho2D(eqx.Module):
             "es,shw->ehw", self.spectra, self.thickness.astype(self.spectra.dtype)
         )
 
-        def moved(image, params):
-            return similarity_transform(image.real, params) + 1j * similarity_transform(
+        def moved(image, params):  # cubic: bilinear weights blur sub-pixel moves unevenly
+            return cubic_similarity_transform(image.real, params) + 1j * cubic_similarity_transform(
                 image.imag, params
             )
 

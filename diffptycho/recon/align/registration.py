@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from diffptycho._typing import Array, Float, Image
-from diffptycho.physics.alignment import similarity_transform
+from diffptycho.physics.alignment import cubic_similarity_transform, similarity_transform
 
 __all__ = [
     "check_image",
@@ -205,60 +205,6 @@ def _coarse_grid(
             if cost < best_cost:
                 best, best_cost = q, cost
     return best
-
-
-def _keys(t: Array) -> Array:
-    """Keys' cubic convolution kernel (a = −1/2) at the 4 taps ``t + 1, t, 1 − t, 2 − t``."""
-    a = -0.5
-    d = jnp.stack([1 + t, t, 1 - t, 2 - t])
-
-    def near(x):
-        return (a + 2) * x**3 - (a + 3) * x**2 + 1
-
-    def far(x):
-        return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
-
-    return jnp.stack([far(d[0]), near(d[1]), near(d[2]), far(d[3])])
-
-
-def cubic_similarity_transform(image: Image, params: Float[Array, " 4"]) -> Image:
-    """:func:`~diffptycho.physics.alignment.similarity_transform` with cubic convolution.
-
-    Same geometry and signs; Keys' cubic kernel (a = −1/2) instead of bilinear weights, zeros
-    outside. Bilinear resampling blurs most at half-pixel offsets, which biases least-squares
-    registration towards whole-pixel shifts and zero rotation; the cubic kernel is nearly
-    uniform in blur, so registration uses it. Differentiable in ``params`` (jit, vmap).
-
-    Args:
-        image: ``(ny, nx)`` real image.
-        params: ``(shift_y_px, shift_x_px, rotation_rad, log_scale)``.
-
-    Returns:
-        The transformed ``(ny, nx)`` image.
-    """
-    ny, nx = image.shape
-    dtype = image.dtype
-    sy, sx, theta, log_scale = params[0], params[1], params[2], params[3]
-    cy, cx = ny // 2, nx // 2
-    yo = jnp.arange(ny, dtype=dtype)[:, None] - cy - sy
-    xo = jnp.arange(nx, dtype=dtype)[None, :] - cx - sx
-    inv = jnp.exp(-log_scale)
-    cos, sin = jnp.cos(theta), jnp.sin(theta)
-    yi = inv * (cos * yo + sin * xo) + cy
-    xi = inv * (-sin * yo + cos * xo) + cx
-    y0, x0 = jnp.floor(yi), jnp.floor(xi)
-    wy, wx = _keys(yi - y0), _keys(xi - x0)  # (4, ny, nx)
-    pad = 3
-    padded = jnp.pad(image, pad)
-    iy = jnp.clip(y0.astype(jnp.int32) + pad - 1, 0, ny + 2 * pad - 4)
-    ix = jnp.clip(x0.astype(jnp.int32) + pad - 1, 0, nx + 2 * pad - 4)
-    # taps beyond the padding read zeros only if the clip did not move them
-    inside = (y0 >= -pad + 1) & (y0 <= ny + pad - 3) & (x0 >= -pad + 1) & (x0 <= nx + pad - 3)
-    out = jnp.zeros_like(yi)
-    for j in range(4):
-        for k in range(4):
-            out = out + wy[j] * wx[k] * padded[iy + j, ix + k]
-    return jnp.where(inside, out, 0).astype(dtype)
 
 
 def _residual(params, reference, moving, weights):
