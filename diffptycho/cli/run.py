@@ -7,10 +7,9 @@ The file names the inputs, the references, the output and the settings of every 
 from __future__ import annotations
 
 import argparse
-import os
 
-from diffptycho.cli.checkpointing import add_checkpoint_arguments, interrupted
-from diffptycho.cli.spectrotomo import report
+from diffptycho.cli.checkpointing import add_checkpoint_arguments
+from diffptycho.cli.spectrotomo import execute
 from diffptycho.pipeline.config import STAGE_NAMES
 
 __all__ = ["add_parser", "run"]
@@ -37,22 +36,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """``diffptycho run``."""
-    from diffptycho.pipeline import load_config, run_pipeline
-    from diffptycho.recon.interrupt import Interrupted, stop_on_signals
+    from diffptycho.pipeline import load_config
 
-    config = load_config(args.config)
-    try:
-        with stop_on_signals():
-            result = run_pipeline(
-                config,
-                restart_from=args.restart_from,
-                stop_after=args.stop_after,
-                progress=not args.no_progress,
-                figures=not args.no_figures,
-                resume=True if args.resume else None,
-                checkpoint_every=args.checkpoint_every,
-            )
-    except Interrupted as err:
-        saved = config.output if os.path.exists(config.output) else None
-        return interrupted("run", err, saved)
-    return report(result)
+    return execute(load_config(args.config), args, "run")

@@ -20,7 +20,7 @@ from diffptycho.cli.ptycho import positive_int
 from diffptycho.pipeline import config as cfg
 from diffptycho.pipeline.config import STAGE_NAMES
 
-__all__ = ["add_parser", "config_from_args", "run"]
+__all__ = ["add_parser", "config_from_args", "execute", "report", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -220,11 +220,20 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """``diffptycho spectrotomo``."""
     from diffptycho.io.results import check_output_path
+
+    check_output_path(args.output)  # before any stage runs, not after them
+    return execute(config_from_args(args), args, "spectrotomo")
+
+
+def execute(config, args: argparse.Namespace, command: str) -> int:
+    """Run the pipeline of ``config`` with the command's run options; the exit status.
+
+    Shared by ``spectrotomo`` and ``run``: restart/stop stages, progress, figures, resume and
+    checkpoints from ``args``; SIGINT/SIGTERM stop it with the results file as checkpoint.
+    """
     from diffptycho.pipeline import run_pipeline
     from diffptycho.recon.interrupt import Interrupted, stop_on_signals
 
-    check_output_path(args.output)  # before any stage runs, not after them
-    config = config_from_args(args)
     try:
         with stop_on_signals():
             result = run_pipeline(
@@ -238,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
             )
     except Interrupted as err:
         saved = config.output if os.path.exists(config.output) else None
-        return interrupted("spectrotomo", err, saved)
+        return interrupted(command, err, saved)
     return report(result)
 
 

@@ -18,20 +18,34 @@ import numpy as np
 from jaxtyping import Float
 from numpy.typing import ArrayLike
 
-__all__ = ["kk_f_matrix", "kk_matrix"]
+__all__ = ["increasing_energies", "kk_f_matrix", "kk_matrix"]
 
 
-def _increasing_energies(energies_ev, name: str) -> np.ndarray:
+def increasing_energies(energies_ev, name: str = "energies_ev", minimum: int = 2) -> np.ndarray:
+    """Check an energy grid: 1-D, ≥ ``minimum`` positive, strictly increasing values in eV.
+
+    Args:
+        energies_ev: the grid in eV.
+        name: argument name used in the error.
+        minimum: fewest energies accepted.
+
+    Returns:
+        The grid as float64.
+
+    Raises:
+        ValueError: otherwise (the message names ``name`` and the shape given).
+    """
     e = np.asarray(energies_ev, dtype=np.float64)
     if (
         e.ndim != 1
-        or e.size < 2
+        or e.size < minimum
         or not np.all(np.isfinite(e))
         or np.any(e <= 0)
         or np.any(np.diff(e) <= 0)
     ):
         raise ValueError(
-            f"{name}: expected a 1-D array of ≥ 2 positive, strictly increasing energies in eV"
+            f"{name}: expected a 1-D array of ≥ {minimum} positive, strictly increasing "
+            f"energies in eV, got shape {e.shape}"
         )
     return e
 
@@ -77,7 +91,7 @@ def kk_f_matrix(eval_ev: ArrayLike, nodes_ev: ArrayLike) -> Float[np.ndarray, "e
     Returns:
         K of shape (M, N), such that Δf1(eval) = K @ Δf2(nodes) (same units as Δf2).
     """
-    nodes = _increasing_energies(nodes_ev, "nodes_ev")
+    nodes = increasing_energies(nodes_ev, "nodes_ev")
     x = np.atleast_1d(np.asarray(eval_ev, dtype=np.float64))
     if x.ndim != 1 or not np.all(np.isfinite(x)) or np.any(x <= 0):
         raise ValueError("eval_ev: expected a 1-D array of positive energies in eV")
@@ -114,6 +128,6 @@ def kk_matrix(energies_ev: ArrayLike) -> Float[np.ndarray, "energy energy"]:
         >>> bool(ddelta[e < 709].min() < 0 < ddelta[e > 711].max())
         True
     """
-    e = _increasing_energies(energies_ev, "energies_ev")
+    e = increasing_energies(energies_ev)
     e2 = e**2
     return kk_f_matrix(e, e) * e2[None, :] / e2[:, None]

@@ -59,26 +59,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from diffptycho._typing import Array, Float
-from diffptycho.physics.kramers_kronig import kk_f_matrix
+from diffptycho.physics.kramers_kronig import increasing_energies, kk_f_matrix
 from diffptycho.physics.optics import R_ELECTRON_M, scattering_factors, wavelength
 
 __all__ = ["KKProjector", "kk_basis"]
-
-
-def _check_energies(energies_ev) -> np.ndarray:
-    e = np.asarray(energies_ev, dtype=np.float64)
-    if (
-        e.ndim != 1
-        or e.size < 4
-        or not np.all(np.isfinite(e))
-        or np.any(e <= 0)
-        or np.any(np.diff(e) <= 0)
-    ):
-        raise ValueError(
-            f"energies_ev: expected a 1-D array of ≥ 4 positive, strictly increasing energies "
-            f"in eV, got shape {e.shape}"
-        )
-    return e
 
 
 def kk_basis(
@@ -102,7 +86,7 @@ def kk_basis(
     Returns:
         Basis of shape (2E, 1 + (E − 2) + 2·(smooth_order + 1)), float64.
     """
-    e = _check_energies(energies_ev)
+    e = increasing_energies(energies_ev, minimum=4)
     if int(smooth_order) != smooth_order or smooth_order < 0:
         raise ValueError(f"smooth_order={smooth_order!r}: expected an integer ≥ 0")
     import xraydb
@@ -214,7 +198,7 @@ class KKProjector(eqx.Module):
             >>> kk.projector.shape
             (80, 80)
         """
-        e = _check_energies(energies_ev)
+        e = increasing_energies(energies_ev, minimum=4)
         if not (np.isfinite(phase_weight) and phase_weight > 0):
             raise ValueError(f"phase_weight={phase_weight!r}: expected a positive number")
         n = e.size
