@@ -74,15 +74,12 @@ def total_variation_terms(composition: Array, eps: float = 1e-3) -> Array:
         eps: smoothing of |∇c| (volume fraction per voxel).
 
     Returns:
-        (species, z, y, x) terms.
+        (species, z, y, x) terms: their squares sum to Σ_s
+        :func:`~diffptycho.recon.tomo.gradient.total_variation` (c_s, ε).
     """
-    g2 = jnp.zeros_like(composition)
-    for axis in (1, 2, 3):
-        d = jnp.diff(composition, axis=axis)
-        pad = [(0, 0)] * composition.ndim
-        pad[axis] = (0, 1)
-        g2 = g2 + jnp.pad(d, pad) ** 2
-    return (g2 + eps**2) ** 0.25
+    from diffptycho.recon.tomo.gradient import squared_gradient
+
+    return (jax.vmap(squared_gradient)(composition) + eps**2) ** 0.25
 
 
 def joint_residuals(mask=None, tv_weight: float = 0.0, tv_eps: float = 1e-3) -> Callable:

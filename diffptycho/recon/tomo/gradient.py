@@ -33,6 +33,7 @@ __all__ = [
     "TomoLoss",
     "gradient_reconstruct",
     "gradient_solver",
+    "squared_gradient",
     "total_variation",
     "volume_scale",
 ]
@@ -55,10 +56,21 @@ def total_variation(volume: Shaped[Array, "z y x"], eps: float | Array = 0.0) ->
         >>> float(total_variation(step))  # a unit step across a 4 × 4 face
         16.0
     """
+    return jnp.sum(jnp.sqrt(squared_gradient(volume) + jnp.asarray(eps) ** 2))
+
+
+def squared_gradient(volume: Shaped[Array, "z y x"]) -> Float[Array, "z y x"]:
+    """Per-voxel ``|∇u|²`` of :func:`total_variation` (forward differences, zero at the end).
+
+    Args:
+        volume: (z, y, x) real or complex volume.
+
+    Returns:
+        (z, y, x) squared gradient magnitude.
+    """
     v = jnp.asarray(volume)
     diffs = [jnp.diff(v, axis=a, append=jnp.take(v, jnp.array([-1]), axis=a)) for a in range(3)]
-    squared = sum(jnp.abs(d) ** 2 for d in diffs)
-    return jnp.sum(jnp.sqrt(squared + jnp.asarray(eps) ** 2))
+    return sum(jnp.abs(d) ** 2 for d in diffs)
 
 
 def volume_scale(projections: Projections) -> Float[Array, ""]:
