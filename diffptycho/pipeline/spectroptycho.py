@@ -256,16 +256,14 @@ def _template(scan, positions: np.ndarray, probe_modes: int):
 
 def _energy_engine(settings: SpectroPtychoSettings):
     """The ptychography engine of every energy (probe refined or kept)."""
-    from diffptycho.recon.ptycho import PositionRefinement, Refinement
-    from diffptycho.recon.ptycho.start import make_engine
+    from diffptycho.pipeline.stages import engine_for
 
-    positions = PositionRefinement() if settings.refine_positions else None
-    options: dict[str, Any] = {
-        "refinement": Refinement(probe=settings.refine_probe, positions=positions)
-    }
-    if settings.batch_size is not None:
-        options["batch_size"] = settings.batch_size
-    return make_engine(settings.engine, **options)
+    return engine_for(
+        settings.engine,
+        refine_probe=settings.refine_probe,
+        refine_positions=settings.refine_positions,
+        batch_size=settings.batch_size,
+    )
 
 
 def _reconstruct_energies(
@@ -395,17 +393,18 @@ class _Grid:
 
 
 def _projections(
-    model, vacuum: np.ndarray | None = None, threshold: float = 0.1
+    model, vacuum: np.ndarray | None = None, region: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Vacuum-normalised μt, φ = arg T (rad), lit region and vacuum of one energy's own grid.
 
-    ``vacuum`` (this energy's grid) replaces the histogram's vacuum when given.
+    ``vacuum`` (this energy's grid) replaces the histogram's vacuum when given; ``region``
+    is the lit region when the caller has it already.
     """
     from diffptycho.analysis.phase import unwrap_phase
     from diffptycho.pipeline.stages import normalise_transmission
 
     obj = np.asarray(model.object)
-    region = _lit(model, threshold)
+    region = _lit(model) if region is None else region
     t, vac = normalise_transmission(obj, region, vacuum=vacuum)
     phi = unwrap_phase(np.angle(t), region)
     phi = np.asarray(phi) - np.mean(np.asarray(phi)[vac])
@@ -456,13 +455,13 @@ def _stacks(
     vacuum = grid.vacuum if vacuum is None else vacuum
     per = []
     for e, m in enumerate(models):
-        own = None
+        own, region = None, _lit(m)
         if vacuum is not None:
             shape = tuple(m.object.shape)
             own = _from_common(vacuum.astype(np.float64), e, shape, grid, order=1) > 0.99
-        if own is not None and (own & _lit(m)).sum() < 16:
+        if own is not None and (own & region).sum() < 16:
             own = None  # the shared vacuum misses this energy's field: use its own
-        per.append(_projections(m, own))
+        per.append(_projections(m, own, region))
     od = _to_common([p[0] for p in per], grid)
     phase = _to_common([p[1] for p in per], grid)
     lit = _to_common([p[2].astype(np.float64) for p in per], grid, order=1) > 0.99

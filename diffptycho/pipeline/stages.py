@@ -136,16 +136,44 @@ def centred_positions(series) -> list[list[np.ndarray]]:
 
 
 def _engine(settings: PtychographySettings, group_sizes=None):
+    return engine_for(
+        settings.engine,
+        refine_positions=settings.refine_positions,
+        batch_size=settings.batch_size,
+        loss=settings.loss,
+        group_sizes=group_sizes,
+    )
+
+
+def engine_for(
+    engine: str,
+    *,
+    refine_probe: bool = True,
+    refine_positions: bool = False,
+    batch_size: int | None = None,
+    loss: str | None = None,
+    group_sizes=None,
+):
+    """A ptychography engine of the pipelines (engine defaults where an option is None).
+
+    Args:
+        engine: a key of :data:`~diffptycho.recon.ptycho.ENGINES`.
+        refine_probe: refine the probe.
+        refine_positions: refine the scan positions.
+        batch_size: positions per minibatch.
+        loss: ``"poisson"`` or ``"amplitude"``.
+        group_sizes: scans of a multiscan canvas (position refinement per scan).
+    """
     from diffptycho.recon.ptycho import PositionRefinement, Refinement
     from diffptycho.recon.ptycho.start import make_engine
 
-    positions = PositionRefinement(group_sizes=group_sizes) if settings.refine_positions else None
-    options: dict[str, Any] = {"refinement": Refinement(probe=True, positions=positions)}
-    if settings.batch_size is not None:
-        options["batch_size"] = settings.batch_size
-    if settings.loss is not None:
-        options["loss"] = settings.loss
-    return make_engine(settings.engine, **options)
+    positions = PositionRefinement(group_sizes=group_sizes) if refine_positions else None
+    options: dict[str, Any] = {"refinement": Refinement(probe=refine_probe, positions=positions)}
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    if loss is not None:
+        options["loss"] = loss
+    return make_engine(engine, **options)
 
 
 def _solve(
