@@ -615,6 +615,61 @@ def test_joint_mode_reuses_the_staged_stages_and_fits_the_frames(data, baseline,
     assert corr_joint > corr_staged - 0.02, (corr_staged, corr_joint)
 
 
+def test_joint_volumes_mode_fits_per_energy_volumes(data, baseline, tmp_path):
+    """Mode (a): one complex volume per energy from the staged start; OD closer to the truth."""
+    config, staged = baseline
+    output = tmp_path / "volumes.h5"
+    shutil.copy(config.output, output)
+    joint_config = dataclasses.replace(
+        config,
+        output=str(output),
+        mode="joint",
+        joint=JointSettings(iterations=8, model="volumes"),
+    )
+    result = _quiet(joint_config)
+    assert result.reused == ORDER and list(result.seconds) == ["joint"]
+    out = result.outputs["joint"]
+    n_e = len(data.energies_ev)
+    assert out["od_volumes"].shape == out["phase_volumes"].shape == (n_e, *VOLUME)
+    assert out["composition"].shape == (2, *VOLUME)  # unmixed with the references
+    loss = read_results(output)["history"]["joint/loss"]
+    assert loss[-1] < 0.9 * loss[0]
+    with h5py.File(output, "r") as f:
+        np.testing.assert_array_equal(f["od_volumes"][()], out["od_volumes"])
+        assert f["phase_volumes"].attrs["units"] == "rad per voxel"
+    # the composition is the staged chemistry's unmixing of the joint OD volumes
+    matrix = staged.outputs["chemistry"]["reference_matrix"]
+    unmixed, again = stages_module.unmix_od_volumes(
+        out["od_volumes"], result.spectra, data.energies_ev, result.voxel_size_m
+    )
+    np.testing.assert_allclose(again, matrix)
+    np.testing.assert_allclose(unmixed, out["composition"], rtol=1e-5, atol=1e-6)
+    # sign conventions: OD ≥ 0 and the phase (k∫δ, positive in matter) follow the density
+    # (the accuracy of the mode is tests/test_joint.py's; this series is too small for it)
+    assert out["od_volumes"].min() >= 0.0
+    density = data.truth["composition"].sum(0).ravel()
+    staged_od = staged.outputs["tomography"]["od_volumes"]
+    for od, phase, start in zip(out["od_volumes"], out["phase_volumes"], staged_od, strict=True):
+        assert np.corrcoef(od.ravel(), start.ravel())[0, 1] > 0.5  # refined, not replaced
+        assert np.corrcoef(od.ravel(), density)[0, 1] > 0.2
+        assert np.corrcoef(phase.ravel(), density)[0, 1] > 0.2
+
+
+def test_joint_volumes_mode_needs_no_references(data, tmp_path):
+    config = dataclasses.replace(
+        _config(data, tmp_path / "noref.h5"),
+        references=None,
+        mode="joint",
+        joint=JointSettings(start="blank", iterations=3, model="volumes"),
+    )
+    result = _quiet(config)
+    assert list(result.seconds) == ["joint"]
+    assert "composition" not in result.outputs["joint"]
+    with h5py.File(config.output, "r") as f:
+        assert f["od_volumes"].shape == (2, *VOLUME)
+        assert "composition" not in f
+
+
 def test_joint_mode_from_scratch_runs_only_the_joint_stage(data, tmp_path):
     config = dataclasses.replace(
         _config(data, tmp_path / "blank.h5"),
@@ -636,6 +691,8 @@ def test_joint_settings_are_checked():
         JointSettings(refine=("probe",))
     with pytest.raises(ConfigError, match="references"):
         PipelineConfig(input=("a.cxi",), output="o.h5", mode="joint")
+    with pytest.raises(ConfigError, match="joint.model"):
+        JointSettings(model="spectra")
 
 
 def test_joint_defaults_depend_on_the_start():

@@ -46,7 +46,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "with --joint-start blank it starts from scratch (zero composition, the data-derived "
         "probe, nominal positions, no alignment) and skips the staged stages. The same "
         "layout is written; composition is then the joint result and the staged one stays "
-        "in stages/chemistry.",
+        "in stages/chemistry. --joint-model volumes fits one complex volume per energy "
+        "instead (ptycho-tomography at each energy, no spectral model; needs no references): "
+        "od_volumes and phase_volumes (energy, z, y, x) per voxel, and with references a "
+        "composition unmixed from its OD volumes.",
     )
     p.add_argument("data", nargs="+", help="CXI files or glob patterns (one entry per scan)")
     p.add_argument(
@@ -68,6 +71,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=("staged", "blank"),
         default=cfg.JointSettings.start,
         help="joint mode: start from the staged result (default) or from scratch",
+    )
+    p.add_argument(
+        "--joint-model",
+        choices=("composition", "volumes"),
+        default=cfg.JointSettings.model,
+        help="joint mode: fit the species' volume fractions through the references "
+        "(composition, default) or one complex volume per energy (volumes)",
     )
     p.add_argument(
         "--joint-solver",
@@ -194,6 +204,7 @@ def config_from_args(args: argparse.Namespace):
             learning_rate=args.joint_learning_rate,
             refine=tuple(args.joint_refine) if args.joint_refine else None,
             tv_weight=args.joint_tv_weight,
+            model=args.joint_model,
         ),
         tilt_series=cfg.TiltSeriesSettings(args.energy_tolerance_ev, args.angle_tolerance_deg),
         ptychography=cfg.PtychographySettings(

@@ -281,6 +281,12 @@ class JointSettings:
     """The joint stage (``mode = "joint"``): the whole chain fitted to every diffraction frame.
 
     Attributes:
+        model: what is fitted. ``"composition"`` (default): the species' volume fractions
+            through the reference spectra (spectro-ptycho-tomography; needs references).
+            ``"volumes"``: one complex volume per energy — optical density and phase per
+            voxel, no spectral model (ptycho-tomography at each energy,
+            :class:`~diffptycho.recon.joint.VolumeBasis`); with references the composition
+            is then unmixed from its OD volumes as the staged chemistry does.
         start: ``"staged"`` (default): start from the staged pipeline's composition, retrieved
             probes, positions and alignment (the staged stages run first); ``"blank"``: start
             from scratch — zero composition, the data-derived probe guess of each energy,
@@ -316,6 +322,7 @@ class JointSettings:
     angles_per_batch: int | None = None
     loss: str = "poisson"
     tv_weight: float = 5e-5
+    model: str = "composition"
 
     def __post_init__(self) -> None:
         from diffptycho.recon.joint import SOLVERS, TRAINABLE
@@ -335,6 +342,8 @@ class JointSettings:
             raise ConfigError(f"joint.tv_weight = {self.tv_weight}: expected ≥ 0")
         if self.start not in ("staged", "blank"):
             raise ConfigError(f"joint.start = {self.start!r}: use 'staged' or 'blank'")
+        if self.model not in ("composition", "volumes"):
+            raise ConfigError(f"joint.model = {self.model!r}: use 'composition' or 'volumes'")
         if self.solver not in SOLVERS:
             raise ConfigError(f"joint.solver = {self.solver!r}: choose from {list(SOLVERS)}")
         _positive("joint.iterations", self.iterations)
@@ -420,8 +429,11 @@ class PipelineConfig:
         object.__setattr__(self, "output", os.fspath(self.output))
         if self.mode not in ("staged", "joint"):
             raise ConfigError(f"mode = {self.mode!r}: use 'staged' or 'joint'")
-        if self.mode == "joint" and self.references is None:
-            raise ConfigError("mode = 'joint' fits composition volumes: give references")
+        if self.mode == "joint" and self.references is None and self.joint.model != "volumes":
+            raise ConfigError(
+                "mode = 'joint' fits composition volumes: give references (or fit per-energy "
+                "volumes with joint.model = 'volumes')"
+            )
 
     def stage_names(self) -> list[str]:
         """The stages this configuration runs, in order."""

@@ -33,16 +33,24 @@ def all_frames(series) -> np.ndarray:
 
 
 def joint_model_from_outputs(
-    outputs: dict, series, spectra: np.ndarray, voxel_size_m: float
+    outputs: dict,
+    series,
+    spectra: np.ndarray,
+    voxel_size_m: float,
+    composition: np.ndarray | None = None,
 ) -> SpectroPtychoTomo:
     """The full-chain model started from the staged stages' outputs.
 
     Args:
         outputs: ``{stage: {name: array}}`` with ptychography, projections, alignment and
-            chemistry.
+            (unless ``composition`` is given) chemistry.
         series: the tilt series (energies, angles).
-        spectra: δ + iβ (energy, species) of the references.
+        spectra: δ + iβ (energy, species) of the references (or of a
+            :class:`~diffptycho.recon.joint.VolumeBasis`).
         voxel_size_m: voxel edge in m.
+        composition: (species, z, y, x) starting species instead of the chemistry stage's
+            volume fractions (e.g. :meth:`~diffptycho.recon.joint.VolumeBasis.to_composition`
+            of the staged volumes), used as given.
 
     Returns:
         The model (composition clipped to [0, 1], probe per energy from the middle scan, scaled
@@ -51,14 +59,18 @@ def joint_model_from_outputs(
     Raises:
         ValueError: a stage is missing, or the volume does not sit centred in the field.
     """
-    for stage in ("ptychography", "projections", "alignment", "chemistry"):
+    needed = ("ptychography", "projections", "alignment")
+    for stage in needed if composition is not None else (*needed, "chemistry"):
         if stage not in outputs:
             raise ValueError(f"the joint start from the staged result needs the '{stage}' stage")
     positions = outputs["ptychography"]["positions_px"]
     if not np.all(np.isfinite(positions)):
         raise ValueError("the joint model needs the same number of positions in every scan")
     n_e, n_a = positions.shape[:2]
-    comp = np.clip(outputs["chemistry"]["composition"], 0.0, 1.0)
+    if composition is None:
+        comp = np.clip(outputs["chemistry"]["composition"], 0.0, 1.0)
+    else:
+        comp = np.asarray(composition, np.float32)
     field = outputs["ptychography"]["objects"].shape[-2:]
     params = outputs["alignment"]["params"]
     angle_params = np.array(outputs["alignment"]["angle_params"])

@@ -7,7 +7,9 @@ ptychography stage) holds:
   order), ``voxel_size_m``, ``energies_ev``, ``angles_deg``, ``od_volumes``
   (energy, z, y, x) and ``alignment/shift_px`` (energy, angle, 2) as (y, x): the shift of the
   sample found in each scan (positive: to larger indices), with ``alignment/params``
-  (energy, angle, 4);
+  (energy, angle, 4); a joint run of per-energy volumes (``joint.model = "volumes"``) adds
+  ``phase_volumes`` (energy, z, y, x) in rad per voxel, and its ``od_volumes`` replace the
+  staged ones;
 - ``stages/<name>/…``: every stage's arrays; ``history/<name>/…``: their convergence curves;
 - ``provenance/config``: the whole :class:`~diffptycho.pipeline.config.PipelineConfig` and,
   per stage, its settings, whether it completed and its time.
@@ -38,7 +40,11 @@ from diffptycho.recon.interrupt import Interrupted, stop_requested
 __all__ = ["PipelineResult", "run_pipeline"]
 
 PRODUCTS = {
-    "od_volumes": [("tomography", "od_volumes", "1 per voxel")],
+    "od_volumes": [
+        ("joint", "od_volumes", "1 per voxel"),
+        ("tomography", "od_volumes", "1 per voxel"),
+    ],
+    "phase_volumes": [("joint", "phase_volumes", "rad per voxel")],
     "composition": [
         ("joint", "composition", "volume fraction"),
         ("chemistry", "composition", "volume fraction"),

@@ -709,22 +709,46 @@ def tomography(context: Context, settings: TomographySettings) -> StageOutput:
     Returns ``od_volumes`` (E, z, y, x) in OD per voxel and ``aligned_projections``
     (E, A, y, x).
     """
+    volumes, aligned, loss = energy_volumes(context, settings, "optical_density")
+    history = {f"loss_energy_{e}": v for e, v in enumerate(loss) if v.size}
+    return StageOutput(
+        {"od_volumes": volumes, "aligned_projections": aligned.astype(np.float32)},
+        {"od_volumes": "1 per voxel"},
+        history,
+    )
+
+
+def energy_volumes(
+    context: Context, settings: TomographySettings, quantity: str = "optical_density"
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """One volume per energy from the aligned projections of ``quantity`` (see :func:`tomography`).
+
+    Args:
+        context: with the ``projections`` and ``alignment`` stages' outputs.
+        settings: algorithm, iterations, relaxation and volume shape.
+        quantity: ``"optical_density"`` (OD per voxel, reconstructed non-negative unless the
+            algorithm is linear) or ``"phase"`` (k∫δ dz: phase per voxel in rad).
+
+    Returns:
+        ``(volumes (E, z, y, x), aligned projections (E, A, y, x), loss per energy)``.
+    """
     from diffptycho.physics.tomography import project
     from diffptycho.recon.tomo.reconstruct import reconstruct
 
-    od = context.need("projections", "optical_density")
+    stack = context.need("projections", quantity)
     lit = context.need("projections", "illuminated")
     params = context.need("alignment", "params")
-    n_e, n_a, h, w = od.shape
+    n_e, n_a, h, w = stack.shape
     nz, ny, nx = settings.volume_shape or (w, h, w)
     angles = np.deg2rad(np.asarray(context.series.angles_deg, np.float64))
-    aligned = np.stack([_crop(_resample(od[e], params[e]), (ny, nx)) for e in range(n_e)])
+    aligned = np.stack([_crop(_resample(stack[e], params[e]), (ny, nx)) for e in range(n_e)])
     measured = np.stack(
         [
             _crop(_resample(lit[e].astype(np.float32), params[e], order=1), (ny, nx)) > 0.5
             for e in range(n_e)
         ]
     )
+    nonnegative = quantity == "optical_density" and settings.algorithm not in ("cgls", "fbp")
     volumes = np.empty((n_e, nz, ny, nx), np.float32)
     loss = []
     for e in range(n_e):
@@ -740,7 +764,7 @@ def tomography(context: Context, settings: TomographySettings) -> StageOutput:
                 settings.iterations,
                 shape=(nz, nx),
                 relaxation=settings.relaxation,
-                nonnegative=settings.algorithm not in ("cgls", "fbp"),
+                nonnegative=nonnegative,
                 progress=context.progress,
             )
             if passes == 2:
@@ -750,12 +774,7 @@ def tomography(context: Context, settings: TomographySettings) -> StageOutput:
                 data = np.where(measured[e], aligned[e], reprojected)
         volumes[e] = np.asarray(result.volume)
         loss.append(np.asarray(result.loss).reshape(-1))
-    history = {f"loss_energy_{e}": v for e, v in enumerate(loss) if v.size}
-    return StageOutput(
-        {"od_volumes": volumes, "aligned_projections": aligned.astype(np.float32)},
-        {"od_volumes": "1 per voxel"},
-        history,
-    )
+    return volumes, aligned, loss
 
 
 # --------------------------------------------------------------------------- 6 chemistry
@@ -812,15 +831,43 @@ def chemistry(context: Context, settings: ChemistrySettings) -> StageOutput:
     Returns ``composition`` (species, z, y, x) and the ``reference_matrix`` (energy, species)
     in OD per voxel.
     """
+    if context.references is None:
+        raise ValueError("chemistry needs reference spectra: give --references REFS.csv")
+    _, spectra = context.references
+    volumes = context.need("tomography", "od_volumes")
+    composition, matrix = unmix_od_volumes(
+        volumes, spectra, context.series.energies_ev, grid_voxel_m(context), settings.method
+    )
+    return StageOutput(
+        {"composition": composition, "reference_matrix": matrix},
+        {"composition": "volume fraction", "reference_matrix": "OD per voxel"},
+    )
+
+
+def unmix_od_volumes(
+    volumes: np.ndarray,
+    spectra: np.ndarray,
+    energies_ev: np.ndarray,
+    voxel_size_m: float,
+    method: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Volume fractions from OD volumes: 2×2 unmixing or non-negative LCF (see :func:`chemistry`).
+
+    Args:
+        volumes: (energy, z, y, x) optical density per voxel.
+        spectra: (energy, species) δ + iβ of the pure species.
+        energies_ev: (energy,) in eV.
+        voxel_size_m: voxel edge in m.
+        method: ``"auto"`` (two-energy for 2 × 2, else LCF), ``"two-energy"`` or ``"lcf"``.
+
+    Returns:
+        ``(composition (species, z, y, x) float32, reference matrix (energy, species))``, the
+        latter in OD per voxel.
+    """
     from diffptycho.recon.chem.lcf import linear_combination_fit
     from diffptycho.recon.chem.two_energy import check_reference_matrix, unmix_two_energy
 
-    if context.references is None:
-        raise ValueError("chemistry needs reference spectra: give --references REFS.csv")
-    species, spectra = context.references
-    volumes = context.need("tomography", "od_volumes")
-    matrix = reference_od_per_voxel(spectra, context.series.energies_ev, grid_voxel_m(context))
-    method = settings.method
+    matrix = reference_od_per_voxel(spectra, energies_ev, voxel_size_m)
     if method == "auto":
         method = "two-energy" if matrix.shape == (2, 2) else "lcf"
     if method == "two-energy":
@@ -836,40 +883,75 @@ def chemistry(context: Context, settings: ChemistrySettings) -> StageOutput:
         composition = np.asarray(
             linear_combination_fit(jnp.asarray(volumes), jnp.asarray(matrix.T)).weights
         )
-    return StageOutput(
-        {"composition": composition.astype(np.float32), "reference_matrix": matrix},
-        {"composition": "volume fraction", "reference_matrix": "OD per voxel"},
-    )
+    return composition.astype(np.float32), matrix
 
 
 # --------------------------------------------------------------------------- 7 joint
 
 
 def joint(context: Context, settings: JointSettings) -> StageOutput:
-    """The joint stage: composition (and the chosen leaves) fitted to every diffraction frame.
+    """The joint stage: composition or per-energy volumes fitted to every diffraction frame.
 
     Started from the staged result (``settings.start == "staged"``) or from scratch
     (:func:`~diffptycho.pipeline.joint_start.blank_joint_model`), then
     :func:`~diffptycho.recon.joint.joint_reconstruct`.
 
-    Returns ``composition`` (species, z, y, x), ``probes`` (E, M, py, px), ``positions_px``
-    (E, A, n, 2), ``alignment`` (A, 4), ``shift_px`` (E, A, 2) (the per-scan sample shifts
-    implied by the refined positions and alignment, relative to the start's nominal
-    positions), and the loss history.
+    ``settings.model == "composition"`` fits the species' volume fractions through the
+    reference spectra. ``"volumes"`` fits one complex volume per energy
+    (:class:`~diffptycho.recon.joint.VolumeBasis`): from the staged start its OD volumes
+    and phase volumes reconstructed from the staged phase projections with the tomography
+    settings; its units are the OD and phase per voxel of the densest reference species, or
+    without references a high percentile of the staged volumes (staged start) or 1/n_x per
+    voxel (a projected OD and phase of about 1 across the field; blank start).
+
+    Returns ``composition`` (species, z, y, x) (volumes: unmixed from the joint OD volumes
+    as :func:`chemistry` does, when there are references), ``od_volumes`` and
+    ``phase_volumes`` (E, z, y, x) per voxel (volumes model), ``probes`` (E, M, py, px),
+    ``positions_px`` (E, A, n, 2), ``alignment`` (A, 4), ``shift_px`` (E, A, 2) (the per-scan
+    sample shifts implied by the refined positions and alignment, relative to the start's
+    nominal positions), and the loss history.
     """
     from diffptycho.pipeline import joint_start
-    from diffptycho.recon.joint import joint_reconstruct
+    from diffptycho.recon.joint import VolumeBasis, joint_reconstruct
 
-    if context.references is None:
-        raise ValueError("the joint stage needs reference spectra: give --references REFS.csv")
-    _, spectra = context.references
     series = context.series
     voxel = grid_voxel_m(context)
-    if settings.start == "staged":
-        start = joint_start.joint_model_from_outputs(context.outputs, series, spectra, voxel)
+    energies = np.asarray(series.energies_ev, np.float64)
+    shape = None if context.config is None else context.config.tomography.volume_shape
+    basis = None
+    if settings.model == "composition":
+        if context.references is None:
+            raise ValueError(
+                "the joint stage needs reference spectra: give --references REFS.csv (or fit "
+                "per-energy volumes: --joint-model volumes)"
+            )
+        _, spectra = context.references
+        if settings.start == "staged":
+            start = joint_start.joint_model_from_outputs(context.outputs, series, spectra, voxel)
+        else:
+            start = joint_start.blank_joint_model(series, spectra, voxel, shape)
+    elif settings.start == "staged":
+        od = context.need("tomography", "od_volumes")
+        tomo = TomographySettings() if context.config is None else context.config.tomography
+        phase, _, _ = energy_volumes(context, tomo, "phase")
+        if context.references is not None:
+            basis = VolumeBasis.from_references(context.references[1], energies, voxel)
+        else:
+            basis = VolumeBasis.from_volumes(od, phase, energies, voxel)
+        start = joint_start.joint_model_from_outputs(
+            context.outputs,
+            series,
+            basis.spectra(),
+            voxel,
+            composition=basis.to_composition(np.maximum(od, 0.0), phase),
+        )
     else:
-        shape = None if context.config is None else context.config.tomography.volume_shape
-        start = joint_start.blank_joint_model(series, spectra, voxel, shape)
+        if context.references is not None:
+            basis = VolumeBasis.from_references(context.references[1], energies, voxel)
+        else:
+            nx = shape[2] if shape else max(series.frame_shapes[0])
+            basis = VolumeBasis(energies, voxel, 1.0 / nx, 1.0 / nx)
+        start = joint_start.blank_joint_model(series, basis.spectra(), voxel, shape)
     frames = joint_start.all_frames(series)
     model, history = joint_reconstruct(
         start,
@@ -882,21 +964,33 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
         loss=settings.loss,
         progress=context.progress,
         tv_weight=settings.tv_weight,
+        constraint="simplex" if basis is None else basis.constraint,
     )
     nominal = np.stack([np.stack(row) for row in centred_positions(series)])
     moved = nominal - np.asarray(model.positions, np.float64)  # probe −s ≡ sample +s
     shift = moved.mean(axis=2) + np.asarray(model.alignment, np.float64)[None, :, :2]
-    return StageOutput(
-        {
-            "composition": np.asarray(model.composition, np.float32),
-            "probes": np.asarray(model.probe),
-            "positions_px": np.asarray(model.positions, np.float64),
-            "alignment": np.asarray(model.alignment, np.float64),
-            "shift_px": shift,
-        },
-        {"composition": "volume fraction", "positions_px": "pixel", "shift_px": "pixel"},
-        {"loss": np.asarray(history.loss)},
-    )
+    arrays = {
+        "probes": np.asarray(model.probe),
+        "positions_px": np.asarray(model.positions, np.float64),
+        "alignment": np.asarray(model.alignment, np.float64),
+        "shift_px": shift,
+    }
+    units = {"positions_px": "pixel", "shift_px": "pixel"}
+    if basis is None:
+        arrays["composition"] = np.asarray(model.composition, np.float32)
+        units["composition"] = "volume fraction"
+    else:
+        od, phase = basis.split(model.composition)
+        arrays["od_volumes"] = od.astype(np.float32)
+        arrays["phase_volumes"] = phase.astype(np.float32)
+        units.update(od_volumes="1 per voxel", phase_volumes="rad per voxel")
+        if context.references is not None:
+            method = "auto" if context.config is None else context.config.chemistry.method
+            arrays["composition"], _ = unmix_od_volumes(
+                od, context.references[1], energies, voxel, method
+            )
+            units["composition"] = "volume fraction"
+    return StageOutput(arrays, units, {"loss": np.asarray(history.loss)})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,10 +12,23 @@ is ill-conditioned and the low spatial frequencies converge slowly. Gauss–Newt
 amplitude residuals √I − √n with a few conjugate-gradient iterations per step: the weak-object
 chain is nearly linear in the composition, so a handful of steps reach the accuracy that Adam
 reaches only when started from a staged reconstruction (experiments/joint_solver_study.py).
+
+Two joint modes share that one model and these solvers:
+
+- **composition** (spectro-ptycho-tomography): the leaves are volume fractions of species
+  with known spectra, projected onto {c ≥ 0, Σ c ≤ 1} after each step;
+- **per-energy volumes** (ptycho-tomography at each energy, :class:`VolumeBasis`): one
+  complex volume δ + iβ per energy, with no spectral model at all. Its two real parts at each
+  energy are the "species" of the same model — a phase volume whose spectrum is 1/(kΔ) at that
+  energy and 0 elsewhere, and an optical-density volume whose spectrum is i/(2kΔ) there — so
+  alignment, per-scan offsets, probes, positions, minibatches and the Gauss–Newton solver are
+  the composition mode's, and the constraint keeps only the optical densities ≥ 0 (δ may
+  change sign near an edge).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,6 +54,7 @@ TRAINABLE: dict[str, Callable[[SpectroPtychoTomo], Any]] = {
     "alignment": lambda m: m.alignment,
     "background": lambda m: m.background,
     "energy_offsets": lambda m: m.energy_offsets,
+    "spectra": lambda m: m.spectra,
 }
 """Selectors of the leaves a joint stage may refine, by name."""
 
@@ -63,6 +77,257 @@ def _batch_model(model: SpectroPtychoTomo, angle_idx) -> SpectroPtychoTomo:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class VolumeBasis:
+    """Per-energy complex volumes written as the species of :class:`SpectroPtychoTomo`.
+
+    At energy e the volume is held as two real "species" in scaled units: the optical
+    density per voxel ``od_e = 2 k_e β_e Δ`` (divided by ``od_scale[e]``) and the phase per
+    voxel ``phase_e = k_e δ_e Δ`` in rad (divided by ``phase_scale[e]``), with k the
+    wavenumber and Δ the voxel edge. Species ``e`` is energy e's phase and species ``E + e``
+    its optical density; the spectra matrix (:meth:`spectra`) is zero off their own energy,
+    so each energy's transmission depends on its own volume only.
+
+    The scales make the unknowns O(1) (the units of a volume fraction), which keeps the
+    damping, the total-variation weight and its ε of the composition mode meaningful: a
+    natural choice is the OD and phase per voxel of the densest reference species
+    (:meth:`from_references`).
+
+    Attributes:
+        energies_ev: (energy,) photon energies in eV.
+        voxel_size_m: voxel edge Δ in m.
+        od_scale: (energy,) optical density per voxel of one unit.
+        phase_scale: (energy,) phase per voxel of one unit, rad.
+
+    Examples:
+        >>> import numpy as np
+        >>> basis = VolumeBasis(np.array([700.0, 710.0]), 1e-8, np.ones(2), np.ones(2))
+        >>> od, phase = np.full((2, 1, 1, 1), 0.2), np.full((2, 1, 1, 1), 0.1)
+        >>> back = basis.split(basis.to_composition(od, phase))
+        >>> bool(np.allclose(back[0], od) and np.allclose(back[1], phase))
+        True
+    """
+
+    energies_ev: np.ndarray
+    voxel_size_m: float
+    od_scale: np.ndarray
+    phase_scale: np.ndarray
+
+    def __post_init__(self) -> None:
+        energies = np.asarray(self.energies_ev, np.float64).reshape(-1)
+        n = energies.size
+        for name in ("od_scale", "phase_scale"):
+            value = np.broadcast_to(np.asarray(getattr(self, name), np.float64), (n,)).copy()
+            if not (np.all(np.isfinite(value)) and np.all(value > 0)):
+                raise ValueError(f"{name}: expected {n} finite values > 0, got {value}")
+            object.__setattr__(self, name, value)
+        if not self.voxel_size_m > 0:
+            raise ValueError(f"voxel_size_m={self.voxel_size_m}: expected > 0 m")
+        object.__setattr__(self, "energies_ev", energies)
+
+    @property
+    def n_energies(self) -> int:
+        """Number of energies E (the model has 2E species)."""
+        return int(self.energies_ev.size)
+
+    @classmethod
+    def from_references(
+        cls, spectra: np.ndarray, energies_ev: np.ndarray, voxel_size_m: float
+    ) -> VolumeBasis:
+        """Units: the OD and phase per voxel of a voxel full of the densest species.
+
+        Args:
+            spectra: (energy, species) δ + iβ of the pure species.
+            energies_ev: (energy,) in eV.
+            voxel_size_m: voxel edge in m.
+        """
+        from diffptycho.physics import optics
+
+        k = np.asarray(optics.wavenumber(np.asarray(energies_ev, np.float64)))
+        spectra = np.asarray(spectra)
+        od = 2 * k * np.max(np.abs(spectra.imag), axis=1) * voxel_size_m
+        phase = k * np.max(np.abs(spectra.real), axis=1) * voxel_size_m
+        return cls(energies_ev, voxel_size_m, od, phase)
+
+    @classmethod
+    def from_volumes(
+        cls,
+        od: np.ndarray,
+        phase: np.ndarray,
+        energies_ev: np.ndarray,
+        voxel_size_m: float,
+        percentile: float = 99.5,
+    ) -> VolumeBasis:
+        """Units from volumes already at hand (e.g. the staged ones): a high percentile of each.
+
+        Args:
+            od: (energy, z, y, x) optical density per voxel.
+            phase: (energy, z, y, x) phase per voxel, rad.
+            energies_ev: (energy,) in eV.
+            voxel_size_m: voxel edge in m.
+            percentile: of |value| per energy taken as the unit.
+        """
+
+        def unit(v):
+            v = np.abs(np.asarray(v, np.float64)).reshape(len(energies_ev), -1)
+            u = np.percentile(v, percentile, axis=1)
+            return np.where(u > 0, u, 1.0)
+
+        return cls(energies_ev, voxel_size_m, unit(od), unit(phase))
+
+    def spectra(self) -> np.ndarray:
+        """(energy, 2·energy) complex "spectra" of the phase and OD species (see class doc)."""
+        from diffptycho.physics import optics
+
+        n = self.n_energies
+        k = np.asarray(optics.wavenumber(self.energies_ev))
+        out = np.zeros((n, 2 * n), np.complex128)
+        idx = np.arange(n)
+        out[idx, idx] = self.phase_scale / (k * self.voxel_size_m)
+        out[idx, n + idx] = 1j * self.od_scale / (2 * k * self.voxel_size_m)
+        return out
+
+    def to_composition(self, od: np.ndarray, phase: np.ndarray) -> np.ndarray:
+        """(2E, z, y, x) scaled species from (E, z, y, x) OD and phase per voxel."""
+        s = (slice(None),) + (None,) * (np.ndim(od) - 1)
+        return np.concatenate(
+            [np.asarray(phase) / self.phase_scale[s], np.asarray(od) / self.od_scale[s]]
+        )
+
+    def split(self, composition) -> tuple[np.ndarray, np.ndarray]:
+        """``(od, phase)`` per voxel, each (E, z, y, x), from the (2E, z, y, x) species."""
+        c = np.asarray(composition, np.float64)
+        n = self.n_energies
+        if c.shape[0] != 2 * n:
+            raise ValueError(f"composition: expected {2 * n} species (2 per energy), got {c.shape}")
+        s = (slice(None),) + (None,) * (c.ndim - 1)
+        return c[n:] * self.od_scale[s], c[:n] * self.phase_scale[s]
+
+    def constraint(self, model: SpectroPtychoTomo) -> SpectroPtychoTomo:
+        """Keep the optical densities ≥ 0 (the phases are free: δ may be < 0 near an edge)."""
+        n = self.n_energies
+        comp = model.composition
+        return eqx.tree_at(
+            lambda m: m.composition, model, comp.at[n:].set(jnp.maximum(comp[n:], 0.0))
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectraPrior:
+    """Soft constraints that let the species' spectra move in a joint fit.
+
+    For species whose spectra are only partly known — typically β measured on a standard
+    (a XANES or STXM spectrum) and δ unknown near the edge, where tables without the fine
+    structure are wrong — the spectra become leaves (``refine=(..., "spectra")``) held by
+    two penalties, both in the units of each species' largest optical density per voxel
+    (so the weights are dimensionless and dose-independent like the data term per frame):
+
+    - **Kramers–Kronig**: ``kk_weight · ‖√W (x − P x)‖²`` of each species' spectrum
+      ``x = [μ; φ]``, ``μ = 2kβΔ``, ``φ = −kδΔ`` (one voxel full of the species), with P
+      the weighted projection onto KK-consistent pairs of
+      :class:`~diffptycho.recon.chem.kk_projection.KKProjector` (built without free phase
+      offsets: a spectrum's phase is absolute). This ties δ to β through the absorber's
+      tabulated edge plus near-edge structure.
+    - **Known parts**: ``known_weight · ‖μ − μ_ref‖²`` on the entries of ``known_beta`` and
+      the same for φ on ``known_delta``: they also fix the scale that composition and
+      spectra would otherwise trade (c·s = (αc)·(s/α)).
+
+    Species listed in ``fixed`` keep their reference spectra exactly (the "hard" coupling
+    through the references): :meth:`constraint` resets them after every step.
+
+    Attributes:
+        reference: (energy, species) δ + iβ the run starts from and the known parts refer to.
+        energies_ev: (energy,) in eV.
+        voxel_size_m: voxel edge Δ in m.
+        kk: the projector on ``energies_ev`` (≥ 4 energies straddling the edge), or None for
+            no KK penalty.
+        kk_weight: weight of the KK penalty (dimensionless, see above).
+        known_beta: (energy, species) True where β is known.
+        known_delta: (energy, species) True where δ is known.
+        known_weight: weight of the known parts.
+        fixed: (species,) True for species whose spectra do not move.
+    """
+
+    reference: np.ndarray
+    energies_ev: np.ndarray
+    voxel_size_m: float
+    kk: Any = None
+    kk_weight: float = 1.0
+    known_beta: np.ndarray | None = None
+    known_delta: np.ndarray | None = None
+    known_weight: float = 100.0
+    fixed: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        from diffptycho.physics import optics
+
+        ref = np.asarray(self.reference, np.complex128)
+        if ref.ndim != 2:
+            raise ValueError(f"reference: expected (energy, species) spectra, got {ref.shape}")
+        n_e, n_s = ref.shape
+        energies = np.asarray(self.energies_ev, np.float64).reshape(-1)
+        if energies.size != n_e:
+            raise ValueError(f"energies_ev: {energies.size} energies for {n_e} spectra rows")
+        for name in ("known_beta", "known_delta"):
+            value = getattr(self, name)
+            value = np.zeros(ref.shape, bool) if value is None else np.asarray(value, bool)
+            if value.shape != ref.shape:
+                raise ValueError(f"{name}: expected shape {ref.shape}, got {value.shape}")
+            object.__setattr__(self, name, value)
+        fixed = np.zeros(n_s, bool) if self.fixed is None else np.asarray(self.fixed, bool)
+        if fixed.shape != (n_s,):
+            raise ValueError(f"fixed: expected ({n_s},) flags, got {fixed.shape}")
+        for name in ("kk_weight", "known_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected ≥ 0")
+        free = ~fixed
+        if free.any() and not (self.known_beta[:, free].any() or self.known_delta[:, free].any()):
+            raise ValueError(
+                "known_beta/known_delta: a species whose spectrum moves needs a known part "
+                "(e.g. β at some energies): otherwise composition and spectrum trade scale"
+            )
+        if self.kk is not None and self.kk.energies_ev.shape[0] != n_e:
+            raise ValueError(
+                f"kk: built on {self.kk.energies_ev.shape[0]} energies, the spectra have {n_e}"
+            )
+        k = np.asarray(optics.wavenumber(energies))
+        scale = 2 * k[:, None] * np.abs(ref.imag) * self.voxel_size_m
+        object.__setattr__(self, "reference", ref)
+        object.__setattr__(self, "energies_ev", energies)
+        object.__setattr__(self, "fixed", fixed)
+        object.__setattr__(self, "_k", k)
+        object.__setattr__(self, "_unit", np.where(scale.max(0) > 0, scale.max(0), 1.0))
+
+    def _mu_phase(self, spectra):
+        k = jnp.asarray(self._k)[:, None] * self.voxel_size_m / jnp.asarray(self._unit)
+        return 2 * k * jnp.imag(spectra), -k * jnp.real(spectra)
+
+    def residuals(self, spectra: Array) -> Array:
+        """The penalties as least-squares residuals (flattened), for the free species."""
+        mu, phase = self._mu_phase(spectra)
+        mu_ref, phase_ref = self._mu_phase(jnp.asarray(self.reference))
+        free = jnp.asarray(~self.fixed)
+        parts = [
+            np.sqrt(self.known_weight)
+            * jnp.where(jnp.asarray(self.known_beta) & free, mu - mu_ref, 0.0).ravel(),
+            np.sqrt(self.known_weight)
+            * jnp.where(jnp.asarray(self.known_delta) & free, phase - phase_ref, 0.0).ravel(),
+        ]
+        if self.kk is not None and self.kk_weight > 0:
+            d = self.kk.weighted_difference(mu, phase)
+            parts.append(np.sqrt(self.kk_weight) * jnp.where(free, d, 0.0).ravel())
+        return jnp.concatenate(parts)
+
+    def constraint(self, model: SpectroPtychoTomo) -> SpectroPtychoTomo:
+        """Reset the fixed species' spectra to the reference (after each step)."""
+        if not self.fixed.any():
+            return model
+        spectra = jnp.where(
+            jnp.asarray(self.fixed), jnp.asarray(self.reference, model.spectra.dtype), model.spectra
+        )
+        return eqx.tree_at(lambda m: m.spectra, model, spectra)
+
+
 def total_variation_terms(composition: Array, eps: float = 1e-3) -> Array:
     """Per-voxel (|∇c|² + ε²)^(1/4) of every species (forward differences, zero at the edge).
 
@@ -82,7 +347,12 @@ def total_variation_terms(composition: Array, eps: float = 1e-3) -> Array:
     return (jax.vmap(squared_gradient)(composition) + eps**2) ** 0.25
 
 
-def joint_residuals(mask=None, tv_weight: float = 0.0, tv_eps: float = 1e-3) -> Callable:
+def joint_residuals(
+    mask=None,
+    tv_weight: float = 0.0,
+    tv_eps: float = 1e-3,
+    spectra_prior: SpectraPrior | None = None,
+) -> Callable:
     """Amplitude residuals (√I − √n)/√frames of a batch ``(frames, angle_indices)``.
 
     Their sum of squares is the ``"amplitude"`` loss of :func:`joint_loss`; for Poisson counts
@@ -94,10 +364,12 @@ def joint_residuals(mask=None, tv_weight: float = 0.0, tv_eps: float = 1e-3) -> 
         tv_weight: weight λ of the total-variation term λ Σ √(|∇c|² + ε²) of the composition
             (0: none); its residuals √λ·:func:`total_variation_terms` follow the data's.
         tv_eps: ε of the smoothed total variation.
+        spectra_prior: penalties of refined spectra (:class:`SpectraPrior`), or None.
 
     Returns:
         ``residuals(model, batch)``: an array (energy, angle, n, fy, fx) in √photons per
-        √frame, flattened and followed by the TV residuals when ``tv_weight`` > 0.
+        √frame, flattened and followed by the TV residuals when ``tv_weight`` > 0 and by the
+        spectra prior's.
     """
 
     def residuals(model: SpectroPtychoTomo, batch) -> jax.Array:
@@ -109,10 +381,15 @@ def joint_residuals(mask=None, tv_weight: float = 0.0, tv_eps: float = 1e-3) -> 
             r = jnp.where(mask, r, 0.0)
         n_frames = int(np.prod(frames.shape[:-2]))
         r = r / np.sqrt(n_frames)
-        if not tv_weight:
+        if not tv_weight and spectra_prior is None:
             return r
-        tv = np.sqrt(tv_weight) * total_variation_terms(model.composition, tv_eps)
-        return jnp.concatenate([r.ravel(), tv.ravel().astype(r.dtype)])
+        parts = [r.ravel()]
+        if tv_weight:
+            tv = np.sqrt(tv_weight) * total_variation_terms(model.composition, tv_eps)
+            parts.append(tv.ravel().astype(r.dtype))
+        if spectra_prior is not None:
+            parts.append(spectra_prior.residuals(model.spectra).astype(r.dtype))
+        return jnp.concatenate(parts)
 
     return residuals
 
@@ -224,13 +501,18 @@ def _tree_dot(a, b) -> Array:
 
 
 def joint_loss(
-    loss_name: str = "poisson", mask=None, tv_weight: float = 0.0, tv_eps: float = 1e-3
+    loss_name: str = "poisson",
+    mask=None,
+    tv_weight: float = 0.0,
+    tv_eps: float = 1e-3,
+    spectra_prior: SpectraPrior | None = None,
 ) -> Callable:
     """Loss of a whole-dataset batch ``(frames, angle_indices)`` for the full chain.
 
     The batch holds the measured frames of a subset of angles (all energies) and their
     indices, so minibatches over angles bound the memory of a step. With ``tv_weight`` > 0
-    the smoothed total variation λ Σ √(|∇c|² + ε²) of the composition is added.
+    the smoothed total variation λ Σ √(|∇c|² + ε²) of the composition is added, and with
+    ``spectra_prior`` its penalties (:meth:`SpectraPrior.residuals` squared).
     """
     loss = LOSSES[loss_name]
 
@@ -241,6 +523,8 @@ def joint_loss(
             value = value + tv_weight * jnp.sum(
                 total_variation_terms(model.composition, tv_eps) ** 2
             )
+        if spectra_prior is not None:
+            value = value + jnp.sum(spectra_prior.residuals(model.spectra) ** 2)
         return value
 
     return objective
@@ -286,6 +570,18 @@ def sharded_joint_loss(mesh: jax.sharding.Mesh, loss_name: str = "poisson", mask
     return objective
 
 
+def _constraint(choice):
+    if callable(choice) or choice is None:
+        return choice
+    if choice == "simplex":
+        return project_composition
+    if choice == "nonnegative":
+        return lambda m: eqx.tree_at(lambda x: x.composition, m, jnp.maximum(m.composition, 0.0))
+    raise ValueError(
+        f"constraint={choice!r}: expected 'simplex', 'nonnegative', None or a function"
+    )
+
+
 def angle_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
     """A 1-D device mesh named ``"angle"`` over ``devices`` (default: all local devices)."""
     devices = jax.devices() if devices is None else list(devices)
@@ -310,6 +606,8 @@ def joint_reconstruct(
     cg_iterations: int = 10,
     damping: float = 1e-2,
     tv_weight: float = 0.0,
+    constraint: str | Callable[[SpectroPtychoTomo], SpectroPtychoTomo] | None = "simplex",
+    spectra_prior: SpectraPrior | None = None,
 ) -> tuple[SpectroPtychoTomo, History]:
     """Fit the full chain to measured frames with Adam or Gauss–Newton.
 
@@ -350,6 +648,15 @@ def joint_reconstruct(
         tv_weight: weight of the smoothed total variation of the composition added to the
             loss (:func:`total_variation_terms`; 0: none). The data term is per frame, so the
             weight is per frame too.
+        constraint: applied after each step when the composition is refined:
+            ``"simplex"`` (volume fractions, {c ≥ 0, Σ c ≤ 1}), ``"nonnegative"`` (c ≥ 0),
+            None, or a function of the model (e.g. :meth:`VolumeBasis.constraint` for
+            per-energy volumes).
+        spectra_prior: penalties that hold refined spectra (:class:`SpectraPrior`: soft
+            Kramers–Kronig coupling, known parts, fixed species); required when ``refine``
+            has ``"spectra"``, which needs ``solver="gauss-newton"`` (the spectra are ~1e-3
+            where the composition is ~1, so Adam's per-leaf step in leaf units cannot serve
+            both).
 
     Returns:
         The refined model and the loss history.
@@ -396,18 +703,40 @@ def joint_reconstruct(
     mask_j = None if mask is None else jnp.asarray(mask)
     if tv_weight < 0:
         raise ValueError(f"tv_weight={tv_weight!r}: expected ≥ 0")
+    if "spectra" in refine:
+        if spectra_prior is None:
+            raise ValueError(
+                "refine: 'spectra' needs spectra_prior=SpectraPrior(...) (known parts and the "
+                "KK penalty that hold them)"
+            )
+        if solver != "gauss-newton":
+            raise ValueError("refine: 'spectra' needs solver='gauss-newton'")
+    if spectra_prior is not None and spectra_prior.reference.shape != model.spectra.shape:
+        raise ValueError(
+            f"spectra_prior: reference shape {spectra_prior.reference.shape} != the model's "
+            f"spectra {model.spectra.shape}"
+        )
     if tv_weight and mesh is not None:
         raise ValueError("tv_weight: not available with a mesh (sharded loss)")
+    if spectra_prior is not None and mesh is not None:
+        raise ValueError("spectra_prior: not available with a mesh (sharded loss)")
     objective = (
-        joint_loss(loss, mask_j, tv_weight)
+        joint_loss(loss, mask_j, tv_weight, spectra_prior=spectra_prior)
         if mesh is None
         else sharded_joint_loss(mesh, loss, mask_j)
     )
     where = lambda m: tuple(sel(m) for sel in selectors)  # noqa: E731
-    constraint = project_composition if "composition" in refine else None
+    constraint = _constraint(constraint) if "composition" in refine else None
+    if "spectra" in refine and spectra_prior.fixed.any():
+        first = constraint
+        constraint = (  # noqa: E731
+            spectra_prior.constraint
+            if first is None
+            else (lambda m: spectra_prior.constraint(first(m)))
+        )
     if solver == "gauss-newton":
         step_solver = GaussNewtonSolver(
-            residuals=joint_residuals(mask_j, tv_weight),
+            residuals=joint_residuals(mask_j, tv_weight, spectra_prior=spectra_prior),
             loss=objective,
             where=where,
             constraint=constraint,

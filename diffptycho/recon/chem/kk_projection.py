@@ -267,6 +267,25 @@ class KKProjector(eqx.Module):
         n = shape[0]
         return y[:n].reshape(shape), y[n:].reshape(shape)
 
+    def weighted_difference(
+        self, mu_t: Float[Array, " energy *pixels"], phase: Float[Array, " energy *pixels"]
+    ) -> Float[Array, " 2energy *pixels"]:
+        """``√w · (x − P x)`` of every pixel's stacked ``x = [μt; φ]``.
+
+        Residuals whose squares sum to :meth:`residual` (for least-squares and Gauss–Newton
+        penalties).
+
+        Args:
+            mu_t: optical density, shape (E, ...).
+            phase: phase in rad, same shape.
+
+        Returns:
+            Shape ``(2E, *mu_t.shape[1:])``: the μt rows, then the φ rows.
+        """
+        x, shape = self._stack(mu_t, phase)
+        d = jnp.sqrt(self.weights.astype(x.dtype))[:, None] * (x - self._projected(x))
+        return d.reshape((2 * shape[0], *shape[1:]))
+
     def residual(
         self, mu_t: Float[Array, " energy *pixels"], phase: Float[Array, " energy *pixels"]
     ) -> Float[Array, " *pixels"]:
