@@ -3,6 +3,11 @@
 Units on the command line are the beamline's (nm, degrees in files); they are converted to SI
 here. The output holds ``volume`` (z, y, x) per m of path (per voxel without a voxel size),
 ``voxel_size_m``, ``center_px``, the loss history and provenance (:mod:`diffptycho.io.results`).
+
+``--devices N`` splits the reconstruction over the first N devices: the rows of every slab
+(``--split slab``, any algorithm) or the angles (``--split angle``: sirt, cgls, fbp, adam),
+see :mod:`diffptycho.recon.tomo.sharding`. On CPU, more than one device needs
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before the command starts.
 """
 
 from __future__ import annotations
@@ -79,6 +84,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "default auto for Data Exchange input, none for plain projections",
     )
     p.add_argument("--voxel-size-nm", type=float, default=None, help="voxel edge in nm")
+    p.add_argument(
+        "--devices",
+        type=positive_int,
+        default=None,
+        help="split the reconstruction over the first N devices (on CPU, more devices need "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N)",
+    )
+    p.add_argument(
+        "--split",
+        choices=["slab", "angle"],
+        default="slab",
+        help="with --devices: split the rows of each slab (any algorithm) or the angles "
+        "(sirt, cgls, fbp, adam)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_checkpoint_arguments(p)
     p.set_defaults(func=run)
@@ -116,8 +135,14 @@ def run(args: argparse.Namespace) -> int:
         projections = np.asarray(fourier_shift(projections, shift))
     t_center = time.perf_counter() - t1
 
+    mesh = None
+    if getattr(args, "devices", None):
+        from diffptycho.recon.tomo.sharding import tomo_mesh
+
+        mesh = tomo_mesh(int(args.devices), axis=args.split)
     roi = None if args.rows is None else (slice(None), args.rows, slice(None))
     skip = {"output", "no_progress", "checkpoint_every", "resume", "iterations", "func", "_run"}
+    skip |= {"devices", "split"}  # a run may resume on other devices: same result
     settings = {k: v for k, v in vars(args).items() if k not in skip}
     settings.update(command="tomo", center=center, rows=str(args.rows))
     ckpt = checkpoint_for(args, args.output, settings, [args.input])
@@ -143,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint=None if args.algorithm == "fbp" else ckpt,
                 resume=args.resume,
                 keep_best=args.keep_best,
+                mesh=mesh,
             )
     except Interrupted as err:
         return interrupted("tomo", err, ckpt.path if ckpt.exists() else None)

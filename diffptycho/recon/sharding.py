@@ -224,6 +224,7 @@ __all__ = [
     "AXIS",
     "device_count",
     "merge_rows",
+    "named_mesh",
     "over_positions",
     "owned_rows",
     "position_mesh",
@@ -233,3 +234,17 @@ __all__ = [
     "slot_sharding",
     "summed",
 ]
+
+
+def named_mesh(devices: Sequence[jax.Device] | int | None, axis: str) -> jax.sharding.Mesh:
+    """A 1-D mesh with axis ``axis`` over ``devices`` (as :func:`position_mesh` for positions).
+
+    Args:
+        devices: the devices, a count of the first local devices, or None for all of them.
+        axis: the mesh axis name (e.g. ``"slab"`` or ``"angle"`` for tomography).
+
+    Raises:
+        ValueError: more devices asked for than there are.
+    """
+    mesh = position_mesh(devices)
+    return jax.sharding.Mesh(mesh.devices, (axis,))

@@ -5,13 +5,16 @@ Solvers (values with ``init`` / ``step``, run by :func:`diffptycho.recon.solve.s
 sweep over all projections per iteration), :class:`SART`, :class:`SIRT`, :class:`CGLS`.
 Direct and gradient methods: :func:`fbp`, :func:`gradient_reconstruct` (optax, non-negativity,
 total variation). :func:`reconstruct` runs any of them on arrays, slab by slab along y, with
-alignment, region of interest and support. docs/tomography.md explains the choices.
+alignment, region of interest and support. docs/tomography.md explains the choices. With
+``mesh=`` (:func:`tomo_mesh`) they split y slabs or angles over devices
+(:mod:`diffptycho.recon.tomo.sharding`).
 """
 
 from diffptycho.recon.tomo.art import ART, SART, BlockState, kaczmarz_sweep
 from diffptycho.recon.tomo.cgls import CGLS, CGLSState
 from diffptycho.recon.tomo.fbp import FILTERS, fbp, filter_projections, filter_response
 from diffptycho.recon.tomo.gradient import (
+    MeshGradientSolver,
     TomoLoss,
     gradient_reconstruct,
     total_variation,
@@ -19,6 +22,7 @@ from diffptycho.recon.tomo.gradient import (
 )
 from diffptycho.recon.tomo.operators import angular_weights, dealign, inverse_alignment
 from diffptycho.recon.tomo.reconstruct import ALGORITHMS, TomoResult, make_solver, reconstruct
+from diffptycho.recon.tomo.sharding import tomo_mesh
 from diffptycho.recon.tomo.sirt import SIRT, SIRTState
 
 __all__ = [
@@ -28,6 +32,7 @@ __all__ = [
     "CGLS",
     "CGLSState",
     "FILTERS",
+    "MeshGradientSolver",
     "SART",
     "SIRT",
     "SIRTState",
@@ -43,6 +48,7 @@ __all__ = [
     "kaczmarz_sweep",
     "make_solver",
     "reconstruct",
+    "tomo_mesh",
     "total_variation",
     "volume_scale",
 ]

@@ -18,6 +18,10 @@ the projector gathers from, so the per-projection transposes cancel out.
 
 The loss reported per sweep is ``Σ_θ ‖p_θ − P_θ x‖² / ‖p‖²`` accumulated *during* the sweep
 (each residual is taken just before its projection's update), which costs nothing extra.
+
+With ``mesh`` (:func:`~diffptycho.recon.tomo.sharding.tomo_mesh` with axis ``"slab"``) the
+rows are split over devices and only the loss is summed over them. The angles cannot be
+split: each block update needs the volume left by the previous one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ from diffptycho.models.tomo import TomoProjections
 from diffptycho.physics import tomography
 from diffptycho.recon.solve import AbstractSolver
 from diffptycho.recon.tomo import operators as ops
+from diffptycho.recon.tomo.sharding import (
+    ANGLE,
+    PROJECTIONS,
+    REPLICATED,
+    VOLUME,
+    Split,
+    mesh_axis,
+    over_mesh,
+    shard_projections,
+)
 
 __all__ = ["ART", "SART", "BlockState", "kaczmarz_sweep"]
 
@@ -125,12 +139,23 @@ class AbstractBlockIterative(AbstractSolver):
     n_det: eqx.AbstractVar[int | None]
     support: eqx.AbstractVar[Array | None]
     apply_alignment: eqx.AbstractVar[bool]
+    mesh: eqx.AbstractVar[jax.sharding.Mesh | None]
 
     def __check_init__(self):
         if self.order not in ("acquisition", "random"):
             raise ValueError(f"order={self.order!r}: expected 'acquisition' or 'random'")
         if not 0 < self.relaxation < 2:
             raise ValueError(f"relaxation={self.relaxation}: expected 0 < λ < 2 to converge")
+        if self.mesh is not None and mesh_axis(self.mesh)[0] == ANGLE:
+            raise ValueError(
+                f"mesh: {type(self).__name__} updates the volume after each projection in "
+                "turn, so its angles cannot be split over devices; split the rows instead "
+                "(tomo_mesh(devices, axis='slab'))"
+            )
+
+    def prepare(self, model: TomoProjections, batch: Projections) -> Projections:
+        """The projections split over the mesh once (unchanged without one)."""
+        return shard_projections(batch, self.mesh)
 
     @abc.abstractmethod
     def _weights(
@@ -160,20 +185,41 @@ class AbstractBlockIterative(AbstractSolver):
         else:
             order = jnp.arange(n_angles)
         on_the_fly = self._weights_on_the_fly(n_angles, n_z, n_x)
-        volume, squares = kaczmarz_sweep(
-            jnp.swapaxes(model.volume, 1, 2),
-            data,
-            model.angles_rad,
-            order,
-            state.ray_weights,
-            state.voxel_weights,
-            relaxation=self.relaxation,
-            nonnegative=self.nonnegative,
-            support=self.support,
-            per_view_voxel_sums=on_the_fly,
+
+        def sweep(split: Split, volume, data, replicated):
+            angles, order, ray_weights, voxel_weights, support = replicated
+            volume, squares = kaczmarz_sweep(
+                jnp.swapaxes(volume, 1, 2),
+                data,
+                angles,
+                order,
+                ray_weights,
+                voxel_weights,
+                relaxation=self.relaxation,
+                nonnegative=self.nonnegative,
+                support=support,
+                per_view_voxel_sums=on_the_fly,
+            )
+            squares = split.sums(jnp.sum(squares), PROJECTIONS)
+            norm = split.sums(jnp.sum(jnp.abs(data) ** 2), PROJECTIONS)
+            return jnp.swapaxes(volume, 1, 2), squares / jnp.maximum(norm, 1e-30)
+
+        volume, loss = over_mesh(
+            sweep,
+            self.mesh,
+            [
+                (model.volume, VOLUME),
+                (data, PROJECTIONS),
+                (
+                    (model.angles_rad, order, state.ray_weights, state.voxel_weights, self.support),
+                    REPLICATED,
+                ),
+            ],
+            [VOLUME, REPLICATED],
+            rows=n_y,
+            angles=n_angles,
         )
-        loss = jnp.sum(squares) / jnp.maximum(jnp.sum(jnp.abs(data) ** 2), 1e-30)
-        model = eqx.tree_at(lambda m: m.volume, model, jnp.swapaxes(volume, 1, 2))
+        model = eqx.tree_at(lambda m: m.volume, model, volume)
         return model, eqx.tree_at(lambda s: s.sweep, state, state.sweep + 1), loss
 
     def _weights_on_the_fly(self, n_angles: int, n_z: int, n_x: int) -> bool:
@@ -194,6 +240,8 @@ class ART(AbstractBlockIterative):
         apply_alignment: undo the model's alignment on the measured projections in every step;
             set False when the data were dealigned already (:func:`~diffptycho.recon.tomo.
             operators.dealign`).
+        mesh: split the rows over its devices (:func:`~diffptycho.recon.tomo.sharding.
+            tomo_mesh` with axis ``"slab"``); None runs on one device.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -215,6 +263,7 @@ class ART(AbstractBlockIterative):
     n_det: int | None = eqx.field(static=True, default=None)
     support: Array | None = None
     apply_alignment: bool = eqx.field(static=True, default=True)
+    mesh: jax.sharding.Mesh | None = eqx.field(static=True, default=None)
 
     def _weights(self, angles, n_z, n_x, n_det, dtype):
         d = ops.gram_sums(angles, n_z, n_x, n_det, self.support, dtype)
@@ -235,6 +284,7 @@ class SART(AbstractBlockIterative):
     n_det: int | None = eqx.field(static=True, default=None)
     support: Array | None = None
     apply_alignment: bool = eqx.field(static=True, default=True)
+    mesh: jax.sharding.Mesh | None = eqx.field(static=True, default=None)
 
     def _weights(self, angles, n_z, n_x, n_det, dtype):
         ray_w = ops.safe_reciprocal(ops.ray_sums(angles, n_z, n_x, n_det, self.support, dtype))

@@ -13,6 +13,9 @@ voxel; divide by the voxel size (m) for units per m.
 Windows (``ν`` in cycles/pixel, |ν| ≤ ½, scaled by ``cutoff``): ``"ramp"`` none,
 ``"shepp-logan"`` sinc(ν), ``"cosine"`` cos(πν), ``"hamming"`` 0.54 + 0.46 cos(2πν),
 ``"hann"`` cos²(πν).
+
+With ``mesh`` (:func:`~diffptycho.recon.tomo.sharding.tomo_mesh`) the rows or the angles are
+split over devices: each filters and back-projects its share; angle shares are summed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import scipy.fft
 from diffptycho._typing import Angles, Array, Float, Projections, Shaped
 from diffptycho.physics import tomography
 from diffptycho.recon.tomo.operators import angular_weights
+from diffptycho.recon.tomo.sharding import PER_ANGLE, PROJECTIONS, VOLUME, Split, over_mesh
 
 __all__ = ["FILTERS", "fbp", "filter_projections", "filter_response"]
 
@@ -117,6 +121,7 @@ def fbp(
     n_x: int | None = None,
     pad_mode: str = "constant",
     weights: Float[Array, " angle"] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Shaped[Array, "z y x"]:
     """Filtered backprojection of parallel-beam projections (module docstring).
 
@@ -129,6 +134,8 @@ def fbp(
         n_x: volume width (default: detector width).
         pad_mode: see :func:`filter_projections`.
         weights: angular weights in rad (angle,) (default :func:`angular_weights`).
+        mesh: split the rows (axis ``"slab"``) or the angles (``"angle"``) over its devices
+            (:func:`~diffptycho.recon.tomo.sharding.tomo_mesh`); None runs on one device.
 
     Returns:
         Volume (z, y, x) in the projections' units per voxel.
@@ -151,11 +158,16 @@ def fbp(
     n_x = n_det if n_x is None else n_x
     angles = jnp.asarray(angles_rad)
     w = angular_weights(angles) if weights is None else jnp.asarray(weights)
-    return _fbp(p, angles, w, filter, float(cutoff), n_z, n_x, pad_mode)
+    return _fbp(p, angles, w, filter, float(cutoff), n_z, n_x, pad_mode, mesh)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
-def _fbp(p, angles, w, name, cutoff, n_z, n_x, pad_mode):
-    q = filter_projections(p, name, cutoff=cutoff, pad_mode=pad_mode)
-    q = q * w.astype(jnp.finfo(q.dtype).dtype)[:, None, None]
-    return tomography.backproject(q, angles, n_z, n_x)
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
+def _fbp(p, angles, w, name, cutoff, n_z, n_x, pad_mode, mesh):
+    def local(split: Split, p, angles, w):
+        q = filter_projections(p, name, cutoff=cutoff, pad_mode=pad_mode)
+        q = q * w.astype(jnp.finfo(q.dtype).dtype)[:, None, None]
+        return (split.sums(tomography.backproject(q, angles, n_z, n_x), PER_ANGLE),)
+
+    inputs = [(p, PROJECTIONS), (angles, PER_ANGLE), (w, PER_ANGLE)]
+    rows = p.shape[1]
+    return over_mesh(local, mesh, inputs, [VOLUME], rows=rows, angles=p.shape[0])[0]

@@ -21,15 +21,33 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from diffptycho._typing import Array, Float, Projections, Shaped
 from diffptycho.models.tomo import TomoProjections
-from diffptycho.recon.solve import History, OptaxSolver, solve
+from diffptycho.physics import tomography
+from diffptycho.recon.solve import AbstractSolver, History, OptaxSolver, solve
 from diffptycho.recon.tomo import operators as ops
+from diffptycho.recon.tomo.sharding import (
+    ANGLE,
+    PER_ANGLE,
+    PROJECTIONS,
+    REPLICATED,
+    SLAB,
+    VOLUME,
+    Split,
+    mesh_axis,
+    over_mesh,
+    shard_projections,
+    slab_total_variation,
+    split_total,
+)
 
 __all__ = [
+    "MeshGradientSolver",
     "TomoLoss",
     "gradient_reconstruct",
     "gradient_solver",
@@ -115,6 +133,7 @@ def gradient_reconstruct(
     nonnegative: bool = False,
     support: Float[Array, "z x"] | None = None,
     optimizer: optax.GradientTransformation | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
     description: str = "adam",
     callback: Callable[[int, TomoProjections, float], None] | None = None,
@@ -131,7 +150,10 @@ def gradient_reconstruct(
         tv_weight: τ of the total-variation term (0 disables it).
         nonnegative: project the volume on ≥ 0 after each step.
         support: (z, x) mask of voxels allowed to be non-zero (applied after each step).
-        optimizer: an optax transformation overriding the default Adam schedule.
+        optimizer: an optax transformation overriding the default Adam schedule (its
+            update must act voxel by voxel to be split over slabs, as Adam's does).
+        mesh: split the rows (axis ``"slab"``) or the angles (``"angle"``) over its devices
+            (:func:`~diffptycho.recon.tomo.sharding.tomo_mesh`); None runs on one device.
         progress: show a progress bar.
         description: progress-bar label.
         callback: ``callback(iteration, model, loss)`` after each step (see ``solve``).
@@ -161,6 +183,7 @@ def gradient_reconstruct(
         nonnegative=nonnegative,
         support=support,
         optimizer=optimizer,
+        mesh=mesh,
     )
     return solve(
         model,
@@ -184,12 +207,30 @@ def gradient_solver(
     nonnegative: bool = False,
     support: Float[Array, "z x"] | None = None,
     optimizer: optax.GradientTransformation | None = None,
-) -> tuple[OptaxSolver, TomoProjections]:
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[AbstractSolver, TomoProjections]:
     """The solver of :func:`gradient_reconstruct` and its starting model (support applied).
 
     Arguments as for :func:`gradient_reconstruct`; for callers that run
-    :func:`~diffptycho.recon.solve.solve` themselves (e.g. to checkpoint it).
+    :func:`~diffptycho.recon.solve.solve` themselves (e.g. to checkpoint it). The solver is
+    an :class:`~diffptycho.recon.solve.OptaxSolver`, or with a mesh a
+    :class:`MeshGradientSolver` around one.
+
+    Raises:
+        ValueError: a slab mesh with a model whose alignment is not zero (y shifts mix the
+            rows of different devices: dealign the data first).
     """
+    if mesh is not None and mesh_axis(mesh)[0] == SLAB:
+        try:
+            aligned = bool(np.any(np.asarray(model.alignment) != 0))
+        except jax.errors.TracerArrayConversionError:  # traced: the caller's responsibility
+            aligned = False
+        if aligned:
+            raise ValueError(
+                "mesh: a slab split needs a model without alignment (y shifts mix rows of "
+                "different devices); dealign the projections first "
+                "(diffptycho.recon.tomo.dealign) or split the angles"
+            )
     p = jnp.asarray(projections)
     if jnp.iscomplexobj(p) and not jnp.iscomplexobj(model.volume):
         raise ValueError("complex projections need a complex volume (phase and absorption)")
@@ -213,4 +254,109 @@ def gradient_solver(
         lambda m: m.volume,
         constraint if nonnegative or support is not None else None,
     )
+    if mesh is not None:
+        solver = MeshGradientSolver(solver, mesh)
     return solver, model
+
+
+class MeshGradientSolver(AbstractSolver):
+    """A gradient solver's steps on every device's share of a mesh (module docstring).
+
+    Over slabs the volume, the optimizer's per-voxel state and the projections are split
+    along y; over angles the projections, angles and alignment are split and the volume is
+    replicated. The model's alignment is ignored over slabs (:func:`gradient_solver` refuses
+    a non-zero one).
+
+    Attributes:
+        solver: the single-device solver (an :class:`~diffptycho.recon.solve.OptaxSolver`
+            with a :class:`TomoLoss`; its optimizer must act voxel by voxel over slabs).
+        mesh: a mesh from :func:`~diffptycho.recon.tomo.sharding.tomo_mesh`.
+    """
+
+    solver: OptaxSolver
+    mesh: jax.sharding.Mesh = eqx.field(static=True)
+
+    def __check_init__(self):
+        mesh_axis(self.mesh)
+        if not isinstance(self.solver.loss, TomoLoss):
+            raise ValueError(
+                f"solver: expected an OptaxSolver with a TomoLoss, got loss {self.solver.loss!r}"
+            )
+
+    def init(self, model: TomoProjections) -> Any:
+        """The optimizer state of the single-device solver."""
+        return self.solver.init(model)
+
+    def prepare(self, model: TomoProjections, batch: Projections) -> Projections:
+        """The projections split over the mesh once."""
+        return shard_projections(batch, self.mesh)
+
+    def step(
+        self, model: TomoProjections, state: Any, batch: Projections
+    ) -> tuple[TomoProjections, Any, Array]:
+        """One optimizer step with the loss and gradient summed over the devices."""
+        p = jnp.asarray(batch)
+        shape = model.volume.shape
+        n_angles, _, n_det = p.shape
+
+        def local(split: Split, model, state, p):
+            loss = _SplitLoss(self.solver.loss, split, n_det, n_angles)
+            inner = OptaxSolver(
+                loss, self.solver.optimizer, self.solver.where, self.solver.constraint
+            )
+            return inner.step(model, state, p)
+
+        def model_layout(x):
+            return VOLUME if x.ndim == 3 else PER_ANGLE
+
+        def state_layout(x):
+            return VOLUME if x.shape == shape else REPLICATED
+
+        return over_mesh(
+            local,
+            self.mesh,
+            [(model, model_layout), (state, state_layout), (p, PROJECTIONS)],
+            [(model, model_layout), (state, state_layout), REPLICATED],
+            rows=shape[1],
+            angles=n_angles,
+        )
+
+
+class _SplitLoss(eqx.Module):
+    """:class:`TomoLoss` on one device's share: data norms and the loss summed over devices."""
+
+    loss: TomoLoss
+    split: Split = eqx.field(static=True)
+    n_det: int = eqx.field(static=True)
+    n_angles: int = eqx.field(static=True)
+
+    def __call__(self, model: TomoProjections, p: Projections) -> Float[Array, ""]:
+        split = self.split
+        norm = split.sums(jnp.sum(jnp.abs(p) ** 2), PROJECTIONS)
+        over_angles = split.axis == ANGLE
+
+        def misfit(volume, args):
+            model, p, norm = args
+            if over_angles:
+                predicted = eqx.tree_at(lambda m: m.volume, model, volume)()
+                valid = split.angle_mask(p.shape[0])[:, None, None]  # padded angles
+            else:
+                predicted = tomography.project(volume, model.angles_rad) * model.voxel_size_m
+                valid = 1
+            return jnp.sum(valid * jnp.abs(predicted - p) ** 2) / jnp.maximum(norm, 1e-30)
+
+        value = split_total(misfit, split.axis, sum_grads=over_angles)(
+            model.volume, (model, p, norm)
+        )
+        if self.loss.tv_weight == 0:
+            return value
+        mass = jnp.maximum(split.sums(jnp.sum(jnp.abs(p)), PROJECTIONS) / self.n_angles, 1e-30)
+        eps = self.loss.tv_eps * 2 * split.maximum(jnp.max(jnp.abs(p)), PROJECTIONS) / self.n_det
+        volume = model.volume * model.voxel_size_m
+        if over_angles:
+            tv = total_variation(volume, eps)
+        else:
+            tv = split_total(lambda v, e: slab_total_variation(v, e, split), split.axis, False)(
+                volume, eps
+            )
+        return value + self.loss.tv_weight * tv / mass

@@ -13,6 +13,11 @@ are neither read nor reconstructed; the z and x ranges crop the output (every vo
 contributes to the data, so iterative methods still solve for the whole slice — pass
 ``shape`` larger than the detector for interior tomography, or ``support`` to restrict the
 unknowns to a (z, x) mask).
+
+Devices: ``mesh`` (:func:`~diffptycho.recon.tomo.sharding.tomo_mesh`) splits every slab's
+rows (axis ``"slab"``, all algorithms) or its angles (``"angle"``: SIRT, CGLS, FBP, adam)
+over devices (:mod:`~diffptycho.recon.tomo.sharding`); the result equals the single-device
+one up to the order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,6 +40,7 @@ from diffptycho.recon.tomo.art import ART, SART
 from diffptycho.recon.tomo.cgls import CGLS
 from diffptycho.recon.tomo.fbp import fbp
 from diffptycho.recon.tomo.gradient import gradient_solver
+from diffptycho.recon.tomo.sharding import mesh_axis
 from diffptycho.recon.tomo.sirt import SIRT
 
 __all__ = ["ALGORITHMS", "TomoResult", "make_solver", "reconstruct"]
@@ -72,17 +79,21 @@ def make_solver(
     n_det: int | None = None,
     support: Array | None = None,
     apply_alignment: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> AbstractSolver:
-    """The classic solver called ``algorithm`` (``art``, ``sart``, ``sirt`` or ``cgls``)."""
+    """The classic solver called ``algorithm`` (``art``, ``sart``, ``sirt`` or ``cgls``).
+
+    ``mesh`` splits its rows or angles over devices (:mod:`~diffptycho.recon.tomo.sharding`).
+    """
     if algorithm in ("art", "sart"):
         cls = ART if algorithm == "art" else SART
-        return cls(relaxation, order, nonnegative, seed, n_det, support, apply_alignment)
+        return cls(relaxation, order, nonnegative, seed, n_det, support, apply_alignment, mesh)
     if algorithm == "sirt":
-        return SIRT(relaxation, nonnegative, n_det, support, apply_alignment)
+        return SIRT(relaxation, nonnegative, n_det, support, apply_alignment, mesh)
     if algorithm == "cgls":
         if nonnegative:
             raise ValueError("cgls cannot enforce non-negativity; use sirt, art or adam")
-        return CGLS(n_det, support, apply_alignment)
+        return CGLS(n_det, support, apply_alignment, mesh)
     raise ValueError(f"algorithm={algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
 
 
@@ -120,6 +131,7 @@ def reconstruct(
     checkpoint: Any = None,
     resume: bool = False,
     keep_best: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TomoResult:
     """Reconstruct a volume from parallel-beam projections with any of :data:`ALGORITHMS`.
 
@@ -156,6 +168,9 @@ def reconstruct(
             :class:`~diffptycho.recon.interrupt.Interrupted`.
         resume: continue from ``checkpoint`` (same result as the uninterrupted run).
         keep_best: keep, per slab, the volume of the lowest loss instead of the last one.
+        mesh: split each slab's rows (axis ``"slab"``) or angles (``"angle"``; not ART and
+            SART) over the mesh's devices (:func:`~diffptycho.recon.tomo.sharding.tomo_mesh`);
+            rows or angles the device count does not divide are padded and cropped.
 
     Returns:
         A :class:`TomoResult`.
@@ -176,6 +191,7 @@ def reconstruct(
         raise ValueError(f"algorithm={algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
     if iterations < 0:
         raise ValueError(f"iterations={iterations}: expected ≥ 0")
+    split, devices = (None, 1) if mesh is None else mesh_axis(mesh)
     n_angles, n_rows, n_det = np.shape(projections)
     angles = np.asarray(angles_rad, dtype=float)
     if angles.shape != (n_angles,):
@@ -212,6 +228,7 @@ def reconstruct(
             n_det=n_det,
             support=support_j,
             apply_alignment=False,
+            mesh=mesh,
         )
     starts = list(range(rows.start, rows.stop, slab))
     n_steps = 0 if algorithm == "fbp" else iterations
@@ -263,7 +280,9 @@ def reconstruct(
                 data = np.pad(data, ((0, 0), (0, slab - (y1 - y0)), (0, 0)))
             data = jnp.asarray(data)
             if algorithm == "fbp":
-                volume = fbp(data, angles_j, filter=filter, cutoff=cutoff, n_z=n_z, n_x=n_x)
+                volume = fbp(
+                    data, angles_j, filter=filter, cutoff=cutoff, n_z=n_z, n_x=n_x, mesh=mesh
+                )
                 history = None
                 if bar is not None:
                     bar.update()
@@ -286,6 +305,7 @@ def reconstruct(
                         tv_weight=tv_weight,
                         nonnegative=nonnegative,
                         support=support_j,
+                        mesh=mesh,
                     )
                     state = None
                 else:
@@ -347,6 +367,8 @@ def reconstruct(
         dtype=str(np.dtype(work)),
         aligned=alignment is not None,
         support=support is not None,
+        devices=devices,
+        split=split,
     )
     return TomoResult(
         volume=out,

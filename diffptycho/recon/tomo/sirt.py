@@ -4,18 +4,33 @@
 ``C = Pᵀ 1``, both computed once with the shared projector on a single slice (as ASTRA's SIRT).
 It converges for 0 < λ < 2 to the ``R⁻¹``-weighted least-squares solution; one iteration costs
 one projection and one backprojection of all angles.
+
+With ``mesh`` (:func:`~diffptycho.recon.tomo.sharding.tomo_mesh`) the rows or the angles are
+split over devices (:mod:`~diffptycho.recon.tomo.sharding`); over angles, each device
+back-projects its share of the residuals and the shares are summed.
 """
 
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
-from diffptycho._typing import Array, Float, Int, Projections
+from diffptycho._typing import Angles, Array, Float, Int, Projections, Shaped
 from diffptycho.models.tomo import TomoProjections
 from diffptycho.physics import tomography
 from diffptycho.recon.solve import AbstractSolver
 from diffptycho.recon.tomo import operators as ops
+from diffptycho.recon.tomo.sharding import (
+    PER_ANGLE,
+    PROJECTIONS,
+    REPLICATED,
+    VOLUME,
+    Split,
+    mesh_axis,
+    over_mesh,
+    shard_projections,
+)
 
 __all__ = ["SIRT", "SIRTState"]
 
@@ -38,6 +53,8 @@ class SIRT(AbstractSolver):
         support: optional (z, x) mask of voxels that may be non-zero.
         apply_alignment: undo the model's alignment on the data in every step (set False when
             the data were dealigned already).
+        mesh: split the rows (axis ``"slab"``) or the angles (``"angle"``) over its devices
+            (:func:`~diffptycho.recon.tomo.sharding.tomo_mesh`); None runs on one device.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -57,10 +74,17 @@ class SIRT(AbstractSolver):
     n_det: int | None = eqx.field(static=True, default=None)
     support: Array | None = None
     apply_alignment: bool = eqx.field(static=True, default=True)
+    mesh: jax.sharding.Mesh | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if not 0 < self.relaxation < 2:
             raise ValueError(f"relaxation={self.relaxation}: expected 0 < λ < 2 to converge")
+        if self.mesh is not None:
+            mesh_axis(self.mesh)
+
+    def prepare(self, model: TomoProjections, batch: Projections) -> Projections:
+        """The projections split over the mesh once (unchanged without one)."""
+        return shard_projections(batch, self.mesh)
 
     def init(self, model: TomoProjections) -> SIRTState:
         """Ray and voxel sums of the model's geometry."""
@@ -83,11 +107,43 @@ class SIRT(AbstractSolver):
         n_z, n_y, n_x = volume.shape
         n_det = n_x if self.n_det is None else self.n_det
         ops.check_data(data, model.angles_rad, n_det, n_y)
-        residual = data - tomography.project(volume, model.angles_rad, n_det=n_det)
-        update = tomography.backproject(residual * state.ray_weights, model.angles_rad, n_z, n_x)
-        volume = volume + self.relaxation * update * state.voxel_weights
-        if self.nonnegative:
-            volume = ops.clip_nonnegative(volume)
-        loss = jnp.sum(jnp.abs(residual) ** 2) / jnp.maximum(jnp.sum(jnp.abs(data) ** 2), 1e-30)
+        volume, loss = over_mesh(
+            self._update,
+            self.mesh,
+            [
+                (volume, VOLUME),
+                (data, PROJECTIONS),
+                (model.angles_rad, PER_ANGLE),
+                (state.ray_weights, PER_ANGLE),
+                (state.voxel_weights, REPLICATED),
+            ],
+            [VOLUME, REPLICATED],
+            rows=n_y,
+            angles=data.shape[0],
+        )
         model = eqx.tree_at(lambda m: m.volume, model, volume)
         return model, eqx.tree_at(lambda s: s.iteration, state, state.iteration + 1), loss
+
+    def _update(
+        self,
+        split: Split,
+        volume: Shaped[Array, "z y x"],
+        data: Projections,
+        angles: Angles,
+        ray_weights: Float[Array, "angle 1 t"],
+        voxel_weights: Float[Array, "z 1 x"],
+    ) -> tuple[Shaped[Array, "z y x"], Float[Array, ""]]:
+        """One update on one device's share (all of it without a mesh); returns it and the loss."""
+        n_z, _, n_x = volume.shape
+        residual = data - tomography.project(volume, angles, n_det=data.shape[2])
+        valid = split.angle_mask(angles.shape[0])
+        if valid is not None:  # padded angles
+            residual = residual * valid[:, None, None]
+        update = tomography.backproject(residual * ray_weights, angles, n_z, n_x)
+        update = split.sums(update, PER_ANGLE)
+        volume = volume + self.relaxation * update * voxel_weights
+        if self.nonnegative:
+            volume = ops.clip_nonnegative(volume)
+        squares = split.sums(jnp.sum(jnp.abs(residual) ** 2), PROJECTIONS)
+        norm = split.sums(jnp.sum(jnp.abs(data) ** 2), PROJECTIONS)
+        return volume, squares / jnp.maximum(norm, 1e-30)
