@@ -77,7 +77,9 @@ def _compare(name, rows, mesh, iterations=4):
     return single
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "sart" else n for n in ALGORITHMS]
+)
 def test_every_algorithm_split_over_four_slabs_equals_single_device(name):
     single = _compare(name, 12, tomo_mesh(4))  # 3 rows per device
     assert np.max(np.abs(single.volume)) > 0.1
@@ -92,7 +94,9 @@ def test_rows_not_divisible_by_the_devices_are_padded_and_cropped(name):
     assert single.volume.shape == (8, 10, 8)
 
 
-@pytest.mark.parametrize("name", ["sirt", "cgls", "adam", "fbp"])
+@pytest.mark.parametrize(
+    "name", ["sirt", "cgls", pytest.param("adam", marks=pytest.mark.slow), "fbp"]
+)
 def test_angle_split_equals_single_device(name):
     # 6 angles over 4 devices: 2 per device, 2 padded angles masked out of every sum
     _compare(name, 5, tomo_mesh(4, axis="angle"))
@@ -161,8 +165,8 @@ def projections_file(tmp_path):
 def test_cli_devices_give_the_single_device_volume(tmp_path, projections_file):
     one, four = tmp_path / "one.h5", tmp_path / "four.h5"
     common = [str(projections_file), "-a", "sirt", "-n", "5", "--no-progress"]
-    assert main(["tomo", *common, "-o", str(one)]) == 0
-    assert main(["tomo", *common, "--devices", "4", "-o", str(four)]) == 0
+    assert main(["--no-compile-cache", "tomo", *common, "-o", str(one)]) == 0
+    assert main(["--no-compile-cache", "tomo", *common, "--devices", "4", "-o", str(four)]) == 0
     a, b = read_results(one), read_results(four)
     np.testing.assert_allclose(b["volume"], a["volume"], rtol=0, atol=1e-5 * a["volume"].max())
     assert b["provenance"]["config"]["devices"] == 4
@@ -175,13 +179,26 @@ def test_cli_devices_give_the_single_device_volume(tmp_path, projections_file):
 
 def test_cli_devices_errors(tmp_path, projections_file, capsys):
     out = str(tmp_path / "vol.h5")
-    assert main(["tomo", str(projections_file), "-o", out, "--devices", "99"]) == 2
+    assert (
+        main(["--no-compile-cache", "tomo", str(projections_file), "-o", out, "--devices", "99"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "diffptycho tomo: error: devices=99: expected 1 to 4" in err
     assert "xla_force_host_platform_device_count" in err
-    argv = ["tomo", str(projections_file), "-o", out, "--devices", "2", "--split", "angle"]
+    argv = [
+        "--no-compile-cache",
+        "tomo",
+        str(projections_file),
+        "-o",
+        out,
+        "--devices",
+        "2",
+        "--split",
+        "angle",
+    ]
     assert main([*argv, "-a", "art"]) == 2
     assert "angles cannot be split" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["tomo", str(projections_file), "-o", out, "--devices", "0"])
+        main(["--no-compile-cache", "tomo", str(projections_file), "-o", out, "--devices", "0"])
     assert "--devices" in capsys.readouterr().err
