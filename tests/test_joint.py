@@ -55,6 +55,38 @@ def test_sharded_loss_and_gradient_equal_single_device(data):
         sharded_joint_loss(angle_mesh())(model, (batch[0][:, :6], idx[:6]))
 
 
+def test_energy_minibatches_partition_the_loss_and_shard(data):
+    """A batch of some energies is the loss of those scans: the energies' batch losses
+    average to the whole one (losses are means per frame), on one device and sharded."""
+    ds, model = data
+    model = eqx.tree_at(lambda m: m.composition, model, jnp.asarray(ds.truth["composition"]) * 0.7)
+    frames = jnp.asarray(ds.frames)
+    a = jnp.arange(8)
+    whole = joint_loss()(model, (frames, a))
+    parts = [joint_loss()(model, (frames[e : e + 1], a, jnp.array([e]))) for e in (0, 1)]
+    np.testing.assert_allclose(np.mean(parts), whole, rtol=1e-10)
+    sharded = sharded_joint_loss(angle_mesh())(model, (frames[1:2], a, jnp.array([1])))
+    np.testing.assert_allclose(sharded, parts[1], rtol=1e-10)
+
+
+def test_minibatches_over_energies_and_angles_with_per_scan_offsets(data):
+    ds, model = data
+    fit, history = joint_reconstruct(
+        model,
+        ds.frames,
+        6,
+        refine=("composition", "energy_offsets"),
+        solver="gauss-newton",
+        angles_per_batch=4,
+        energies_per_batch=1,
+        progress=False,
+    )
+    assert fit.energy_offsets.shape == (2, 8, 2)
+    assert history.loss[-1] < history.loss[0]
+    with pytest.raises(ValueError, match="energies_per_batch"):
+        joint_reconstruct(model, ds.frames, 1, energies_per_batch=0, progress=False)
+
+
 def test_joint_reconstruction_moves_towards_the_truth(data):
     ds, model = data
     truth = ds.truth["composition"]

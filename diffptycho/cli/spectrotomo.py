@@ -106,6 +106,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         f"default {cfg.JointSettings.tv_weight:g}, 0: none)",
     )
     p.add_argument(
+        "--joint-angles-per-batch",
+        type=positive_int,
+        default=None,
+        help="joint minibatch: angles per step (default all)",
+    )
+    p.add_argument(
+        "--joint-energies-per-batch",
+        type=positive_int,
+        default=None,
+        help="joint minibatch: energies per step (default all); with --joint-angles-per-batch "
+        "the scans held per step do not grow with the dataset",
+    )
+    p.add_argument(
         "--joint-refine",
         nargs="+",
         default=None,
@@ -205,6 +218,8 @@ def config_from_args(args: argparse.Namespace):
             refine=tuple(args.joint_refine) if args.joint_refine else None,
             tv_weight=args.joint_tv_weight,
             model=args.joint_model,
+            angles_per_batch=args.joint_angles_per_batch,
+            energies_per_batch=args.joint_energies_per_batch,
         ),
         tilt_series=cfg.TiltSeriesSettings(args.energy_tolerance_ev, args.angle_tolerance_deg),
         ptychography=cfg.PtychographySettings(

@@ -306,6 +306,8 @@ class JointSettings:
             probe): blank start with these defaults RMSE 0.112 against 0.126 from the staged
             start.
         angles_per_batch: angles per minibatch (all when None).
+        energies_per_batch: energies per minibatch (all when None); with both, a step holds
+            ``energies_per_batch × angles_per_batch`` scans whatever the dataset's size.
         loss: ``"poisson"`` or ``"amplitude"``.
         tv_weight: weight of the smoothed total variation of the composition (per frame, see
             :func:`~diffptycho.recon.joint.total_variation_terms`; 0: none). The default
@@ -320,6 +322,7 @@ class JointSettings:
     learning_rate: float = 0.03
     refine: tuple[str, ...] | None = None
     angles_per_batch: int | None = None
+    energies_per_batch: int | None = None
     loss: str = "poisson"
     tv_weight: float = 5e-5
     model: str = "composition"
@@ -359,6 +362,8 @@ class JointSettings:
         object.__setattr__(self, "refine", refine)
         if self.angles_per_batch is not None:
             _positive("joint.angles_per_batch", self.angles_per_batch)
+        if self.energies_per_batch is not None:
+            _positive("joint.energies_per_batch", self.energies_per_batch)
         if self.loss not in ("poisson", "amplitude"):
             raise ConfigError(f"joint.loss = {self.loss!r}: use 'poisson' or 'amplitude'")
 

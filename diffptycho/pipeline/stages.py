@@ -961,6 +961,7 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
         solver=settings.solver,
         learning_rate=settings.learning_rate,
         angles_per_batch=settings.angles_per_batch,
+        energies_per_batch=settings.energies_per_batch,
         loss=settings.loss,
         progress=context.progress,
         tv_weight=settings.tv_weight,

@@ -68,13 +68,32 @@ def clip_composition(model: SpectroPtychoTomo) -> SpectroPtychoTomo:
     return eqx.tree_at(lambda m: m.composition, model, jnp.clip(model.composition, 0.0, 1.0))
 
 
-def _batch_model(model: SpectroPtychoTomo, angle_idx) -> SpectroPtychoTomo:
-    """The model restricted to the scans of ``angle_idx`` (all energies)."""
+def _batch_model(model: SpectroPtychoTomo, angle_idx, energy_idx=None) -> SpectroPtychoTomo:
+    """The model restricted to the scans of ``angle_idx`` and ``energy_idx`` (None: all)."""
+    e = slice(None) if energy_idx is None else energy_idx
+    fields = {
+        "angles_rad": model.angles_rad[angle_idx],
+        "alignment": model.alignment[angle_idx],
+        "positions": model.positions[e][:, angle_idx],
+    }
+    if model.energy_offsets is not None:
+        fields["energy_offsets"] = model.energy_offsets[e][:, angle_idx]
+    if energy_idx is not None:
+        fields.update(
+            spectra=model.spectra[e], energies_ev=model.energies_ev[e], probe=model.probe[e]
+        )
+        if model.background is not None:
+            fields["background"] = model.background[e]
+    names = tuple(fields)
     return eqx.tree_at(
-        lambda m: (m.angles_rad, m.alignment, m.positions),
-        model,
-        (model.angles_rad[angle_idx], model.alignment[angle_idx], model.positions[:, angle_idx]),
+        lambda m: tuple(getattr(m, n) for n in names), model, tuple(fields[n] for n in names)
     )
+
+
+def _unpack(batch):
+    """``(frames, angle_idx, energy_idx or None)`` of a batch of 2 or 3 items."""
+    frames, angle_idx, *rest = batch
+    return frames, angle_idx, (rest[0] if rest else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,8 +392,8 @@ def joint_residuals(
     """
 
     def residuals(model: SpectroPtychoTomo, batch) -> jax.Array:
-        frames, angle_idx = batch
-        predicted = _batch_model(model, angle_idx).all_intensities()
+        frames, angle_idx, energy_idx = _unpack(batch)
+        predicted = _batch_model(model, angle_idx, energy_idx).all_intensities()
         n = jnp.asarray(frames).astype(predicted.dtype)
         r = jnp.sqrt(predicted + 1e-9) - jnp.sqrt(n)
         if mask is not None:
@@ -528,8 +547,8 @@ def joint_loss(
     loss = LOSSES[loss_name]
 
     def objective(model: SpectroPtychoTomo, batch) -> jax.Array:
-        frames, angle_idx = batch
-        value = loss(_batch_model(model, angle_idx).all_intensities(), frames, mask)
+        frames, angle_idx, energy_idx = _unpack(batch)
+        value = loss(_batch_model(model, angle_idx, energy_idx).all_intensities(), frames, mask)
         if tv_weight:
             value = value + tv_weight * jnp.sum(
                 total_variation_terms(model.composition, tv_eps) ** 2
@@ -559,24 +578,27 @@ def sharded_joint_loss(mesh: jax.sharding.Mesh, loss_name: str = "poisson", mask
     spec = jax.sharding.PartitionSpec
 
     def objective(model: SpectroPtychoTomo, batch) -> jax.Array:
-        frames, angle_idx = batch
+        frames, angle_idx, energy_idx = _unpack(batch)
         if angle_idx.shape[0] % n_dev:
             raise ValueError(
                 f"angles_per_batch={angle_idx.shape[0]} is not a multiple of the {n_dev} devices"
             )
+        if energy_idx is None:  # every energy: the same indices on every device
+            energy_idx = jnp.arange(frames.shape[0])
 
-        def part(model, frames, angle_idx):
+        def part(model, frames, angle_idx, energy_idx):
             # local mean over this device's scans, weighted back to the global mean
-            return jax.lax.psum(local(model, (frames, angle_idx)) / n_dev, "angle")
+            value = local(model, (frames, angle_idx, energy_idx))
+            return jax.lax.psum(value / n_dev, "angle")
 
         return jax.shard_map(
             part,
             mesh=mesh,
-            in_specs=(spec(), spec(None, "angle"), spec("angle")),
+            in_specs=(spec(), spec(None, "angle"), spec("angle"), spec()),
             out_specs=spec(),
             # the projector's custom linear_call transpose carries no varying-axis types
             check_vma=False,
-        )(model, frames, angle_idx)
+        )(model, frames, angle_idx, energy_idx)
 
     return objective
 
@@ -609,6 +631,7 @@ def joint_reconstruct(
     learning_rate: float = 0.05,
     adam_eps: float | None = None,
     angles_per_batch: int | None = None,
+    energies_per_batch: int | None = None,
     loss: str = "poisson",
     mask: np.ndarray | None = None,
     seed: int = 0,
@@ -647,6 +670,9 @@ def joint_reconstruct(
             at full step, amplifying noise; the default, 1e-5 × the mean counts per frame,
             scales with the dose like the Poisson gradient does.
         angles_per_batch: angles per minibatch (all when None); drawn without replacement.
+        energies_per_batch: energies per minibatch (all when None), drawn without
+            replacement like the angles: with both, a step reads
+            ``energies_per_batch × angles_per_batch`` scans, whatever the dataset's size.
         loss: ``"poisson"`` or ``"amplitude"``.
         mask: valid detector pixels (True) or None.
         seed: seed of the minibatch order.
@@ -766,19 +792,37 @@ def joint_reconstruct(
             where=where,
             constraint=constraint,
         )
+    n_energy = frames.shape[0]
+    for name, value in (
+        ("angles_per_batch", angles_per_batch),
+        ("energies_per_batch", energies_per_batch),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}={value}: expected ≥ 1 (or None for all)")
     per_batch = n_angle if angles_per_batch is None else min(angles_per_batch, n_angle)
-    everything = jnp.asarray(np.asarray(frames)) if per_batch == n_angle else None
+    per_energy = n_energy if energies_per_batch is None else min(energies_per_batch, n_energy)
+    whole = per_batch == n_angle and per_energy == n_energy
+    everything = jnp.asarray(np.asarray(frames)) if whole else None
     rng = np.random.default_rng(seed)
-    order: list[int] = []
+    orders: dict[str, list[int]] = {"angle": [], "energy": []}
+
+    def draw(axis: str, n: int, k: int) -> np.ndarray:
+        if k == n:
+            return np.arange(n)
+        if len(orders[axis]) < k:
+            orders[axis] = list(rng.permutation(n))
+        idx, orders[axis] = np.sort(orders[axis][:k]), orders[axis][k:]
+        return idx
 
     def batches(_: int):
-        nonlocal order
         if everything is not None:
             return everything, jnp.arange(n_angle)
-        if len(order) < per_batch:
-            order = list(rng.permutation(n_angle))
-        idx, order = np.sort(order[:per_batch]), order[per_batch:]
-        # read only this minibatch (increasing indices, as h5py's fancy indexing needs)
-        return jnp.asarray(np.asarray(frames[:, idx])), jnp.asarray(idx)
+        a = draw("angle", n_angle, per_batch)
+        if per_energy == n_energy:
+            # read only this minibatch (increasing indices, as h5py's fancy indexing needs)
+            return jnp.asarray(np.asarray(frames[:, a])), jnp.asarray(a)
+        e = draw("energy", n_energy, per_energy)
+        block = np.stack([np.asarray(frames[int(i), a]) for i in e])
+        return jnp.asarray(block), jnp.asarray(a), jnp.asarray(e)
 
     return solve(model, step_solver, batches, iterations, progress=progress, description="joint")
