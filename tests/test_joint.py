@@ -434,3 +434,20 @@ def test_refining_spectra_needs_a_prior_and_gauss_newton(data):
             spectra_prior=prior,
             progress=False,
         )
+
+
+def test_adam_run_resumed_from_its_checkpoint_arrays_ends_where_the_whole_run_does(data):
+    ds, model = data
+    saved = []
+    options = dict(angles_per_batch=4, progress=False, learning_rate=0.02)
+    whole, h_whole = joint_reconstruct(
+        model, ds.frames, 4, checkpoint=saved.append, checkpoint_every=2, **options
+    )
+    assert [int(a["iteration"]) for a in saved] == [2, 4]
+    assert any(k.startswith("state/") for k in saved[0])  # Adam's moments are kept
+    resumed, h_resumed = joint_reconstruct(model, ds.frames, 4, resume=saved[0], **options)
+    np.testing.assert_allclose(resumed.composition, whole.composition, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h_resumed.loss, h_whole.loss, rtol=1e-10)
+    wrong = {k: v for k, v in saved[0].items() if k != "model/composition"}
+    with pytest.raises(ValueError, match="leaves"):
+        joint_reconstruct(model, ds.frames, 4, resume=wrong, **options)

@@ -684,6 +684,42 @@ def test_joint_mode_from_scratch_runs_only_the_joint_stage(data, tmp_path):
         assert f["alignment/shift_px"].shape == (2, len(ANGLES), 2)
 
 
+def test_interrupted_joint_stage_resumes_to_the_uninterrupted_result(data, tmp_path, monkeypatch):
+    import diffptycho.recon.solve as solve_module
+    from diffptycho.recon.interrupt import Interrupted
+
+    joint = JointSettings(start="blank", iterations=5, angles_per_batch=4)
+    whole = _quiet(
+        dataclasses.replace(_config(data, tmp_path / "whole.h5"), mode="joint", joint=joint)
+    )
+    config = dataclasses.replace(_config(data, tmp_path / "cut.h5"), mode="joint", joint=joint)
+    calls = {"n": 0}
+
+    def stop_after_three():
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    monkeypatch.setattr(solve_module, "stop_requested", stop_after_three)
+    with pytest.raises(Interrupted):
+        _quiet(config)
+    saved = read_results(config.output)
+    assert saved["provenance"]["config"]["stages"]["joint"]["complete"] is False
+    assert int(saved["stages/joint/resume/iteration"]) == 3
+    monkeypatch.setattr(solve_module, "stop_requested", lambda: False)
+    lines: list[str] = []
+    resumed = run_pipeline(config, progress=False, figures=False, log=lines.append)
+    assert any("resuming after step 3" in line for line in lines)
+    np.testing.assert_allclose(
+        resumed.outputs["joint"]["composition"], whole.outputs["joint"]["composition"], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        read_results(config.output)["history"]["joint/loss"],
+        read_results(tmp_path / "whole.h5")["history"]["joint/loss"],
+        rtol=1e-6,
+    )
+    assert "resume/iteration" not in resumed.outputs["joint"]
+
+
 def test_joint_settings_are_checked():
     with pytest.raises(ConfigError, match="joint.start"):
         JointSettings(start="sideways")

@@ -152,7 +152,8 @@ def run_pipeline(
             been written with the same inputs and first-stage settings; False: start again,
             ignoring the file; None (default): reuse what matches, as described above.
         checkpoint_every: save the ptychography stage every this many scans (0: every
-            ~30 s). A stop request (SIGINT/SIGTERM inside
+            ~30 s) and the joint stage every this many steps (0: only when stopped). A stop
+            request (SIGINT/SIGTERM inside
             :func:`~diffptycho.recon.interrupt.stop_on_signals`) saves the work done and
             raises :class:`~diffptycho.recon.interrupt.Interrupted`.
 

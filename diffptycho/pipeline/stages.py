@@ -910,6 +910,11 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
     ``positions_px`` (E, A, n, 2), ``alignment`` (A, 4), ``shift_px`` (E, A, 2) (the per-scan
     sample shifts implied by the refined positions and alignment, relative to the start's
     nominal positions), and the loss history.
+
+    Checkpoints: every ``context.checkpoint_every`` steps (``--checkpoint-every``) and on
+    SIGINT/SIGTERM the run's state goes into the results file as a partial stage
+    (``stages/joint/resume/…``: :func:`~diffptycho.recon.joint.snapshot_arrays`); rerunning
+    the same command continues from it and ends where the uninterrupted run would.
     """
     from diffptycho.pipeline import joint_start
     from diffptycho.recon.joint import VolumeBasis, joint_reconstruct
@@ -953,6 +958,16 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
             basis = VolumeBasis(energies, voxel, 1.0 / nx, 1.0 / nx)
         start = joint_start.blank_joint_model(series, basis.spectra(), voxel, shape)
     frames = joint_start.all_frames(series)
+    previous = context.outputs.get("joint", {})
+    resume = {k[7:]: v for k, v in previous.items() if k.startswith("resume/")} or None
+    if resume is not None:
+        context.log(f"joint: resuming after step {int(resume['iteration'])}")
+
+    def checkpoint(arrays: dict[str, np.ndarray]) -> None:
+        # a partial stage: the runner saves it, and a rerun continues from it
+        context.checkpoint(StageOutput({f"resume/{k}": v for k, v in arrays.items()}, {}))
+
+    every = context.checkpoint_every
     model, history = joint_reconstruct(
         start,
         frames,
@@ -966,6 +981,9 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
         progress=context.progress,
         tv_weight=settings.tv_weight,
         constraint="simplex" if basis is None else basis.constraint,
+        checkpoint=checkpoint,
+        checkpoint_every=every,
+        resume=resume,
     )
     nominal = np.stack([np.stack(row) for row in centred_positions(series)])
     moved = nominal - np.asarray(model.positions, np.float64)  # probe −s ≡ sample +s

@@ -42,7 +42,14 @@ from diffptycho._typing import Array
 from diffptycho.models import SpectroPtychoTomo
 from diffptycho.recon.chem.simplex import project_composition
 from diffptycho.recon.losses import LOSSES
-from diffptycho.recon.solve import AbstractSolver, History, OptaxSolver, solve, trainable_spec
+from diffptycho.recon.solve import (
+    AbstractSolver,
+    History,
+    OptaxSolver,
+    Snapshot,
+    solve,
+    trainable_spec,
+)
 
 SOLVERS = ("adam", "gauss-newton")
 """Solvers :func:`joint_reconstruct` offers, by name."""
@@ -642,6 +649,9 @@ def joint_reconstruct(
     tv_weight: float = 0.0,
     constraint: str | Callable[[SpectroPtychoTomo], SpectroPtychoTomo] | None = "simplex",
     spectra_prior: SpectraPrior | None = None,
+    checkpoint: Callable[[dict[str, np.ndarray]], None] | None = None,
+    checkpoint_every: int = 0,
+    resume: dict[str, np.ndarray] | None = None,
 ) -> tuple[SpectroPtychoTomo, History]:
     """Fit the full chain to measured frames with Adam or Gauss–Newton.
 
@@ -694,6 +704,13 @@ def joint_reconstruct(
             has ``"spectra"``, which needs ``solver="gauss-newton"`` (the spectra are ~1e-3
             where the composition is ~1, so Adam's per-leaf step in leaf units cannot serve
             both).
+        checkpoint: ``checkpoint(arrays)`` called every ``checkpoint_every`` steps and when a
+            stop is requested (SIGINT/SIGTERM, :mod:`diffptycho.recon.interrupt`, which then
+            raises :class:`~diffptycho.recon.interrupt.Interrupted`), with the state of the
+            run as a flat ``{name: array}`` (:func:`snapshot_arrays`) to store anywhere.
+        checkpoint_every: steps between checkpoints (0: only when stopping).
+        resume: such arrays of an interrupted run with the same model, data and options:
+            the run continues from there and ends where the uninterrupted one would.
 
     Returns:
         The refined model and the loss history.
@@ -803,26 +820,106 @@ def joint_reconstruct(
     per_energy = n_energy if energies_per_batch is None else min(energies_per_batch, n_energy)
     whole = per_batch == n_angle and per_energy == n_energy
     everything = jnp.asarray(np.asarray(frames)) if whole else None
-    rng = np.random.default_rng(seed)
-    orders: dict[str, list[int]] = {"angle": [], "energy": []}
 
-    def draw(axis: str, n: int, k: int) -> np.ndarray:
+    def draw(axis: int, n: int, k: int, it: int) -> np.ndarray:
+        # a function of the iteration (a resumed run replays the same batches): epoch e is
+        # one permutation of the n items, cut into n // k batches (the rest is dropped)
         if k == n:
             return np.arange(n)
-        if len(orders[axis]) < k:
-            orders[axis] = list(rng.permutation(n))
-        idx, orders[axis] = np.sort(orders[axis][:k]), orders[axis][k:]
-        return idx
+        per_epoch = n // k
+        epoch, j = divmod(it, per_epoch)
+        perm = np.random.default_rng([seed, axis, epoch]).permutation(n)
+        return np.sort(perm[j * k : (j + 1) * k])
 
-    def batches(_: int):
+    def batches(it: int):
         if everything is not None:
             return everything, jnp.arange(n_angle)
-        a = draw("angle", n_angle, per_batch)
+        a = draw(0, n_angle, per_batch, it)
         if per_energy == n_energy:
             # read only this minibatch (increasing indices, as h5py's fancy indexing needs)
             return jnp.asarray(np.asarray(frames[:, a])), jnp.asarray(a)
-        e = draw("energy", n_energy, per_energy)
+        e = draw(1, n_energy, per_energy, it)
         block = np.stack([np.asarray(frames[int(i), a]) for i in e])
         return jnp.asarray(block), jnp.asarray(a), jnp.asarray(e)
 
-    return solve(model, step_solver, batches, iterations, progress=progress, description="joint")
+    snapshot = None if resume is None else restore_snapshot(resume, model, step_solver)
+    return solve(
+        model,
+        step_solver,
+        batches,
+        iterations,
+        progress=progress,
+        description="joint",
+        resume=snapshot,
+        checkpoint=None if checkpoint is None else (lambda snap: checkpoint(snapshot_arrays(snap))),
+        checkpoint_every=checkpoint_every,
+    )
+
+
+def snapshot_arrays(snapshot: Snapshot) -> dict[str, np.ndarray]:
+    """A joint run's :class:`~diffptycho.recon.solve.Snapshot` as flat arrays.
+
+    Keys: ``model/<leaf>`` for every array leaf of the model (composition, spectra, probe,
+    positions, alignment, energy_offsets, background …), ``state/<i>`` for the solver
+    state's leaves (Adam's moments; Gauss–Newton has none), ``iteration``, ``loss``,
+    ``seconds`` and ``watch`` (the loss watch's state as JSON).
+    """
+    import json
+
+    out: dict[str, np.ndarray] = {}
+    for field in dataclasses.fields(snapshot.model):
+        value = getattr(snapshot.model, field.name)
+        if eqx.is_array(value):
+            out[f"model/{field.name}"] = np.asarray(value)
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(snapshot.state)):
+        out[f"state/{i}"] = np.asarray(leaf)
+    out["iteration"] = np.asarray(snapshot.iteration, np.int64)
+    out["loss"] = np.asarray(snapshot.history.loss, np.float64)
+    out["seconds"] = np.asarray(snapshot.history.seconds, np.float64)
+    out["watch"] = np.asarray(json.dumps(snapshot.watch).encode())
+    return out
+
+
+def restore_snapshot(arrays: dict[str, np.ndarray], model: eqx.Module, solver) -> Snapshot:
+    """The :class:`~diffptycho.recon.solve.Snapshot` of :func:`snapshot_arrays`' output.
+
+    Args:
+        arrays: the stored arrays.
+        model: the run's starting model (gives the structure; its leaves are replaced).
+        solver: the run's solver (gives the state's structure).
+
+    Raises:
+        ValueError: the arrays do not fit the model or the solver (another run's state).
+    """
+    import json
+
+    if "iteration" not in arrays:
+        raise ValueError("resume: no 'iteration' in the stored joint state")
+    fields = [f.name for f in dataclasses.fields(model) if eqx.is_array(getattr(model, f.name))]
+    stored = sorted(k.split("/", 1)[1] for k in arrays if k.startswith("model/"))
+    if stored != sorted(fields):
+        raise ValueError(
+            f"resume: the stored joint state has leaves {stored}, the model {sorted(fields)}"
+        )
+    for name in fields:
+        old, new = getattr(model, name), np.asarray(arrays[f"model/{name}"])
+        if new.shape != old.shape:
+            raise ValueError(f"resume: stored {name} has shape {new.shape}, the model {old.shape}")
+        model = eqx.tree_at(lambda m, n=name: getattr(m, n), model, jnp.asarray(new, old.dtype))
+    template = solver.init(model)
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    if sum(k.startswith("state/") for k in arrays) != len(leaves):
+        raise ValueError("resume: the stored solver state does not fit this solver")
+    state = jax.tree_util.tree_unflatten(
+        treedef,
+        [jnp.asarray(arrays[f"state/{i}"], jnp.asarray(x).dtype) for i, x in enumerate(leaves)],
+    )
+    history = History(
+        loss=[float(x) for x in np.asarray(arrays["loss"]).reshape(-1)],
+        seconds=[float(x) for x in np.asarray(arrays["seconds"]).reshape(-1)],
+    )
+    watch = arrays.get("watch")
+    if watch is not None:
+        text = np.asarray(watch).item()
+        watch = json.loads(text.decode() if isinstance(text, bytes) else str(text))
+    return Snapshot(model, state, int(np.asarray(arrays["iteration"])), history, watch or {})
