@@ -87,7 +87,9 @@ def run_case(case: Case, args, folder: str) -> dict:
         mode="joint",
         ptychography=PtychographySettings(iterations=args.ptycho_iterations),
         tomography=TomographySettings(volume_shape=(args.size,) * 3),
-        joint=JointSettings(iterations=args.joint_iterations, tv_weight=args.tv_weight),
+        joint=JointSettings(
+            iterations=args.joint_iterations, tv_weight=args.tv_weight, support=args.support
+        ),
     )
     if os.path.exists(config.output):
         os.remove(config.output)
@@ -174,6 +176,9 @@ def main() -> None:
     parser.add_argument("--tv-weight", type=float, default=0.0, help="joint TV weight")
     parser.add_argument(
         "--single", type=float, default=None, help="run only the central case at this dose"
+    )
+    parser.add_argument(
+        "--support", choices=("none", "staged"), default="none", help="joint support constraint"
     )
     parser.add_argument("--out", default="joint_vs_staged_out")
     parser.add_argument("--seed", type=int, default=6)

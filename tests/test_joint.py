@@ -451,3 +451,23 @@ def test_adam_run_resumed_from_its_checkpoint_arrays_ends_where_the_whole_run_do
     wrong = {k: v for k, v in saved[0].items() if k != "model/composition"}
     with pytest.raises(ValueError, match="leaves"):
         joint_reconstruct(model, ds.frames, 4, resume=wrong, **options)
+
+
+def test_support_from_volumes_envelops_the_sample_and_the_fit_stays_inside(data):
+    from diffptycho.recon.joint import support_from_volumes
+
+    ds, model = data
+    truth = ds.truth["composition"]
+    mask = support_from_volumes(truth, threshold=0.1, dilation_px=2)
+    occupied = truth.sum(0) > 0.05
+    assert mask[occupied].all() and mask.mean() < 0.9  # generous, but not everything
+    fit, _ = joint_reconstruct(
+        model, ds.frames, 2, solver="gauss-newton", support=mask, progress=False
+    )
+    assert float(jnp.abs(fit.composition[:, ~mask]).max()) == 0.0
+    with pytest.raises(ValueError, match="support"):
+        joint_reconstruct(model, ds.frames, 1, support=mask[:-1], progress=False)
+    with pytest.raises(ValueError, match="blank"):
+        support_from_volumes(np.zeros((1, 4, 4, 4)))
+    with pytest.raises(ValueError, match="threshold"):
+        support_from_volumes(truth, threshold=1.5)

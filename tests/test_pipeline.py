@@ -729,6 +729,12 @@ def test_joint_settings_are_checked():
         PipelineConfig(input=("a.cxi",), output="o.h5", mode="joint")
     with pytest.raises(ConfigError, match="joint.model"):
         JointSettings(model="spectra")
+    with pytest.raises(ConfigError, match="joint.support"):
+        JointSettings(support="box")
+    with pytest.raises(ConfigError, match="joint.start = 'staged'"):
+        JointSettings(support="staged", start="blank")
+    with pytest.raises(ConfigError, match="joint.energies_per_batch"):
+        JointSettings(energies_per_batch=0)
 
 
 def test_joint_defaults_depend_on_the_start():

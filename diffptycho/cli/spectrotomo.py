@@ -119,6 +119,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "the scans held per step do not grow with the dataset",
     )
     p.add_argument(
+        "--joint-support",
+        choices=("none", "staged"),
+        default=cfg.JointSettings.support,
+        help="joint mode: hold the volumes at 0 outside an envelope of the staged OD volumes "
+        "(staged; needs --joint-start staged) or not (none, default)",
+    )
+    p.add_argument(
         "--joint-refine",
         nargs="+",
         default=None,
@@ -220,6 +227,7 @@ def config_from_args(args: argparse.Namespace):
             model=args.joint_model,
             angles_per_batch=args.joint_angles_per_batch,
             energies_per_batch=args.joint_energies_per_batch,
+            support=args.joint_support,
         ),
         tilt_series=cfg.TiltSeriesSettings(args.energy_tolerance_ev, args.angle_tolerance_deg),
         ptychography=cfg.PtychographySettings(

@@ -308,6 +308,9 @@ class JointSettings:
         angles_per_batch: angles per minibatch (all when None).
         energies_per_batch: energies per minibatch (all when None); with both, a step holds
             ``energies_per_batch × angles_per_batch`` scans whatever the dataset's size.
+        support: ``"none"`` (default) or ``"staged"``: hold the volumes at 0 outside a
+            generous envelope of the staged OD volumes
+            (:func:`~diffptycho.recon.joint.support_from_volumes`; staged start only).
         loss: ``"poisson"`` or ``"amplitude"``.
         tv_weight: weight of the smoothed total variation of the composition (per frame, see
             :func:`~diffptycho.recon.joint.total_variation_terms`; 0: none). The default
@@ -323,6 +326,7 @@ class JointSettings:
     refine: tuple[str, ...] | None = None
     angles_per_batch: int | None = None
     energies_per_batch: int | None = None
+    support: str = "none"
     loss: str = "poisson"
     tv_weight: float = 5e-5
     model: str = "composition"
@@ -345,6 +349,12 @@ class JointSettings:
             raise ConfigError(f"joint.tv_weight = {self.tv_weight}: expected ≥ 0")
         if self.start not in ("staged", "blank"):
             raise ConfigError(f"joint.start = {self.start!r}: use 'staged' or 'blank'")
+        if self.support not in ("none", "staged"):
+            raise ConfigError(f"joint.support = {self.support!r}: use 'none' or 'staged'")
+        if self.support == "staged" and self.start == "blank":
+            raise ConfigError(
+                "joint.support = 'staged' needs the staged volumes: use joint.start = 'staged'"
+            )
         if self.model not in ("composition", "volumes"):
             raise ConfigError(f"joint.model = {self.model!r}: use 'composition' or 'volumes'")
         if self.solver not in SOLVERS:

@@ -917,7 +917,7 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
     the same command continues from it and ends where the uninterrupted run would.
     """
     from diffptycho.pipeline import joint_start
-    from diffptycho.recon.joint import VolumeBasis, joint_reconstruct
+    from diffptycho.recon.joint import VolumeBasis, joint_reconstruct, support_from_volumes
 
     series = context.series
     voxel = grid_voxel_m(context)
@@ -968,6 +968,9 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
         context.checkpoint(StageOutput({f"resume/{k}": v for k, v in arrays.items()}, {}))
 
     every = context.checkpoint_every
+    support = None
+    if settings.support == "staged":
+        support = support_from_volumes(context.need("tomography", "od_volumes"))
     model, history = joint_reconstruct(
         start,
         frames,
@@ -984,6 +987,7 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
         checkpoint=checkpoint,
         checkpoint_every=every,
         resume=resume,
+        support=support,
     )
     nominal = np.stack([np.stack(row) for row in centred_positions(series)])
     moved = nominal - np.asarray(model.positions, np.float64)  # probe −s ≡ sample +s

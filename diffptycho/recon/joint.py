@@ -610,6 +610,54 @@ def sharded_joint_loss(mesh: jax.sharding.Mesh, loss_name: str = "poisson", mask
     return objective
 
 
+def _with_support(constraint, inside):
+    def apply(model):
+        model = model if constraint is None else constraint(model)
+        comp = jnp.where(inside, model.composition, 0.0).astype(model.composition.dtype)
+        return eqx.tree_at(lambda m: m.composition, model, comp)
+
+    return apply
+
+
+def support_from_volumes(
+    volumes: np.ndarray, threshold: float = 0.1, dilation_px: int = 2, smoothing_px: float = 1.0
+) -> np.ndarray:
+    """A support mask from reconstructed volumes (e.g. the staged OD volumes).
+
+    The volumes' magnitude summed over their leading axis, smoothed by a Gaussian, is
+    thresholded at ``threshold`` × its 99.5th percentile and dilated: a generous envelope of
+    the sample, so that the constraint removes the empty space the data cannot pin (noise,
+    the missing wedge's streaks) without cutting into the sample.
+
+    Args:
+        volumes: (n, z, y, x) volumes (e.g. OD per voxel per energy).
+        threshold: fraction of the 99.5th percentile.
+        dilation_px: dilation in voxels.
+        smoothing_px: Gaussian σ in voxels before thresholding.
+
+    Returns:
+        (z, y, x) bool mask.
+
+    Raises:
+        ValueError: not (n, z, y, x), a blank volume, or a threshold outside (0, 1).
+    """
+    from scipy import ndimage
+
+    v = np.asarray(volumes, np.float64)
+    if v.ndim != 4:
+        raise ValueError(f"volumes: expected (n, z, y, x), got shape {v.shape}")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold={threshold}: expected a fraction in (0, 1)")
+    total = ndimage.gaussian_filter(np.abs(v).sum(axis=0), smoothing_px)
+    top = np.percentile(total, 99.5)
+    if not top > 0:
+        raise ValueError("volumes: blank (no signal to derive a support from)")
+    mask = total > threshold * top
+    if dilation_px > 0:
+        mask = ndimage.binary_dilation(mask, iterations=int(dilation_px))
+    return mask
+
+
 def _constraint(choice):
     if callable(choice) or choice is None:
         return choice
@@ -652,6 +700,7 @@ def joint_reconstruct(
     checkpoint: Callable[[dict[str, np.ndarray]], None] | None = None,
     checkpoint_every: int = 0,
     resume: dict[str, np.ndarray] | None = None,
+    support: np.ndarray | None = None,
 ) -> tuple[SpectroPtychoTomo, History]:
     """Fit the full chain to measured frames with Adam or Gauss–Newton.
 
@@ -711,6 +760,9 @@ def joint_reconstruct(
         checkpoint_every: steps between checkpoints (0: only when stopping).
         resume: such arrays of an interrupted run with the same model, data and options:
             the run continues from there and ends where the uninterrupted one would.
+        support: (z, y, x) bool, True where the sample may be: every species is held at 0
+            outside after each step (a support constraint, e.g. :func:`support_from_volumes`
+            of a staged result), or None.
 
     Returns:
         The refined model and the loss history.
@@ -781,6 +833,15 @@ def joint_reconstruct(
     )
     where = lambda m: tuple(sel(m) for sel in selectors)  # noqa: E731
     constraint = _constraint(constraint) if "composition" in refine else None
+    if support is not None:
+        inside = np.asarray(support, bool)
+        if inside.shape != tuple(model.composition.shape[1:]):
+            raise ValueError(
+                f"support: expected a (z, y, x) mask of shape {model.composition.shape[1:]}, "
+                f"got {inside.shape}"
+            )
+        if "composition" in refine:
+            constraint = _with_support(constraint, jnp.asarray(inside))
     if "spectra" in refine and spectra_prior.fixed.any():
         first = constraint
         constraint = (  # noqa: E731
