@@ -51,8 +51,16 @@ def main(argv=None) -> int:
     p.add_argument(
         "--blank-refine",
         nargs="+",
-        default=["composition", "probe", "alignment", "energy_offsets"],
+        default=["composition", "probe", "energy_offsets"],
     )
+    p.add_argument(
+        "--blank-coarse",
+        nargs="*",
+        default=[],
+        metavar="BINNING:STEPS",
+        help="coarse-to-fine levels of the blank start, e.g. 2:16 (run as an extra row)",
+    )
+    p.add_argument("--skip-staged", action="store_true", help="only the blank-start rows")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -76,6 +84,15 @@ def main(argv=None) -> int:
                 start="blank", iterations=args.blank_iterations, refine=tuple(args.blank_refine)
             ),
         }
+        if args.skip_staged:
+            del runs["staged start"]
+        if args.blank_coarse:
+            levels = tuple(tuple(int(x) for x in c.split(":")) for c in args.blank_coarse)
+            fine = args.blank_iterations - sum(n for _, n in levels)
+            runs["blank start, coarse-to-fine " + " ".join(args.blank_coarse)] = JointSettings(
+                start="blank", iterations=fine, refine=tuple(args.blank_refine),
+                coarse_levels=levels,
+            )  # fmt: skip
         for name, joint in runs.items():
             config = PipelineConfig(
                 input=(cxi,),
@@ -92,7 +109,8 @@ def main(argv=None) -> int:
             if name == "staged start":
                 rows["staged"] = _errors(result.outputs["chemistry"]["composition"], truth)
             print(name, rows[name], flush=True)
-    ratio = rows["blank start"]["rmse"] / rows["staged start"]["rmse"]
+    reference = rows.get("staged start", rows["blank start"])
+    ratio = rows["blank start"]["rmse"] / reference["rmse"]
     print("| start | composition RMSE | relative error | wall s |\n|---|---|---|---|")
     for name, r in rows.items():
         print(

@@ -471,3 +471,50 @@ def test_support_from_volumes_envelops_the_sample_and_the_fit_stays_inside(data)
         support_from_volumes(np.zeros((1, 4, 4, 4)))
     with pytest.raises(ValueError, match="threshold"):
         support_from_volumes(truth, threshold=1.5)
+
+
+def test_coarse_model_projects_the_block_mean_of_a_smooth_sample():
+    """volume_binning: a block-averaged smooth, compact volume projects as the fine one (2 %)."""
+    from scipy import ndimage
+
+    from diffptycho.recon.joint import coarsen
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:32, :32, :32] - 15.5
+    blob = ndimage.gaussian_filter(rng.random((32, 32, 32)), 2.0)
+    blob *= np.exp(-(x**2 + y**2 + z**2) / (2 * 7.0**2))
+    from diffptycho.models import SpectroPtychoTomo
+
+    fine = SpectroPtychoTomo(
+        composition=jnp.asarray(blob[None] / blob.max()),
+        spectra=jnp.asarray([[1e-3 + 1e-4j]]),
+        energies_ev=jnp.asarray([710.0]),
+        angles_rad=jnp.asarray(np.deg2rad([0.0, 30.0, 77.0])),
+        alignment=jnp.asarray([[0.3, -0.2, 0.01, 0.005]] * 3),
+        probe=jnp.ones((1, 1, 4, 4), complex),
+        positions=jnp.zeros((1, 3, 1, 2)),
+        voxel_size_m=1e-8,
+    )
+    coarse = coarsen(fine, 2)
+    assert coarse.composition.shape == (1, 16, 16, 16) and coarse.volume_binning == 2
+    a, b = np.asarray(fine.projected_index()), np.asarray(coarse.projected_index())
+    assert a.shape == b.shape
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.03
+    with pytest.raises(ValueError, match="divide"):
+        coarsen(fine, 3)
+
+
+def test_coarse_to_fine_runs_the_levels_then_full_resolution(experiment_like):
+    ds = experiment_like
+    start = eqx.tree_at(
+        lambda m: m.composition, ds.tomo_model(), jnp.zeros_like(ds.tomo_model().composition)
+    )
+    fit, history = joint_reconstruct(
+        start, ds.frames, 4, solver="gauss-newton", coarse_levels=((2, 4),), progress=False
+    )
+    assert len(history.loss) == 8 and fit.volume_binning == 1
+    assert fit.composition.shape == start.composition.shape
+    c = np.asarray(fit.composition)
+    # measured: 0.303 (8 full-resolution steps from blank: 0.325); 0.45 fails a 1.5× regression
+    assert composition_errors(c, ds.truth["composition"])["relative_error"] < 0.45
+    assert history.loss[-1] < 0.1 * history.loss[0]

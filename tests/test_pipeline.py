@@ -735,6 +735,11 @@ def test_joint_settings_are_checked():
         JointSettings(support="staged", start="blank")
     with pytest.raises(ConfigError, match="joint.energies_per_batch"):
         JointSettings(energies_per_batch=0)
+    with pytest.raises(ConfigError, match="joint.coarse_levels"):
+        JointSettings(coarse_levels=((1, 4),))
+    with pytest.raises(ConfigError, match="joint.coarse_levels"):
+        JointSettings(coarse_levels=("2:4",))
+    assert JointSettings(coarse_levels=[[2, 16]]).coarse_levels == ((2, 16),)
 
 
 def test_joint_defaults_depend_on_the_start():

@@ -126,6 +126,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(staged; needs --joint-start staged) or not (none, default)",
     )
     p.add_argument(
+        "--joint-coarse",
+        nargs="+",
+        type=_coarse_level,
+        default=(),
+        metavar="BINNING:STEPS",
+        help="joint mode: coarse-to-fine levels run before the full-resolution steps, e.g. "
+        "2:16 (16 steps on 2x coarser voxels); the volume's sides must be multiples of BINNING",
+    )
+    p.add_argument(
         "--joint-refine",
         nargs="+",
         default=None,
@@ -210,6 +219,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _coarse_level(text: str) -> tuple[int, int]:
+    """``BINNING:STEPS`` → (binning, steps)."""
+    try:
+        binning, steps = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected BINNING:STEPS, e.g. 2:16") from None
+    if binning < 2 or steps < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected BINNING ≥ 2 and STEPS ≥ 1")
+    return binning, steps
+
+
 def config_from_args(args: argparse.Namespace):
     """The :class:`~diffptycho.pipeline.PipelineConfig` the command line describes."""
     return cfg.PipelineConfig(
@@ -228,6 +248,7 @@ def config_from_args(args: argparse.Namespace):
             angles_per_batch=args.joint_angles_per_batch,
             energies_per_batch=args.joint_energies_per_batch,
             support=args.joint_support,
+            coarse_levels=tuple(args.joint_coarse),
         ),
         tilt_series=cfg.TiltSeriesSettings(args.energy_tolerance_ev, args.angle_tolerance_deg),
         ptychography=cfg.PtychographySettings(

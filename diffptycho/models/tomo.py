@@ -78,6 +78,10 @@ class SpectroPtychoTomo(eqx.Module):
         padding_px: vacuum (T = 1) added around each projection, in pixels (static), so the
             probe can scan the edges of the field of view: the probe window must lie inside
             the object array, the sample need not fill it.
+        volume_binning: b ≥ 1 (static): the composition lives on a grid b× coarser than the
+            object pixels (voxel edge b·``voxel_size_m``); each species' projection is
+            upsampled by b (linear interpolation) to the object grid before alignment. The
+            coarse levels of a coarse-to-fine fit use it; 1 (default) is the plain model.
     """
 
     composition: Float[Array, "species z y x"]
@@ -92,10 +96,13 @@ class SpectroPtychoTomo(eqx.Module):
     propagator: AbstractPropagator = FarField()
     padding_px: int = eqx.field(static=True, default=0)
     energy_offsets: Float[Array, "energy angle 2"] | None = None
+    volume_binning: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
         if self.padding_px < 0:
             raise ValueError(f"padding_px={self.padding_px}: expected ≥ 0 pixels")
+        if self.volume_binning < 1:
+            raise ValueError(f"volume_binning={self.volume_binning}: expected an integer ≥ 1")
         n_e, n_s = self.spectra.shape
         n_a = self.angles_rad.shape[0]
         if self.composition.ndim != 4 or self.composition.shape[0] != n_s:
@@ -123,7 +130,8 @@ class SpectroPtychoTomo(eqx.Module):
         Raises:
             ValueError: naming ``positions`` and the object shape that would hold them.
         """
-        obj_shape = tuple(n + 2 * self.padding_px for n in self.composition.shape[2:4])
+        b = self.volume_binning
+        obj_shape = tuple(b * n + 2 * self.padding_px for n in self.composition.shape[2:4])
         scan.check_positions(
             np.asarray(self.positions).reshape(-1, 2), obj_shape, self.probe.shape[-2:]
         )
@@ -140,6 +148,13 @@ class SpectroPtychoTomo(eqx.Module):
         with their own parameters.
         """
         per_species = jax.vmap(lambda c: tomography.project(c, self.angles_rad))(self.composition)
+        b = self.volume_binning
+        if b > 1:
+            # coarse voxels b·Δ long: b× the path per voxel, and b× more pixels per side
+            n_s, n_a, ny, nx = per_species.shape
+            per_species = b * jax.image.resize(
+                per_species, (n_s, n_a, b * ny, b * nx), "linear", antialias=False
+            )
         p = self.padding_px
         if self.energy_offsets is None:
             per_species = jax.vmap(lambda q: alignment.align_projections(q, self.alignment))(

@@ -308,6 +308,9 @@ class JointSettings:
         angles_per_batch: angles per minibatch (all when None).
         energies_per_batch: energies per minibatch (all when None); with both, a step holds
             ``energies_per_batch × angles_per_batch`` scans whatever the dataset's size.
+        coarse_levels: coarse-to-fine over voxel size, ``(binning, steps)`` pairs run before
+            ``iterations`` at full resolution (e.g. ``[[2, 16]]`` in TOML); default none.
+            The volume's sides must be multiples of each binning.
         support: ``"none"`` (default) or ``"staged"``: hold the volumes at 0 outside a
             generous envelope of the staged OD volumes
             (:func:`~diffptycho.recon.joint.support_from_volumes`; staged start only).
@@ -327,6 +330,7 @@ class JointSettings:
     angles_per_batch: int | None = None
     energies_per_batch: int | None = None
     support: str = "none"
+    coarse_levels: tuple[tuple[int, int], ...] = ()
     loss: str = "poisson"
     tv_weight: float = 5e-5
     model: str = "composition"
@@ -349,6 +353,17 @@ class JointSettings:
             raise ConfigError(f"joint.tv_weight = {self.tv_weight}: expected ≥ 0")
         if self.start not in ("staged", "blank"):
             raise ConfigError(f"joint.start = {self.start!r}: use 'staged' or 'blank'")
+        try:
+            levels = tuple((int(b), int(n)) for b, n in self.coarse_levels)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"joint.coarse_levels = {self.coarse_levels!r}: expected [binning, steps] pairs"
+            ) from None
+        if any(b < 2 or n < 1 for b, n in levels):
+            raise ConfigError(
+                f"joint.coarse_levels = {list(levels)}: expected binning ≥ 2 and steps ≥ 1"
+            )
+        object.__setattr__(self, "coarse_levels", levels)
         if self.support not in ("none", "staged"):
             raise ConfigError(f"joint.support = {self.support!r}: use 'none' or 'staged'")
         if self.support == "staged" and self.start == "blank":

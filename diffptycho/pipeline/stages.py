@@ -988,6 +988,7 @@ def joint(context: Context, settings: JointSettings) -> StageOutput:
         checkpoint_every=every,
         resume=resume,
         support=support,
+        coarse_levels=settings.coarse_levels,
     )
     nominal = np.stack([np.stack(row) for row in centred_positions(series)])
     moved = nominal - np.asarray(model.positions, np.float64)  # probe −s ≡ sample +s

@@ -701,6 +701,7 @@ def joint_reconstruct(
     checkpoint_every: int = 0,
     resume: dict[str, np.ndarray] | None = None,
     support: np.ndarray | None = None,
+    coarse_levels: Sequence[tuple[int, int]] = (),
 ) -> tuple[SpectroPtychoTomo, History]:
     """Fit the full chain to measured frames with Adam or Gauss–Newton.
 
@@ -763,6 +764,13 @@ def joint_reconstruct(
         support: (z, y, x) bool, True where the sample may be: every species is held at 0
             outside after each step (a support constraint, e.g. :func:`support_from_volumes`
             of a staged result), or None.
+        coarse_levels: coarse-to-fine over voxel size: ``(binning, steps)`` pairs run in
+            order before the ``iterations`` at full resolution, e.g. ``((2, 16),)``. A level
+            fits the composition on a grid ``binning``× coarser
+            (``SpectroPtychoTomo.volume_binning``; its block mean to start) together with the
+            other refined leaves, and its result, upsampled (linear), starts the next level.
+            The volume's sides must be multiples of every binning. A resumed run continues at
+            full resolution (the coarse levels are not run again).
 
     Returns:
         The refined model and the loss history.
@@ -779,6 +787,18 @@ def joint_reconstruct(
         >>> history.loss[-1] < history.loss[0]
         True
     """
+    if coarse_levels and resume is None:
+        options = dict(
+            refine=refine, solver=solver, learning_rate=learning_rate, adam_eps=adam_eps,
+            angles_per_batch=angles_per_batch, energies_per_batch=energies_per_batch,
+            loss=loss, mask=mask, seed=seed, mesh=mesh, progress=progress,
+            cg_iterations=cg_iterations, damping=damping, tv_weight=tv_weight,
+            constraint=constraint, spectra_prior=spectra_prior,
+        )  # fmt: skip
+        return _coarse_to_fine(
+            model, frames, iterations, options, coarse_levels, support,
+            dict(checkpoint=checkpoint, checkpoint_every=checkpoint_every),
+        )  # fmt: skip
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r}: choose from {SOLVERS}")
     if solver == "gauss-newton" and mesh is not None:
@@ -915,6 +935,57 @@ def joint_reconstruct(
         checkpoint=None if checkpoint is None else (lambda snap: checkpoint(snapshot_arrays(snap))),
         checkpoint_every=checkpoint_every,
     )
+
+
+def coarsen(model: SpectroPtychoTomo, binning: int) -> SpectroPtychoTomo:
+    """The model on a ``binning``× coarser voxel grid (block mean of the composition).
+
+    Raises:
+        ValueError: a volume side that ``binning`` does not divide.
+    """
+    comp = model.composition
+    n_s, *shape = comp.shape
+    if binning < 1 or any(n % binning for n in shape):
+        raise ValueError(
+            f"coarse_levels: binning {binning} must divide the volume's sides {tuple(shape)}"
+        )
+    b = binning
+    blocks = comp.reshape(n_s, shape[0] // b, b, shape[1] // b, b, shape[2] // b, b)
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
+    fields.update(composition=blocks.mean((2, 4, 6)), volume_binning=model.volume_binning * b)
+    return type(model)(**fields)
+
+
+def _coarse_to_fine(model, frames, iterations, options, levels, support, checkpointing):
+    """Run ``levels`` of :func:`joint_reconstruct` on coarse grids, then the full one."""
+    losses, seconds, offset = [], [], 0.0
+    for binning, steps in levels:
+        binning, steps = int(binning), int(steps)
+        coarse = coarsen(model, binning)
+        mask = None
+        if support is not None:
+            n = coarse.composition.shape[1:]
+            mask = (
+                np.asarray(support, bool)
+                .reshape(n[0], binning, n[1], binning, n[2], binning)
+                .any(axis=(1, 3, 5))
+            )
+        fit, history = joint_reconstruct(coarse, frames, steps, support=mask, **options)
+        up = jax.image.resize(
+            fit.composition, model.composition.shape, "linear", antialias=False
+        ).astype(model.composition.dtype)
+        fields = {f.name: getattr(fit, f.name) for f in dataclasses.fields(fit)}
+        fields.update(composition=up, volume_binning=model.volume_binning)
+        model = type(model)(**fields)
+        losses += list(history.loss)
+        seconds += [offset + t for t in history.seconds]
+        offset = seconds[-1] if seconds else offset
+    fit, history = joint_reconstruct(
+        model, frames, iterations, support=support, **options, **checkpointing
+    )
+    history.loss = losses + list(history.loss)
+    history.seconds = seconds + [offset + t for t in history.seconds]
+    return fit, history
 
 
 def snapshot_arrays(snapshot: Snapshot) -> dict[str, np.ndarray]:
