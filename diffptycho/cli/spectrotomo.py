@@ -164,6 +164,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--refine-positions", action="store_true", help="refine scan positions")
     p.add_argument(
+        "--batch-size", type=positive_int, default=None, help="ptychography: positions per batch"
+    )
+    p.add_argument(
+        "--devices",
+        type=positive_int,
+        default=None,
+        help="ptychography: split every minibatch's positions over the first N devices (the "
+        "batch size must be a multiple of N; on CPU, more devices need XLA_FLAGS="
+        "--xla_force_host_platform_device_count=N)",
+    )
+    p.add_argument(
         "--file-probe", action="store_true", help="start from the file's illumination where present"
     )
     p.add_argument(
@@ -259,6 +270,8 @@ def config_from_args(args: argparse.Namespace):
             shared_probe=args.shared_probe,
             refine_positions=args.refine_positions,
             file_probe=args.file_probe,
+            batch_size=args.batch_size,
+            devices=args.devices,
         ),
         registration=cfg.RegistrationSettings(signal=args.register_on),
         alignment=cfg.AlignmentSettings(

@@ -101,6 +101,10 @@ class PtychographySettings:
         file_probe: start from the file's illumination where it has one (the data-derived
             guess is used otherwise).
         loss: ``"poisson"`` or ``"amplitude"`` (engine default when None).
+        devices: split every minibatch's positions over the first N local devices
+            (:func:`~diffptycho.recon.sharding.position_mesh`; the batch size must be a
+            multiple of N); None or 1: one device. The result equals the one-device result
+            to rounding.
     """
 
     engine: str = "raar"
@@ -112,6 +116,7 @@ class PtychographySettings:
     batch_size: int | None = None
     file_probe: bool = False
     loss: str | None = None
+    devices: int | None = None
 
     def __post_init__(self) -> None:
         from diffptycho.recon.ptycho import ENGINES
@@ -126,6 +131,8 @@ class PtychographySettings:
             _positive("ptychography.first_scan_iterations", self.first_scan_iterations)
         if self.batch_size is not None:
             _positive("ptychography.batch_size", self.batch_size)
+        if self.devices is not None:
+            _positive("ptychography.devices", self.devices)
         if self.loss not in (None, "poisson", "amplitude"):
             raise ConfigError(f"ptychography.loss = {self.loss!r}: use 'poisson' or 'amplitude'")
 

@@ -142,6 +142,7 @@ def _engine(settings: PtychographySettings, group_sizes=None):
         batch_size=settings.batch_size,
         loss=settings.loss,
         group_sizes=group_sizes,
+        devices=settings.devices,
     )
 
 
@@ -153,6 +154,7 @@ def engine_for(
     batch_size: int | None = None,
     loss: str | None = None,
     group_sizes=None,
+    devices: int | None = None,
 ):
     """A ptychography engine of the pipelines (engine defaults where an option is None).
 
@@ -163,6 +165,8 @@ def engine_for(
         batch_size: positions per minibatch.
         loss: ``"poisson"`` or ``"amplitude"``.
         group_sizes: scans of a multiscan canvas (position refinement per scan).
+        devices: split each minibatch's positions over this many local devices (None or 1:
+            one device).
     """
     from diffptycho.recon.ptycho import PositionRefinement, Refinement
     from diffptycho.recon.ptycho.start import make_engine
@@ -173,6 +177,10 @@ def engine_for(
         options["batch_size"] = batch_size
     if loss is not None:
         options["loss"] = loss
+    if devices is not None and devices > 1:
+        from diffptycho.recon.sharding import position_mesh
+
+        options["mesh"] = position_mesh(int(devices))
     return make_engine(engine, **options)
 
 
