@@ -38,13 +38,14 @@ numbers bound the collectives' overhead rather than measure a speed-up. Peak RSS
 JAX/XLA baseline.
 
 SIRT (``--tomo sirt``, 128 × 32 × 128 voxels, 128 angles, float32, ``--iterations 12``; same
-machine, load 3-6 from other jobs, four runs): ms per iteration for D = 1 / 2 / 4, strong,
-slab split 185-248 / 229-234 / 349-617; angle split 261-276 / 309-335 / 340-404. Weak
-(8·D/4 rows over slabs, 32·D/4 angles over angles) efficiency at D = 2 / 4: slabs 0.16-0.17 /
-0.07-0.13, angles 0.39-0.41 / 0.11-0.19. One iteration's projection and back-projection cost
-is linear in both rows and angles (67 / 125 / 291 ms for 8 / 16 / 32 rows), so each device
-does 1/D of the work; the extra time is the fake devices' threads competing for two busy
-cores, and the collectives (a scalar psum per iteration over slabs, a volume psum over angles).
+machine, load 3-6 from other jobs; two full runs and two more of D = 1, 4 over slabs): ms per
+iteration for D = 1 / 2 / 4, strong, slab split 185-248 / 229-234 / 349-617; angle split
+261-276 / 309-335 / 340-404. Weak (8·D/4 rows over slabs, 32·D/4 angles over angles)
+efficiency at D = 2 / 4: slabs 0.16-0.17 / 0.07-0.13, angles 0.39-0.41 / 0.11-0.19. One
+iteration's projection and back-projection is linear in rows and in angles (67 / 125 / 291 ms
+for 8 / 16 / 32 rows), so each device does 1/D of the work; the extra time is the fake
+devices' threads competing for two busy cores, and the collectives (a scalar psum per
+iteration over slabs, a volume psum over angles).
 
 Usage:
     python experiments/benchmarks/bench_scale.py                 # everything (~12 min, 2 cores)
