@@ -6,6 +6,7 @@ split and the single-device reconstructions can be compared to rounding on tiny 
 """
 
 import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ import pytest
 
 from diffptycho.cli import main
 from diffptycho.cli import tomo as cli_tomo
+from diffptycho.io.checkpoint import Checkpoint
 from diffptycho.io.dxchange import write_projections
 from diffptycho.io.results import read_results
 from diffptycho.models.tomo import TomoProjections
@@ -116,6 +118,43 @@ def test_complex_volumes_split_as_well():
         )
         assert np.iscomplexobj(split.volume) and np.abs(one.volume.imag).max() > 0.05
         np.testing.assert_allclose(split.volume, one.volume, rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, axis", [("cgls", "slab"), ("adam", "angle")])
+def test_a_run_stopped_on_four_devices_resumes_on_two(tmp_path, monkeypatch, name, axis):
+    _, data, angles = _scan(10)
+    options = {"dtype": np.float64, "progress": False}
+    whole = reconstruct(data, angles, name, 6, **options)
+
+    class Stop(Exception):
+        pass
+
+    first = Checkpoint(tmp_path / "run.ckpt.h5", "tomo", every=2)
+    save = first.save
+
+    def save_then_stop(*args, **kwargs):  # stop after the checkpoint of iteration 2
+        save(*args, **kwargs)
+        raise Stop
+
+    first.save = save_then_stop
+    with pytest.raises(Stop):
+        reconstruct(data, angles, name, 6, checkpoint=first, mesh=tomo_mesh(4, axis), **options)
+    again = Checkpoint(tmp_path / "run.ckpt.h5", "tomo", every=2)
+    starts = []
+
+    def solve_from(*args, **kwargs):
+        starts.append(kwargs["resume"].iteration)
+        return solve(*args, **kwargs)
+
+    module = sys.modules["diffptycho.recon.tomo.reconstruct"]  # the package's name is the function
+    monkeypatch.setattr(module, "solve", solve_from)
+    resumed = reconstruct(
+        data, angles, name, 6, checkpoint=again, resume=True, mesh=tomo_mesh(2, axis), **options
+    )
+    np.testing.assert_allclose(resumed.volume, whole.volume, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(resumed.loss, whole.loss, rtol=1e-10)
+    assert starts == [2]  # continued from the split run's state, not from the start
 
 
 def test_split_solvers_on_their_own_with_alignment_undone_in_each_step():
