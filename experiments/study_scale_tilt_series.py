@@ -9,10 +9,10 @@ process and reports each stage's wall time and the pipeline process's peak resid
 The probe starts from the one written in the file (``file_probe``): the data-derived guess
 (back-propagated √mean pattern) has no defocus and collapses to a focused spot with these
 64² frames and a 5 µm defocused zone-plate probe (the pipeline then scans an object of
-isolated spots). The simulation uses ``oversample=1`` by default: the 2× finer sample of the accuracy
-experiments would take > 15 CPU-minutes to project at this size here; the data are still
-not the model's own (another projector, Fourier-shifted scans, Poisson counts, no probe in
-the file). This run is about scale — time and memory — not accuracy.
+isolated spots). The simulation uses ``oversample=1`` by default: the 2× finer sample of the
+accuracy experiments would take > 15 CPU-minutes to project at this size here; the data are
+still not the model's own (another projector, Fourier-shifted scans, Poisson counts). This run
+is about scale — time and memory — not accuracy.
 
 Projected time on N devices: the ptychography stage is one independent solve per scan, so it
 divides by N when the scans are spread over devices (or over N processes of
