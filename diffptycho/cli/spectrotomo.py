@@ -178,6 +178,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--file-probe", action="store_true", help="start from the file's illumination where present"
     )
     p.add_argument(
+        "--probe-search",
+        action="store_true",
+        help="start each energy's first scan from the probe guess at the defocus that fits "
+        "it best (9 short runs) instead of the guess at the focus: for defocused probes",
+    )
+    p.add_argument(
         "--align",
         choices=("reprojection", "joint", "rough", "none"),
         default=cfg.AlignmentSettings.method,
@@ -272,6 +278,7 @@ def config_from_args(args: argparse.Namespace):
             file_probe=args.file_probe,
             batch_size=args.batch_size,
             devices=args.devices,
+            probe_search=args.probe_search,
         ),
         registration=cfg.RegistrationSettings(signal=args.register_on),
         alignment=cfg.AlignmentSettings(

@@ -285,6 +285,26 @@ def ptychography(context: Context, settings: PtychographySettings) -> StageOutpu
     return snapshot(True)
 
 
+def _searched_probe(context, settings, scan, positions, field, e: int) -> np.ndarray:
+    """The data-derived probe at the defocus the scan fits best (first scan of an energy)."""
+    from diffptycho.recon.ptycho.start import probe_by_defocus_search
+
+    probe, table = probe_by_defocus_search(
+        scan.data,
+        positions,
+        field,
+        _engine(settings),
+        mask=scan.mask,
+        probe_modes=settings.probe_modes,
+    )
+    best = int(np.argmin(table["loss"]))
+    context.log(
+        f"ptychography: energy {e}: probe start at defocus λΔz/dx² = {table['defocus'][best]:+.0f} "
+        f"(loss {table['loss'][best]:.4g}; at the focus {table['loss'][0]:.4g})"
+    )
+    return probe
+
+
 def _ptychography_scans(
     context, settings, positions, field, modes, out, snapshot, flagged: list[str]
 ) -> None:
@@ -310,7 +330,12 @@ def _ptychography_scans(
             first = probe is None
             if first:
                 use_file = settings.file_probe and scan.illumination is not None
-                probe = scan.illumination if use_file else probe_guess(scan.data, scan.mask)
+                if use_file:
+                    probe = scan.illumination
+                elif settings.probe_search:
+                    probe = _searched_probe(context, settings, scan, positions[e][a], field, e)
+                else:
+                    probe = probe_guess(scan.data, scan.mask)
             start = Ptycho2D(
                 jnp.ones(field, jnp.complex64),
                 jnp.asarray(scaled_probe(probe, scan.data, scan.mask, modes)),
@@ -360,11 +385,12 @@ def _shared_probe_energy(context, settings, e, positions, field, out) -> None:
     scans = [series.scan(e, a) for a in range(n_a)]
     frames = np.concatenate([s.data for s in scans])
     mask = scans[0].mask
-    start = (
-        scans[0].illumination
-        if settings.file_probe and scans[0].illumination is not None
-        else probe_guess(frames, mask)
-    )
+    if settings.file_probe and scans[0].illumination is not None:
+        start = scans[0].illumination
+    elif settings.probe_search:
+        start = _searched_probe(context, settings, scans[0], positions[0], field, e)
+    else:
+        start = probe_guess(frames, mask)
     probe = jnp.asarray(scaled_probe(start, frames, mask, settings.probe_modes))
     objects = [jnp.ones(field, jnp.complex64)] * n_a
     pos = [jnp.asarray(p, jnp.float32) for p in positions]

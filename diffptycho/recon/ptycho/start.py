@@ -33,8 +33,11 @@ from diffptycho.recon.ptycho.geometry import ScanGeometry, scan_centre, scan_geo
 from diffptycho.recon.solve import AbstractSolver
 
 __all__ = [
+    "bright_field_radius_px",
+    "defocused_guesses",
     "make_engine",
     "near_field_probe_guess",
+    "probe_by_defocus_search",
     "probe_guess",
     "scaled_probe",
     "starting_model",
@@ -64,6 +67,121 @@ def probe_guess(
         mean = np.where(mask, mean, mean[np.asarray(mask)].mean())
     amp = np.sqrt(np.clip(mean, 0.0, None))
     return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(amp), norm="ortho"))
+
+
+def bright_field_radius_px(
+    frames: Float[Array, "n fy fx"], mask: np.ndarray | None = None, fraction: float = 0.9
+) -> float:
+    """Radius (detector pixels, from the frame centre) holding ``fraction`` of the mean power.
+
+    For a focusing optic this is the bright-field disc: the illumination's numerical aperture
+    in detector pixels, which sets how fast the probe grows with defocus.
+    """
+    mean = np.mean(np.asarray(frames, dtype=np.float64), axis=0)
+    if mask is not None:
+        mean = np.where(mask, mean, 0.0)
+    ny, nx = mean.shape
+    y, x = np.mgrid[:ny, :nx]
+    r = np.hypot(y - ny // 2, x - nx // 2).ravel()
+    order = np.argsort(r)
+    cumulative = np.cumsum(mean.ravel()[order])
+    if not cumulative[-1] > 0:
+        raise ValueError("frames: no counts (blank frames) to estimate the bright field from")
+    return float(max(r[order][np.searchsorted(cumulative, fraction * cumulative[-1])], 1.0))
+
+
+def defocused_guesses(
+    guess: Complex[np.ndarray, "fy fx"], radius_px: float, count: int = 4
+) -> list[tuple[float, np.ndarray]]:
+    """The guess and copies of it propagated to ``count`` defocus distances on each side.
+
+    :func:`probe_guess` has the right far field but a flat phase, so it is the probe at the
+    focus; a beamline scans out of focus, with a probe many pixels wide. Propagating by Δz
+    multiplies the spectrum by exp(−iπ λΔz f²): in pixel units, with ``a = λΔz/dx²`` and
+    detector index k, exp(−iπ a k²/N²), and a beam of bright-field radius r (detector pixels)
+    is ``D = 2 r a / N`` object pixels wide. The distances are chosen so that D runs
+    geometrically from 0.15 N to 0.8 N (N the frame side), on both sides of the focus — the
+    data, not the file, then pick one (:func:`probe_by_defocus_search`).
+
+    Args:
+        guess: (fy, fx) probe at the focus.
+        radius_px: bright-field radius (:func:`bright_field_radius_px`).
+        count: defocus distances per side.
+
+    Returns:
+        ``[(a, probe), ...]`` with ``a = λΔz/dx²`` (dimensionless; 0 first: the guess itself).
+    """
+    guess = np.asarray(guess, np.complex128)
+    ny, nx = guess.shape
+    n = max(ny, nx)
+    ky = np.fft.fftfreq(ny, 1.0 / ny)
+    kx = np.fft.fftfreq(nx, 1.0 / nx)
+    k2 = (ky[:, None] * n / ny) ** 2 + (kx[None, :] * n / nx) ** 2
+    spectrum = np.fft.fft2(np.fft.ifftshift(guess))
+    out = [(0.0, guess)]
+    for width in np.geomspace(0.15 * n, 0.8 * n, count):
+        a = width * n / (2.0 * radius_px)
+        for sign in (1.0, -1.0):
+            h = np.exp(-1j * np.pi * sign * a * k2 / n**2)
+            out.append((sign * a, np.fft.fftshift(np.fft.ifft2(spectrum * h))))
+    return out
+
+
+def probe_by_defocus_search(
+    frames: Float[Array, "n fy fx"],
+    positions_px: Float[np.ndarray, "n 2"],
+    object_shape: tuple[int, int],
+    engine: AbstractSolver,
+    *,
+    mask: np.ndarray | None = None,
+    probe_modes: int = 1,
+    iterations: int = 10,
+    count: int = 4,
+) -> tuple[Complex[np.ndarray, "mode fy fx"], dict[str, np.ndarray]]:
+    """The probe start that fits a scan best among the guess at several defocus distances.
+
+    Each of :func:`defocused_guesses` starts ``iterations`` of ``engine`` (object of ones);
+    the candidate with the lowest final loss wins and its refined probe is returned. Costs
+    (2 ``count`` + 1) × ``iterations`` iterations on one scan.
+
+    Args:
+        frames: (n, fy, fx) counts of one scan.
+        positions_px: (n, 2) positions in object pixels (y, x), centred.
+        object_shape: (H, W) object grid holding every probe patch.
+        engine: the ptychography engine (it must refine the probe).
+        mask: valid detector pixels or None.
+        probe_modes: incoherent probe modes.
+        iterations: iterations per candidate.
+        count: defocus distances per side of the focus.
+
+    Returns:
+        ``(probe (modes, fy, fx), {"defocus": a per candidate, "loss": final losses})``.
+    """
+    from diffptycho.recon.ptycho import PtychoData
+    from diffptycho.recon.solve import DivergenceError, solve
+
+    radius = bright_field_radius_px(frames, mask)
+    data = PtychoData(jnp.asarray(frames), None if mask is None else jnp.asarray(mask))
+    table = {"defocus": [], "loss": []}
+    best, best_loss = None, np.inf
+    for a, candidate in defocused_guesses(probe_guess(frames, mask), radius, count):
+        start = Ptycho2D(
+            jnp.ones(object_shape, jnp.complex64),
+            jnp.asarray(scaled_probe(candidate, frames, mask, probe_modes)),
+            jnp.asarray(positions_px, jnp.float32),
+        )
+        try:
+            model, history = solve(start, engine, data, iterations, progress=False)
+            loss = float(np.mean(history.loss[-2:]))
+        except DivergenceError:
+            loss = np.inf
+        table["defocus"].append(a)
+        table["loss"].append(loss)
+        if loss < best_loss:
+            best, best_loss = np.asarray(model.probe), loss
+    if best is None:
+        raise ValueError("probe search: every defocus candidate diverged")
+    return best, {k: np.asarray(v) for k, v in table.items()}
 
 
 def scaled_probe(
