@@ -87,8 +87,13 @@ def run_worker(
     reuse: bool = False,
     probe_power: bool = True,
     save: bool = False,
+    cache_dir: str | None = None,
+    suffix: str = "",
 ) -> dict:
     """Launch one worker process; returns its JSON result plus launch/exit times.
+
+    With ``cache_dir``, a diffptycho worker turns on JAX's persistent compilation cache there,
+    as ``diffptycho ptycho`` does by default (``suffix`` tells a second, warm run apart).
 
     With ``target``, the run stops as soon as its object error reaches it (``iterations`` is
     then the most it may take). With ``reuse``, a finished result of the same request in
@@ -96,7 +101,7 @@ def run_worker(
     """
     package, engine, *rest = spec.split(":")
     batch = rest[0] if rest else "0"
-    tag = f"{os.path.basename(case_path)[:-4]}_{package}_{engine}"
+    tag = f"{os.path.basename(case_path)[:-4]}_{package}_{engine}{suffix}"
     out, log = os.path.join(out_dir, tag + ".json"), os.path.join(out_dir, tag + ".log")
     request = {
         "iterations": iterations,
@@ -105,12 +110,16 @@ def run_worker(
         "threads": threads,
         "probe_power": probe_power,
     }
+    if cache_dir is not None:
+        request["cache"] = suffix or "cold"
     if reuse and os.path.exists(out):
         with open(out) as f:
             previous = json.load(f)
         if previous.get("request") == request:
             return previous
     env = worker_env(threads, probe_power, save)
+    if cache_dir is not None:
+        env["BENCH_COMPILE_CACHE"] = cache_dir
     cmd = [sys.executable, WORKERS, package, engine, case_path, str(iterations), out, batch]
     if target is not None:
         cmd.append(repr(float(target)))
@@ -124,6 +133,8 @@ def run_worker(
         return {"package": package, "engine": engine, "failed": " | ".join(tail), "log": log}
     with open(out) as f:
         result = json.load(f)
+    if suffix:
+        result["engine"] = f"{result['engine']}{suffix.replace('_', ' ')}"
     result.update(t_launch=t_launch, t_exit=t_exit, log=log, request=request)
     with open(out, "w") as f:
         json.dump(result, f)
@@ -274,6 +285,12 @@ def main(argv=None) -> int:
         "largest frame sum once per iteration, against the object/probe scale drift)",
     )
     parser.add_argument("--save-objects", action="store_true", help="save final objects (.npy)")
+    parser.add_argument(
+        "--compile-cache",
+        action="store_true",
+        help="diffptycho runs with JAX's persistent compilation cache (as `diffptycho ptycho` "
+        "does by default), in a fresh directory: each run is repeated, cold then warm",
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     print(f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
@@ -299,7 +316,21 @@ def main(argv=None) -> int:
         fft = run_worker("fft:pair", path, 10, args.out, args.threads)
         fft_s = fft.get("fft_pair_seconds", float("nan"))
         budget = case.iterations * (args.max_factor if target is not None else 1)
-        results += [_best_of(args, spec, path, budget, target, args.reuse) for spec in ours]
+        if args.compile_cache:
+            import shutil
+
+            cache = os.path.join(os.path.abspath(args.out), "jax_cache")
+            shutil.rmtree(cache, ignore_errors=True)
+            for spec in ours:
+                for suffix in ("", "_warm"):
+                    results.append(
+                        run_worker(
+                            spec, path, budget, args.out, args.threads, target, False,
+                            not args.free_probe_power, False, cache, suffix,
+                        )
+                    )  # fmt: skip
+        else:
+            results += [_best_of(args, spec, path, budget, target, args.reuse) for spec in ours]
         ok = [r for r in results if "failed" not in r]
         failures = [r for r in results if "failed" in r]
         rows = [summarise(r, target) for r in ok]

@@ -81,6 +81,11 @@ def _diffptycho(case, engine: str, iterations: int, batch: int | None, rec: Reco
     import jax.numpy as jnp
 
     import diffptycho
+
+    if os.environ.get("BENCH_COMPILE_CACHE"):  # as the command line sets it up
+        from diffptycho._runtime import enable_compilation_cache
+
+        enable_compilation_cache(os.environ["BENCH_COMPILE_CACHE"])
     from diffptycho.models import Ptycho2D
     from diffptycho.recon.ptycho.constraints import Refinement
     from diffptycho.recon.ptycho.data import PtychoData
