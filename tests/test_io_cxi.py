@@ -146,6 +146,17 @@ def test_detector_data_is_soft_link_to_data_1(tmp_path, rng):
         )
 
 
+def test_frames_are_written_one_per_chunk(tmp_path, rng):
+    """Readers fetch frames (minibatches, lazy scans) without decompressing the whole scan."""
+    path = tmp_path / "scan.cxi"
+    scan = make_scan(rng)
+    write_cxi(path, scan)
+    with h5py.File(path, "r") as f:
+        data = f["entry_1/data_1/data"]
+        assert data.chunks == (1, *np.asarray(scan.data).shape[1:])
+        assert data.attrs["units"] == "counts"
+
+
 def test_minimal_foreign_cxi(tmp_path):
     path = tmp_path / "foreign.cxi"
     fields = write_foreign(path)

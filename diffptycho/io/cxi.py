@@ -149,7 +149,12 @@ def _write_entry(entry: h5py.Group, scan: PtychoScan) -> None:
             entry[path].attrs["units"] = units
 
     entry[TITLE] = scan.name
-    put(DATA, scan.data, "counts")
+    # one frame per chunk: readers (the engines' minibatches, the joint fit, h5py slicing)
+    # fetch frames without reading the whole scan
+    data = np.asarray(scan.data)
+    chunks = (1, *data.shape[1:]) if data.ndim == 3 and data.shape[0] > 0 else None
+    entry.create_dataset(DATA, data=data, chunks=chunks)
+    entry[DATA].attrs["units"] = "counts"
     entry[DETECTOR_DATA] = h5py.SoftLink(entry[DATA].name)
     pixel_units = scan.object_pixel_size_m is None
     y, x = scan.positions_m.T
