@@ -142,6 +142,15 @@ def test_plain_cxi_from_another_program(tmp_path, plain_cxi):
     np.testing.assert_allclose(res["object_pixel_size_m"], [PIXEL_M, PIXEL_M], rtol=1e-9)
 
 
+def test_probe_search_from_the_cli(tmp_path, plain_cxi, capsys):
+    out = tmp_path / "searched.h5"
+    assert _run(plain_cxi, "-a", "raar", "-n", 3, "-o", out, "--no-figure", "--probe-search") == 0
+    assert "probe start at defocus" in capsys.readouterr().out
+    res = read_results(out)
+    assert res["provenance"]["config"]["probe_search"] is True
+    assert np.all(np.isfinite(res["probe"]))
+
+
 @pytest.mark.slow
 def test_probe_modes_and_background(tmp_path, plain_cxi):
     _registry()
