@@ -518,3 +518,13 @@ def test_coarse_to_fine_runs_the_levels_then_full_resolution(experiment_like):
     # measured: 0.303 (8 full-resolution steps from blank: 0.325); 0.45 fails a 1.5× regression
     assert composition_errors(c, ds.truth["composition"])["relative_error"] < 0.45
     assert history.loss[-1] < 0.1 * history.loss[0]
+
+
+def test_adam_run_sharded_over_angles_equals_one_device(data):
+    """The joint fit itself (not only its loss) on 4 devices: the same model to rounding."""
+    ds, model = data
+    options = dict(angles_per_batch=4, progress=False, learning_rate=0.02, seed=1)
+    single, h1 = joint_reconstruct(model, ds.frames, 3, **options)
+    split, h2 = joint_reconstruct(model, ds.frames, 3, mesh=angle_mesh(), **options)
+    np.testing.assert_allclose(h2.loss, h1.loss, rtol=1e-9)
+    np.testing.assert_allclose(split.composition, single.composition, rtol=1e-8, atol=1e-10)
