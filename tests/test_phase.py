@@ -153,3 +153,19 @@ def test_bad_weights(weights, match):
 def test_rejects_non_2d():
     with pytest.raises(ValueError, match="2-D"):
         phase.fit_phase_ramp(np.ones((2, 8, 8), complex))
+
+
+def test_unwrap_of_a_phase_without_wraps_is_the_phase_itself(rng):
+    """No jump > π between neighbours (in the region): ψ is the exact least-squares answer."""
+    from diffptycho.analysis.phase import unwrap_phase
+
+    y, x = np.mgrid[0:40, 0:40]
+    psi = 0.8 * np.sin(x / 7.0) * np.cos(y / 9.0) + 0.05 * rng.standard_normal((40, 40))
+    np.testing.assert_array_equal(unwrap_phase(psi), psi)
+    region = (x - 20) ** 2 + (y - 20) ** 2 < 150
+    outside = np.where(region, psi, rng.uniform(-np.pi, np.pi, psi.shape))  # noise outside
+    np.testing.assert_array_equal(unwrap_phase(outside, region)[region], psi[region])
+    ramp = 0.45 * x  # wraps several times: the solver runs and recovers it up to 2πk
+    out = unwrap_phase(np.angle(np.exp(1j * ramp)))
+    k = np.round((out - ramp).mean() / (2 * np.pi))
+    np.testing.assert_allclose(out, ramp + 2 * np.pi * k, atol=1e-9)

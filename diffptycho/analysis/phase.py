@@ -266,13 +266,19 @@ def unwrap_phase(
     if np.iscomplexobj(psi) or not np.all(np.isfinite(psi)):
         raise ValueError("phase: expected a finite real phase image in rad (use np.angle(T))")
     psi = _wrap(psi.astype(np.float64))
-    dy = _wrap(np.diff(psi, axis=0))
-    dx = _wrap(np.diff(psi, axis=1))
+    raw_y, raw_x = np.diff(psi, axis=0), np.diff(psi, axis=1)
+    dy, dx = _wrap(raw_y), _wrap(raw_x)
+    w = None if weights is None else _weights(psi, weights)
+    pairs_y = np.ones(dy.shape, bool) if w is None else (w[:-1] > 0) & (w[1:] > 0)
+    pairs_x = np.ones(dx.shape, bool) if w is None else (w[:, :-1] > 0) & (w[:, 1:] > 0)
+    if np.array_equal(dy[pairs_y], raw_y[pairs_y]) and np.array_equal(dx[pairs_x], raw_x[pairs_x]):
+        # no wrap between any two (weighted) neighbours: ψ itself has zero misfit, so it is
+        # the least-squares solution (the common case of weak objects; no solve needed)
+        return psi
     if weights is None:
         phi = _dct_solve(_diff_adjoint(dy, dx, psi.shape))
         valid = np.ones(psi.shape, bool)
     else:
-        w = _weights(psi, weights)
         valid = w > 0
         wy = np.sqrt(w[:-1] * w[1:])
         wx = np.sqrt(w[:, :-1] * w[:, 1:])
