@@ -13,7 +13,8 @@ reconstruction with those parameters, against the same reconstruction with the t
 
 Usage: python experiments/align_tilt_series.py [--size 64] [--angles 60] [--json out.json]
 [--methods reprojection joint] [--loop-algorithm sirt] [--loop-iterations 100]
-[--interpolation cubic] [--steps 300]
+[--loop-relaxation 1.9]
+[--no-warm-start] [--anderson-depth 5] [--interpolation cubic] [--steps 300] [--trace]
 """
 
 from __future__ import annotations
@@ -88,6 +89,21 @@ def errors(params, truth, angles, shape):
     )
 
 
+class ParamsTrace:
+    """A stand-in checkpoint (``every``, ``save``, ``load``) keeping every loop's parameters."""
+
+    every = 1
+
+    def __init__(self) -> None:
+        self.params: list[np.ndarray] = []
+
+    def save(self, trees, meta, iteration, arrays) -> None:
+        self.params.append(np.array(arrays["params"]))
+
+    def load(self, like):
+        raise RuntimeError("ParamsTrace keeps no checkpoint to resume from")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64)
@@ -98,11 +114,15 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["reprojection", "joint"])
     ap.add_argument("--loop-algorithm", default="sirt", help="reprojection loop reconstruction")
     ap.add_argument("--loop-iterations", type=int, default=100)
+    ap.add_argument("--loop-relaxation", type=float, default=1.9, help="its λ")
+    ap.add_argument("--no-warm-start", action="store_true", help="cold SIRT every loop")
+    ap.add_argument("--anderson-depth", type=int, default=5, help="0: plain iteration")
     ap.add_argument("--tolerance", type=float, default=0.01, help="reprojection stop, px")
     ap.add_argument("--interpolation", default="cubic", help="joint loss resampling")
     ap.add_argument("--noise", type=float, default=0.01, help="σ as a fraction of the maximum")
     ap.add_argument("--rotation-step", type=float, default=None, help="joint Adam step, rad")
     ap.add_argument("--scale-step", type=float, default=None, help="joint Adam step, log-scale")
+    ap.add_argument("--trace", action="store_true", help="errors after every reprojection loop")
     ap.add_argument("--json", default="align_tilt_series.json")
     args = ap.parse_args()
     n = args.size
@@ -132,6 +152,7 @@ def main() -> None:
         for k, v in (("rotation_step_rad", args.rotation_step), ("scale_step", args.scale_step))
         if v is not None
     }
+    trace = ParamsTrace() if args.trace else None
     runs = {
         "reprojection": lambda: reprojection_align(
             meas,
@@ -140,6 +161,10 @@ def main() -> None:
             tolerance_px=args.tolerance,
             loop_algorithm=args.loop_algorithm,
             loop_iterations=args.loop_iterations,
+            loop_relaxation=args.loop_relaxation,
+            warm_start=not args.no_warm_start,
+            anderson_depth=args.anderson_depth,
+            checkpoint=trace,
         ),
         "joint": lambda: joint_align(
             meas, angles, steps=args.steps, interpolation=args.interpolation, **joint_steps
@@ -152,6 +177,14 @@ def main() -> None:
         rows[name]["seconds"] = res.seconds
         rows[name]["volume_error"] = vol_error(g)
         history[name] = {k: v.tolist() for k, v in res.history.items()}
+        if name == "reprojection" and trace is not None:
+            per_loop = [errors(p, truth, angles, shape)[1] for p in trace.params]
+            history[name]["errors"] = per_loop
+            for k, (e, step) in enumerate(zip(per_loop, res.history["max_update_px"], strict=True)):
+                print(
+                    f"loop {k + 1:2d}: max update {step:.4f} px, shift {e['shift_rms_px']:.4f} px, "
+                    f"rotation {e['rotation_rms_deg']:.4f}°, scale {e['scale_rms_pct']:.4f} %"
+                )
     print(
         f"{n}³ voxels, {args.angles} angles −80…77°, shifts σ 5 px, rotations ±1°, scale ±1 %, "
         f"{100 * args.noise:g} % noise; perfect-alignment ART-20 volume error {perfect:.4f}"

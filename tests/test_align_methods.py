@@ -13,9 +13,11 @@ from diffptycho.recon.align import (
     gauge_transform,
     joint_align,
     match_gauge,
+    reconstruct_dealigned,
     reprojection_align,
     rough_align,
 )
+from diffptycho.recon.align.reprojection import anderson_step
 
 
 def _phantom(n, seed=0):
@@ -146,3 +148,44 @@ def test_unknown_resampling_or_loop_algorithm_raises(series):
         joint_align(meas, angles, interpolation="quintic")
     with pytest.raises(ValueError, match="loop_algorithm='kaczmarz'"):
         reprojection_align(meas, angles, loop_algorithm="kaczmarz")
+
+
+def test_anderson_step_solves_a_slowly_contracting_fixed_point(rng):
+    # G(x) = A x + b with one direction contracting by 1 % per step, like the weakly
+    # determined rotation/scale patterns of the reprojection loop
+    basis, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    a = basis @ np.diag([0.99, 0.9, 0.5, 0.3, 0.1, 0.0]) @ basis.T
+    fixed_point = rng.normal(size=6)
+    b = fixed_point - a @ fixed_point
+    plain = np.zeros(6)
+    xs, fs = [np.zeros(6)], [b]
+    for _ in range(8):
+        plain = a @ plain + b
+        xs.append(anderson_step(np.array(xs[-6:]), np.array(fs[-6:])))
+        fs.append(a @ xs[-1] + b - xs[-1])
+    assert np.linalg.norm(xs[-1] - fixed_point) < 1e-8 * np.linalg.norm(fixed_point)
+    assert np.linalg.norm(plain - fixed_point) > 0.5 * np.linalg.norm(fixed_point @ basis[:, 0])
+    np.testing.assert_allclose(anderson_step(xs[:1], fs[:1]), xs[0] + fs[0])  # plain first
+    with pytest.raises(ValueError, match="fs: expected the shape"):
+        anderson_step(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_warm_started_reconstruction_continues_the_cold_one(series):
+    angles, truth, meas = series
+    half = reconstruct_dealigned(meas, angles, truth, "sirt", 15)
+    continued = reconstruct_dealigned(meas, angles, truth, "sirt", 15, initial=half)
+    whole = reconstruct_dealigned(meas, angles, truth, "sirt", 30)
+    np.testing.assert_allclose(continued, whole, rtol=0, atol=1e-4 * np.abs(whole).max())
+    assert np.abs(continued - half).max() > 1e-2 * np.abs(whole).max()  # it did iterate
+    with pytest.raises(ValueError, match="initial: expected shape"):
+        reconstruct_dealigned(meas, angles, truth, "sirt", 2, initial=half[:-1])
+    with pytest.raises(ValueError, match="initial: algorithm='fbp'"):
+        reconstruct_dealigned(meas, angles, truth, "fbp", 2, initial=half)
+
+
+def test_reprojection_rejects_bad_acceleration_options(series):
+    angles, _, meas = series
+    with pytest.raises(ValueError, match="anderson_depth=-1"):
+        reprojection_align(meas, angles, anderson_depth=-1)
+    with pytest.raises(ValueError, match="warm_start: loop_algorithm='fbp'"):
+        reprojection_align(meas, angles, loop_algorithm="fbp")

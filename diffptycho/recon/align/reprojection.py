@@ -3,8 +3,8 @@
 Each loop
 
 1. reconstructs the volume from the measured projections with the current alignment undone
-   (:func:`~diffptycho.recon.tomo.reconstruct.reconstruct`, SIRT-100 with non-negativity by
-   default, any of its algorithms);
+   (:func:`reconstruct_dealigned`: SIRT-100 with λ = 1.9 and non-negativity by default, any
+   iterative algorithm), starting from the previous loop's volume (``warm_start``);
 2. reprojects it at the measured angles (:func:`~diffptycho.physics.tomography.project`);
 3. registers every measured projection to its reprojection with a similarity transform
    (:func:`~diffptycho.recon.align.registration.register_similarity_stack`, started from the
@@ -12,11 +12,12 @@ Each loop
    :class:`~diffptycho.models.tomo.TomoProjections`;
 4. fixes the gauge (:func:`~diffptycho.recon.align.gauge.fix_gauge`: zero-mean log-scales,
    volume translation chosen so the shifts are nearest a pure rotation-axis offset);
+5. extrapolates the parameters from the last loops (:func:`anderson_step`, ``anderson_depth``);
 
 until the largest parameter change, in px at the edge of the image (rotation × radius,
-log-scale × radius), drops below ``tolerance_px``. The rotation-axis offset is the constant of
-the x shifts, the axis tilt the mean in-plane rotation; both are reported and both are
-contained in ``params``.
+log-scale × radius), has stayed below ``tolerance_px`` for two loops. The rotation-axis offset
+is the constant of the x shifts, the axis tilt the mean in-plane rotation; both are reported
+and both are contained in ``params``.
 
 Why SIRT in the loop. Some patterns of in-plane rotation and scale along the series
 (``a + b cos θ + c sin θ`` of the rotations, smooth trends of the scales) are almost what a
@@ -26,6 +27,32 @@ inconsistent data: its volume leans towards the last projections of each sweep, 
 fed back loop after loop, walks along those weak patterns: from the true alignment, noise-free,
 ART-20 loops drifted away (0.03° and 0.11 % per loop), SIRT-100 loops did not (0.025°,
 0.036 %). The returned volume is still reconstructed with ``algorithm`` / ``iterations``.
+
+Why warm start and acceleration (``experiments/align_tilt_series.py``, shift σ 5 px,
+rotations ±1°, scale ±1 %, angles −80…77°; errors RMS after gauge matching). Two things held
+the plain loop (a fresh SIRT-100 every loop, parameters = the registration's) away from the
+noise floor of registering to the true volume's projections:
+
+- *bias*: SIRT-100 is far from converged, and its reprojections pull the registration. Noise
+  free at 64³ and 60 angles, one loop from the true parameters gave 0.025°, 0.036 % with
+  SIRT-100, 0.013°, 0.018 % with SIRT-300 and 0.0105°, 0.015 % with SIRT-1000 (true volume:
+  0.013°, 0.016 %); the plain SIRT-100 loop settles at 0.0110 px, 0.038°, 0.052 %.
+  Warm-starting makes loop k's volume a SIRT of k × ``loop_iterations`` steps for the cost of
+  one (λ = 1.9 nearly doubles SIRT's progress per step);
+- *slow convergence*: along the weak patterns a loop recovers only ``1 − ρ`` (ρ ≈ 1) of the
+  error, so the change per loop is small long before the error is (cold SIRT-300, plain: the
+  change fell below 0.01 px at loop 5 at 0.029°, which was 0.014° only after 12 loops). The
+  Anderson step extrapolates those directions from the last loops' secants: cold SIRT-100
+  reached its fixed point in 7 loops instead of 30, cold SIRT-300 in 6 instead of 12.
+
+Measured (noise free, 64³, 60 angles, loop 9): warm + Anderson 0.0034 px, 0.0125°, 0.017 %
+(warm alone: 0.022° at loop 7). 1 % noise, 64³: 0.0092 px, 0.048°, 0.068 % (the plain loop:
+0.0135 px, 0.051°, 0.090 %; floor 0.0077 px, 0.044°, 0.058 %). 1 % noise, 128³, 158 angles
+(floor 0.0065 px, 0.0173°, 0.026 %): the plain loop stopped at loop 6 at 0.0227 px, 0.054°,
+0.079 %; warm + Anderson with λ = 1 reached 0.0078 px, 0.0248°, 0.043 % in 12 loops
+(still improving). On tiny series (32³, 30 angles) the rotations are not determined
+(floor 0.2°): every variant drifts there, and the acceleration drifts faster; use
+``fit="shift"``.
 
 Coarse to fine: ``binning=(2, 1)`` runs the first loops on 2 × 2-binned projections (shifts in
 binned px are doubled back), which is faster and has a wider capture range.
@@ -41,17 +68,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffptycho._typing import Angles, Projections
+from diffptycho.models.tomo import TomoProjections
 from diffptycho.physics.tomography import project
 from diffptycho.recon.align.gauge import fix_gauge
 from diffptycho.recon.align.registration import register_similarity_stack, resample_similarity
 from diffptycho.recon.align.rough import _check_stack, rough_align
 from diffptycho.recon.interrupt import Interrupted, stop_requested
+from diffptycho.recon.solve import solve
 from diffptycho.recon.tomo.operators import inverse_alignment
-from diffptycho.recon.tomo.reconstruct import ALGORITHMS, reconstruct
+from diffptycho.recon.tomo.reconstruct import ALGORITHMS, make_solver, reconstruct
 from diffptycho.recon.watch import LossWatch
 
 __all__ = [
     "AlignmentResult",
+    "anderson_step",
     "bin_projections",
     "parameter_change_px",
     "reconstruct_dealigned",
@@ -131,6 +161,8 @@ def reconstruct_dealigned(
     algorithm: str = "art",
     iterations: int = 20,
     nonnegative: bool = True,
+    initial=None,
+    relaxation: float = 1.0,
 ) -> np.ndarray:
     """Volume from projections whose alignment is undone with a cubic spline first.
 
@@ -146,24 +178,57 @@ def reconstruct_dealigned(
         algorithm: any of :data:`~diffptycho.recon.tomo.reconstruct.ALGORITHMS`.
         iterations: its iterations.
         nonnegative: clamp at 0.
+        initial: ``(n_x, y, n_x)`` volume to start the iterations from (``art``, ``sart``,
+            ``sirt``, ``cgls``; default zeros), e.g. the previous loop's of an alignment.
+        relaxation: λ of ``art``, ``sart`` and ``sirt`` (0 < λ < 2).
 
     Returns:
         ``(n_x, y, n_x)`` volume (projection units per voxel).
+
+    Raises:
+        ValueError: ``initial`` of another shape, or given to ``fbp`` / ``adam``.
     """
     inverse = np.asarray(inverse_alignment(jnp.asarray(params, float)))
     data = np.stack(
         [resample_similarity(im, q) for im, q in zip(projections, inverse, strict=True)]
     )
-    res = reconstruct(
-        data,
-        angles_rad,
+    dtype = np.float64 if jnp.result_type(float) == jnp.float64 else np.float32
+    if initial is None:
+        res = reconstruct(
+            data,
+            angles_rad,
+            algorithm,
+            iterations,
+            nonnegative=nonnegative,
+            relaxation=relaxation,
+            progress=False,
+            dtype=dtype,
+        )
+        return np.asarray(res.volume)
+    n_a, n_y, n_x = data.shape
+    if np.shape(initial) != (n_x, n_y, n_x):
+        raise ValueError(f"initial: expected shape {(n_x, n_y, n_x)}, got {np.shape(initial)}")
+    if algorithm in ("fbp", "adam"):
+        raise ValueError(f"initial: algorithm={algorithm!r} cannot start from a volume")
+    solver = make_solver(
         algorithm,
-        iterations,
+        relaxation=relaxation,
         nonnegative=nonnegative,
-        progress=False,
-        dtype=np.float64 if jnp.result_type(float) == jnp.float64 else np.float32,
+        n_det=n_x,
+        apply_alignment=False,
     )
-    return np.asarray(res.volume)
+    model = TomoProjections(
+        jnp.asarray(initial, dtype), jnp.asarray(angles_rad, dtype), jnp.zeros((n_a, 4), dtype)
+    )
+    model, _ = solve(
+        model,
+        solver,
+        jnp.asarray(data, dtype),
+        iterations,
+        progress=False,
+        description=f"tomo {algorithm} (from a given volume)",
+    )
+    return np.asarray(model.volume)
 
 
 def reprojection_align(
@@ -183,6 +248,9 @@ def reprojection_align(
     nonnegative: bool = True,
     loop_algorithm: str = "sirt",
     loop_iterations: int = 100,
+    loop_relaxation: float = 1.9,
+    warm_start: bool = True,
+    anderson_depth: int = 5,
     progress: bool = False,
     checkpoint: Any = None,
     resume: bool = False,
@@ -198,8 +266,9 @@ def reprojection_align(
             :data:`~diffptycho.recon.tomo.reconstruct.ALGORITHMS` (``art`` as in the study).
         iterations: its iterations (ART sweeps).
         max_loops: reconstruct–register loops per binning level at most.
-        tolerance_px: stop a level when the largest change (:func:`parameter_change_px`) is
-            below this, px (of the full-resolution grid).
+        tolerance_px: stop a level when the largest change of the parameters
+            (:func:`parameter_change_px`) has been below this in two loops in a row, px (of the
+            full-resolution grid).
         fit: ``"similarity"`` (shift, rotation, scale) or ``"shift"`` (shifts only).
         binning: binning factors, coarse to fine, e.g. ``(2, 1)``.
         lm_iterations: Levenberg–Marquardt steps per registration.
@@ -210,7 +279,15 @@ def reprojection_align(
         loop_algorithm: algorithm of the reconstructions inside the loop (module docstring:
             a least-squares one such as ``sirt``; ``art`` biases the weakly determined
             rotations and scales).
-        loop_iterations: its iterations.
+        loop_iterations: its iterations per loop.
+        loop_relaxation: its λ (``art``, ``sart``, ``sirt``; 0 < λ < 2); SIRT's converges
+            about λ times faster.
+        warm_start: start each loop's reconstruction from the previous loop's volume (within a
+            binning level), so the loop volume keeps converging instead of being rebuilt from
+            zero (module docstring); ``loop_algorithm`` must then be iterative (not ``fbp``,
+            ``adam``).
+        anderson_depth: extrapolate the parameters from this many previous loops by
+            :func:`anderson_step` (0: plain iteration, the parameters are the registration's).
         progress: print one line per loop.
         checkpoint: a :class:`~diffptycho.io.checkpoint.Checkpoint` (any object with
             ``every``, ``save`` and ``load``): the parameters and history are saved every
@@ -235,16 +312,24 @@ def reprojection_align(
         raise ValueError(f"fit={fit!r}: expected 'similarity' or 'shift'")
     if not binning or any(int(b) < 1 for b in binning):
         raise ValueError(f"binning={binning!r}: expected factors ≥ 1, coarse to fine")
+    if anderson_depth < 0:
+        raise ValueError(f"anderson_depth={anderson_depth}: expected ≥ 0 (0: no acceleration)")
+    if warm_start and loop_algorithm in ("fbp", "adam"):
+        raise ValueError(
+            f"warm_start: loop_algorithm={loop_algorithm!r} cannot start from a volume; "
+            "use art, sart, sirt or cgls, or warm_start=False"
+        )
     shape = meas.shape[1:]
     params = starting_params(meas, angles, initial)
     fixed = np.array([0, 0, 0, 0] if fit == "similarity" else [0, 0, 1, 1], float)
     angles_j = jnp.asarray(angles, jnp.result_type(float))
 
-    hist: dict[str, list] = {k: [] for k in ("max_update_px", "rms_update_px", "residual")}
-    hist.update(seconds=[], binning=[])
-
-    def recon(data, p):
-        return reconstruct_dealigned(data, angles, p, loop_algorithm, loop_iterations, nonnegative)
+    keys = ("max_update_px", "rms_update_px", "max_correction_px", "residual", "seconds")
+    hist: dict[str, list] = {k: [] for k in (*keys, "binning")}
+    # per level: the previous loop's volume (warm start) and the Anderson memory
+    volume, xs, fs = None, [], []
+    radius = max(shape) / 2
+    px_weights = np.tile([1.0, 1.0, radius, radius], len(angles))  # parameters in edge px
 
     watch = LossWatch(window=3, label="reprojection alignment residual")
     position = (0, 0)  # (binning level, loop) of the next loop to run
@@ -256,9 +341,17 @@ def reprojection_align(
         hist = {k: [float(x) for x in arrays[f"history/{k}"]] for k in hist}
         position = (int(meta["level"]), int(meta["loop"]))
         watch.restore(meta["watch"])
+        if position[1] > 0:  # mid-level: the level's memory continues
+            volume = arrays.get("volume")
+            xs = list(arrays.get("anderson/x", []))
+            fs = list(arrays.get("anderson/f", []))
 
     def save(level: int, loop: int) -> None:
         arrays = {"params": params, **{f"history/{k}": np.asarray(v) for k, v in hist.items()}}
+        if volume is not None:
+            arrays["volume"] = np.asarray(volume)
+        if xs:
+            arrays.update({"anderson/x": np.asarray(xs), "anderson/f": np.asarray(fs)})
         meta = {"level": level, "loop": loop, "watch": watch.state()}
         checkpoint.save({}, meta, iteration=len(hist["residual"]), arrays=arrays)
 
@@ -269,15 +362,28 @@ def reprojection_align(
         data = bin_projections(meas, factor)
         w = None if weights is None else bin_projections(np.asarray(weights)[None], factor)[0]
         first = position[1] if level == position[0] else 0
+        if first == 0:
+            volume, xs, fs = None, [], []
         for loop in range(first, max_loops):
             p_bin = _to_binned(params, shape, factor)
             try:
-                volume = recon(data, p_bin)
+                vol = reconstruct_dealigned(
+                    data,
+                    angles,
+                    p_bin,
+                    loop_algorithm,
+                    loop_iterations,
+                    nonnegative,
+                    initial=volume if warm_start else None,
+                    relaxation=loop_relaxation,
+                )
             except Interrupted:
                 if checkpoint is not None:
                     save(level, loop)
                 raise
-            reproj = np.asarray(project(jnp.asarray(volume), angles_j))
+            if warm_start:
+                volume = vol
+            reproj = np.asarray(project(jnp.asarray(vol), angles_j))
             q_bin, cost = register_similarity_stack(
                 reproj,
                 data,
@@ -287,21 +393,38 @@ def reprojection_align(
                 fixed=fixed,
                 smoothing_px=smoothing_px,
             )
-            new = fix_gauge(_from_binned(q_bin, shape, factor), angles, shape).params
+            registered = fix_gauge(_from_binned(q_bin, shape, factor), angles, shape).params
+            correction = parameter_change_px(params, registered, shape)
+            new = registered
+            if anderson_depth > 0:
+                xs = [*xs, params.ravel()][-(anderson_depth + 1) :]
+                fs = [*fs, (registered - params).ravel()][-(anderson_depth + 1) :]
+                mixed = fix_gauge(
+                    anderson_step(np.asarray(xs), np.asarray(fs), px_weights).reshape(params.shape),
+                    angles,
+                    shape,
+                ).params
+                if parameter_change_px(params, mixed, shape).max() <= 10 * correction.max():
+                    new = mixed
+                else:  # an extrapolation far beyond the correction: distrust the memory
+                    xs, fs = xs[-1:], fs[-1:]
             change = parameter_change_px(params, new, shape)
             params = new
             hist["max_update_px"].append(float(change.max()))
             hist["rms_update_px"].append(float(np.sqrt(np.mean(change**2))))
+            hist["max_correction_px"].append(float(correction.max()))
             hist["residual"].append(float(cost.sum() / np.sum(data**2)))
             hist["seconds"].append(time.perf_counter() - t0)
             hist["binning"].append(factor)
             watch.update(len(hist["residual"]) - 1, hist["residual"][-1])
             if progress:
                 print(
-                    f"bin {factor} loop {loop + 1}: max update {change.max():.4f} px, "
+                    f"bin {factor} loop {loop + 1}: max update {change.max():.4f} px "
+                    f"(registration {correction.max():.4f} px), "
                     f"residual {hist['residual'][-1]:.3e}"
                 )
-            converged = change.max() < tolerance_px
+            # two loops in a row below the tolerance (an accelerated step can be small once)
+            converged = loop > 0 and max(hist["max_update_px"][-2:]) < tolerance_px
             # where a resumed run continues: the next loop, or the next level
             after = (level + 1, 0) if converged or loop + 1 == max_loops else (level, loop + 1)
             if checkpoint is not None:
@@ -323,6 +446,9 @@ def reprojection_align(
         iterations=iterations,
         loop_algorithm=loop_algorithm,
         loop_iterations=loop_iterations,
+        loop_relaxation=loop_relaxation,
+        warm_start=warm_start,
+        anderson_depth=anderson_depth,
         max_loops=max_loops,
         tolerance_px=tolerance_px,
         fit=fit,
@@ -341,6 +467,48 @@ def reprojection_align(
         seconds=time.perf_counter() - t0,
         config=dict(config, best_loop=watch.best_iteration, warnings=watch.warnings),
     )
+
+
+def anderson_step(xs, fs, weights=None) -> np.ndarray:
+    """Next iterate of a fixed-point iteration ``x ← G(x)`` by Anderson acceleration (type II).
+
+    With residuals ``f_i = G(x_i) − x_i``, finds the combination of the last differences that
+    best cancels the newest residual, ``γ = argmin ‖W (f_k − ΔF γ)‖``, and returns
+    ``x_k + f_k − (ΔX + ΔF) γ`` (Walker & Ni 2011): a secant (multi-direction quasi-Newton)
+    step. Along a direction where ``G`` barely contracts (``G(x) − x ≈ −(1 − ρ) e``, ρ near 1)
+    the plain step ``x + f`` recovers ``1 − ρ`` of the error per iteration; the secant step
+    takes all of it. With a single iterate it is the plain step ``x + f``.
+
+    Args:
+        xs: ``(k, n)`` iterates, oldest first.
+        fs: ``(k, n)`` their residuals ``G(x) − x``.
+        weights: ``(n,)`` scale of each coordinate in the least squares (default 1).
+
+    Returns:
+        ``(n,)`` next iterate.
+
+    Examples:
+        >>> import numpy as np
+        >>> a = np.array([[0.99, 0.0], [0.0, 0.5]])  # G(x) = a x + b, a slow direction
+        >>> b = np.array([0.01, 0.5])  # fixed point (1, 1)
+        >>> xs, fs = [np.zeros(2)], [b]
+        >>> for _ in range(3):
+        ...     xs.append(anderson_step(np.array(xs), np.array(fs)))
+        ...     fs.append(a @ xs[-1] + b - xs[-1])
+        >>> np.round(xs[-1], 6).tolist()
+        [1.0, 1.0]
+    """
+    xs = np.atleast_2d(np.asarray(xs, float))
+    fs = np.atleast_2d(np.asarray(fs, float))
+    if xs.shape != fs.shape:
+        raise ValueError(f"fs: expected the shape of xs {xs.shape}, got {fs.shape}")
+    x, f = xs[-1], fs[-1]
+    if len(xs) < 2:
+        return x + f
+    w = np.ones(xs.shape[1]) if weights is None else np.asarray(weights, float)
+    dx, df = np.diff(xs, axis=0).T, np.diff(fs, axis=0).T
+    gamma, *_ = np.linalg.lstsq(df * w[:, None], f * w, rcond=1e-10)
+    return x + f - (dx + df) @ gamma
 
 
 def starting_params(meas: np.ndarray, angles: np.ndarray, initial=None) -> np.ndarray:
