@@ -305,20 +305,30 @@ def test_interrupted_ptychography_resumes_with_the_scans_not_done(data, tmp_path
         np.testing.assert_allclose(ours[key], whole[key], rtol=1e-5, atol=1e-6)
 
 
-def test_ptychography_stage_split_over_devices_equals_one_device(data, tmp_path):
-    """The staged pipeline's per-scan stage with every minibatch over 4 (fake) devices."""
+def test_staged_pipeline_split_over_devices_equals_one_device(data, tmp_path):
+    """The staged pipeline with its ptychography minibatches and its tomography's y slabs
+    over 4 (fake) devices."""
     runs = {}
     for devices in (None, 4):
-        config = _config(data, tmp_path / f"d{devices}.h5", iterations=4, first=4)
+        config = _config(data, tmp_path / f"d{devices}.h5", iterations=4, first=4, tomo=5)
         ptycho = dataclasses.replace(config.ptychography, batch_size=8, devices=devices)
-        config = dataclasses.replace(config, ptychography=ptycho)
-        runs[devices] = _quiet(config, stop_after="ptychography").outputs["ptychography"]
-    for key in ("objects", "probes"):  # float32 models: sums in another order, 8 iterations
-        scale = np.abs(runs[None][key]).max()
-        np.testing.assert_allclose(runs[4][key], runs[None][key], atol=1e-4 * scale)
-        assert np.median(np.abs(runs[4][key] - runs[None][key])) < 1e-6 * scale
+        tomo = dataclasses.replace(config.tomography, devices=devices)
+        config = dataclasses.replace(config, ptychography=ptycho, tomography=tomo)
+        runs[devices] = _quiet(config).outputs
+    for stage, key in (
+        ("ptychography", "objects"),
+        ("ptychography", "probes"),
+        ("tomography", "od_volumes"),
+        ("chemistry", "composition"),
+    ):  # float32 models: sums in another order
+        one, split = runs[None][stage][key], runs[4][stage][key]
+        scale = np.abs(one).max()
+        np.testing.assert_allclose(split, one, atol=1e-4 * scale)
+        assert np.median(np.abs(split - one)) < 1e-5 * scale
     with pytest.raises(ConfigError, match="ptychography.devices"):
         PtychographySettings(devices=0)
+    with pytest.raises(ConfigError, match="tomography.devices"):
+        TomographySettings(devices=0)
 
 
 # --------------------------------------------------------------------------- stage units

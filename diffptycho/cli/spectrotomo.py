@@ -170,9 +170,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--devices",
         type=positive_int,
         default=None,
-        help="ptychography: split every minibatch's positions over the first N devices (the "
-        "batch size must be a multiple of N; on CPU, more devices need XLA_FLAGS="
-        "--xla_force_host_platform_device_count=N)",
+        help="split every ptychography minibatch's positions and every tomography's y slabs "
+        "over the first N devices (the ptychography batch size must be a multiple of N; on "
+        "CPU, more devices need XLA_FLAGS=--xla_force_host_platform_device_count=N)",
     )
     p.add_argument(
         "--file-probe", action="store_true", help="start from the file's illumination where present"
@@ -288,6 +288,7 @@ def config_from_args(args: argparse.Namespace):
             algorithm=args.tomo_algorithm,
             iterations=args.tomo_iterations,
             volume_shape=None if args.volume_shape is None else tuple(args.volume_shape),
+            devices=args.devices,
         ),
     )
 

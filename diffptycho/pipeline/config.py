@@ -252,12 +252,16 @@ class TomographySettings:
         relaxation: λ of ART, SART and SIRT.
         volume_shape: (z, y, x) voxels of the volume, centred in the projection field
             (default: the whole field, (x, y, x)).
+        devices: split each reconstruction's y slabs over the first N local devices
+            (:func:`~diffptycho.recon.tomo.sharding.tomo_mesh`; every algorithm); None or 1:
+            one device. The result equals the one-device result to rounding.
     """
 
     algorithm: str = "art"
     iterations: int = 20
     relaxation: float = 1.0
     volume_shape: tuple[int, int, int] | None = None
+    devices: int | None = None
 
     def __post_init__(self) -> None:
         from diffptycho.recon.tomo.reconstruct import ALGORITHMS
@@ -267,6 +271,8 @@ class TomographySettings:
                 f"tomography.algorithm = {self.algorithm!r}: choose from {list(ALGORITHMS)}"
             )
         _positive("tomography.iterations", self.iterations)
+        if self.devices is not None:
+            _positive("tomography.devices", self.devices)
         if self.volume_shape is not None:
             shape = tuple(int(n) for n in self.volume_shape)
             if len(shape) != 3 or min(shape) < 1:

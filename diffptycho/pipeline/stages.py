@@ -783,6 +783,11 @@ def energy_volumes(
         ]
     )
     nonnegative = quantity == "optical_density" and settings.algorithm not in ("cgls", "fbp")
+    mesh = None
+    if settings.devices is not None and settings.devices > 1:
+        from diffptycho.recon.tomo.sharding import tomo_mesh
+
+        mesh = tomo_mesh(int(settings.devices))
     volumes = np.empty((n_e, nz, ny, nx), np.float32)
     loss = []
     for e in range(n_e):
@@ -800,6 +805,7 @@ def energy_volumes(
                 relaxation=settings.relaxation,
                 nonnegative=nonnegative,
                 progress=context.progress,
+                mesh=mesh,
             )
             if passes == 2:
                 reprojected = np.asarray(
