@@ -15,8 +15,10 @@ are split between the coherent modes and the background in the model's proportio
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from diffptycho._typing import Array, Complex, Float, Positions
@@ -144,17 +146,64 @@ def exit_wave_residual(
     """
     patches, waves = exit_waves(obj, probe, positions)
     detector = propagator.native(waves)
-    intensity = model_intensity(detector, background)
-    ratio = intensity_ratio(intensity, frames, mask)
-    factor = (jnp.sqrt(ratio) - 1) * weights[:, None, None]
-    chi = propagator.native_adjoint(detector * factor[:, None].astype(detector.dtype))
+    if mask is not None and mask.ndim == 2:
+        mask = jnp.broadcast_to(mask, frames.shape)
+    changed, loss_sum, ratio_sum = jax.lax.platform_dependent(
+        detector,
+        frames,
+        mask,
+        background,
+        weights,
+        cpu=functools.partial(_projected_change_loop, loss=loss),
+        default=functools.partial(_projected_change_batched, loss=loss),
+    )
     return Residual(
         patches=patches,
         waves=waves,
-        chi=chi,
-        loss=jnp.sum(weights * frame_losses(intensity, frames, mask, loss)),
-        ratio=jnp.sum(weights[:, None, None] * ratio, axis=0),
+        chi=propagator.native_adjoint(changed),
+        loss=loss_sum,
+        ratio=ratio_sum,
     )
+
+
+def _projected_change_batched(detector, frames, mask, background, weights, loss):
+    """Ψ' − Ψ (weighted), the weighted loss and Σ_j w_j n_j / I_j of a batch, at once."""
+    intensity = model_intensity(detector, background)
+    ratio = intensity_ratio(intensity, frames, mask)
+    factor = (jnp.sqrt(ratio) - 1) * weights[:, None, None]
+    return (
+        detector * factor[:, None].astype(detector.dtype),
+        jnp.sum(weights * frame_losses(intensity, frames, mask, loss)),
+        jnp.sum(weights[:, None, None] * ratio, axis=0),
+    )
+
+
+def _projected_change_loop(detector, frames, mask, background, weights, loss):
+    """:func:`_projected_change_batched` frame after frame (CPU: one pass, in cache).
+
+    XLA's CPU backend splits the batched form into several passes over the batch (its
+    reduction kernels neither take complex operands nor fuse the logarithms of the loss).
+    """
+
+    def body(j, acc):
+        changed, loss_sum, ratio_sum = acc
+        one = _projected_change_batched(
+            detector[j, None],
+            frames[j, None],
+            None if mask is None else mask[j, None],
+            background,
+            weights[j, None],
+            loss,
+        )
+        changed = jax.lax.dynamic_update_index_in_dim(changed, one[0][0], j, 0)
+        return changed, loss_sum + one[1], ratio_sum + one[2]
+
+    zero = (
+        jnp.zeros_like(detector),
+        jnp.zeros((), weights.dtype),
+        jnp.zeros(frames.shape[1:], weights.dtype),
+    )
+    return jax.lax.fori_loop(0, detector.shape[0], body, zero)
 
 
 def object_numerator(
