@@ -126,3 +126,11 @@ def test_sharded_raar_with_probe_modes_equals_single_device():
     scan = (starting_model(truth, frames), PtychoData(jnp.asarray(frames)))
     moved = _compare(scan, "raar", 2, iterations=3)
     assert moved["object"] > 0.05 and moved["probe"] > 0
+
+
+@pytest.mark.slow
+def test_sharded_lsqml_with_a_partial_last_batch_equals_single_device(tiny_scan):
+    # 16 positions in batches of 12: the last 4 run as a batch of their own, split over the
+    # 4 devices (one each)
+    moved = _compare(tiny_scan, "lsqml", 4, iterations=2, batch_size=12)
+    assert moved["object"] > 0.05 and moved["probe"] > 0
