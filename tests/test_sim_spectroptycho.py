@@ -309,3 +309,26 @@ def test_the_package_model_at_the_true_positions_explains_the_frames():
     true = recorded - t["offsets_px"][0]  # the lowest energy's pixel is the reference pixel
     assert misfit(true) < 0.015  # measured 0.76 % (recorded positions: 2.2 %)
     assert misfit(recorded) > 2 * misfit(true)
+
+
+def test_fermat_scan_fills_the_raster_box_without_a_grid_period():
+    raster = sp.scan_positions((9, 9), 3.0)
+    spiral = sp.scan_positions((9, 9), 3.0, "fermat")
+    assert spiral.shape == raster.shape
+    assert np.all(np.abs(spiral) <= 12.0 + 1e-9)  # the raster's bounding box
+    assert np.all(np.abs(spiral).max(axis=0) > 11.0)  # and fills it
+    # no repeated coordinate: a raster has 9 distinct rows, the spiral n
+    assert len(np.unique(np.round(spiral[:, 0], 6))) == len(spiral)
+    assert len(np.unique(raster[:, 0])) == 9
+    with pytest.raises(ValueError, match="scan"):
+        sp.scan_positions((9, 9), 3.0, "spiral")
+
+
+def test_simulation_records_the_fermat_positions():
+    kw = dict(energies_ev=E3[:2], geometry=GEOMETRY, field=_blob_field(20e-9), seed=1)
+    ds = sp.simulate_vanadium_spectroptycho(SHAPE, scan="fermat", **kw)
+    nominal = sp.scan_positions(GEOMETRY.scan_shape, GEOMETRY.step_px, "fermat")
+    recorded = ds.positions_px[0, 0] * ds.pixel_size_m[0] / 20e-9  # reference pixels
+    assert np.max(np.abs(recorded - nominal)) <= GEOMETRY.jitter_px + 1e-6
+    with pytest.raises(ValueError, match="scan"):
+        sp.simulate_vanadium_spectroptycho(SHAPE, scan="grid", **kw)

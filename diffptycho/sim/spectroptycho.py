@@ -45,7 +45,9 @@ from diffptycho.sim.tiltseries import bin_blocks
 __all__ = [
     "SPECTRO_GEOMETRY",
     "VANADIUM_ENERGIES_EV",
+    "SCANS",
     "fit_scan_to",
+    "scan_positions",
     "simulate_vanadium_spectroptycho",
     "write_vanadium_references",
 ]
@@ -72,6 +74,46 @@ _PHANTOM_REFINE = 2
 """The continuous phantom is this many times finer than the finest simulation grid."""
 _MIN_IMAGE_PX = 16
 """Smallest image edge (reference pixels): the phantom's particles and a 3 × 3 scan fit."""
+
+
+SCANS = ("raster", "fermat")
+"""Scan patterns of :func:`simulate_vanadium_spectroptycho`."""
+
+
+def scan_positions(
+    scan_shape: tuple[int, int], step_px: float, scan: str = "raster"
+) -> Float[np.ndarray, "n 2"]:
+    """Nominal scan positions (y, x) in reference pixels, centred on (0, 0), without jitter.
+
+    Args:
+        scan_shape: (rows, columns) of the raster; its point count and bounding box
+            ((rows − 1)·step × (columns − 1)·step) are also those of the spiral.
+        step_px: raster step in pixels.
+        scan: ``"raster"``, or ``"fermat"``: the first rows·columns points of a Fermat spiral
+            (:func:`~diffptycho.sim.patterns.fermat_spiral_positions`) that fall in the
+            raster's bounding box, its step chosen for the raster's density (one point per
+            box area / point count), so it has no grid period to trade with the probe.
+
+    Returns:
+        Positions (rows·columns, 2) in pixels.
+    """
+    if scan not in SCANS:
+        raise ValueError(f"scan={scan!r}: choose from {list(SCANS)}")
+    n = int(np.prod(scan_shape))
+    if scan == "raster":
+        return patterns.raster_positions(*scan_shape, step_px, 0.0)
+    half = 0.5 * (np.asarray(scan_shape, np.float64) - 1.0) * step_px
+    if np.any(half <= 0):
+        raise ValueError(f"scan_shape={scan_shape}: a spiral needs ≥ 2 rows and columns")
+    step = float(np.sqrt(4.0 * half[0] * half[1] / n))
+    for _ in range(200):  # the spiral out to the box's corners; denser until n points fit
+        total = int(np.ceil(np.pi * float(np.sum(half**2)) / step**2)) + 1
+        pos = patterns.fermat_spiral_positions(total, step)
+        inside = np.all(np.abs(pos) <= half + 1e-9, axis=1)
+        if inside.sum() >= n:
+            return pos[inside][:n]
+        step *= 0.98
+    raise ValueError(f"scan_shape={scan_shape}: no Fermat spiral of {n} points fits the box")
 
 
 def _check_energies(energies_ev) -> np.ndarray:
@@ -245,6 +287,7 @@ def simulate_vanadium_spectroptycho(
     flux_change: float = 0.05,
     n_particles: int = 4,
     field: phantoms.VanadiumField | None = None,
+    scan: str = "raster",
 ) -> datasets.SimulatedDataset:
     """Multi-energy V K-edge ptychography as a beamline records it, without inverse crime.
 
@@ -277,6 +320,9 @@ def simulate_vanadium_spectroptycho(
         field: the sample, on a grid an integer number of times finer than the reference
             grid and covering it (shape (species, k·H, k·W) at ``pixel_size_m / k``); default:
             :func:`~diffptycho.sim.phantoms.vanadium_field` ``2·oversample`` times finer.
+        scan: ``"raster"`` (the geometry's raster, as published) or ``"fermat"`` (as many
+            positions on a Fermat spiral filling the raster's bounding box, no grid period;
+            see :func:`scan_positions`); ``geometry.jitter_px`` is added to either.
 
     Returns:
         The dataset: ``frames`` (energy, 1, n, N, N) counts, ``positions_px`` (energy, 1, n, 2)
@@ -305,6 +351,8 @@ def simulate_vanadium_spectroptycho(
         >>> ds.frames.shape, round(float(ds.pixel_size_m[1] / ds.pixel_size_m[0]), 4)
         ((2, 1, 25, 16, 16), 0.9783)
     """
+    if scan not in SCANS:
+        raise ValueError(f"scan={scan!r}: choose from {list(SCANS)}")
     factor = int(oversample)
     if factor != oversample or factor < 1:
         raise ValueError(f"oversample={oversample!r}: expected a positive integer")
@@ -357,8 +405,8 @@ def simulate_vanadium_spectroptycho(
     # the scan: one nominal raster in metres; the unrecorded offsets move the sample, so the
     # beam hits it at nominal − offset
     n_pos = int(np.prod(geometry.scan_shape))
-    nominal_m = pixel_size_m * patterns.raster_positions(
-        *geometry.scan_shape, geometry.step_px, 0.0
+    nominal_m = pixel_size_m * scan_positions(
+        geometry.scan_shape, geometry.step_px, scan
     ) + pixel_size_m * rng_jitter.uniform(-geometry.jitter_px, geometry.jitter_px, (n_pos, 2))
     offsets = rng_offset.normal(0.0, 1.0, (energies.size, 2)) * offset_sigma_px
     true_m = nominal_m[None] - pixel_size_m * offsets[:, None, :]  # (energy, n, 2)
