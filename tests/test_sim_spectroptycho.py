@@ -263,6 +263,18 @@ def test_cli_writes_one_entry_per_energy_and_the_references(tmp_path, capsys):
     np.testing.assert_allclose(spec[:, 1], ref["VO2"], rtol=1e-6)
 
 
+def test_cli_fermat_scan(tmp_path):
+    out = tmp_path / "f.cxi"
+    argv = ["simulate", "vanadium", "-o", str(out), "--size", "16", "--energies", "3"]
+    assert cli.main([*argv, "--scan", "fermat", "--seed", "5"]) == 0
+    raster = tmp_path / "r.cxi"
+    assert cli.main(["simulate", "vanadium", "-o", str(raster), "--size", "16", "--energies", "3",
+                     "--seed", "5"]) == 0  # fmt: skip
+    a, b = read_cxi_entry(out, 1), read_cxi_entry(raster, 1)
+    assert a.data.shape == b.data.shape  # the same count of positions
+    assert not np.allclose(a.positions_m, b.positions_m)
+
+
 @pytest.mark.parametrize(
     ("option", "match"),
     [

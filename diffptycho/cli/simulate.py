@@ -76,6 +76,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="write the true probe as the illumination (default: no probe in the file)",
     )
+    p.add_argument(
+        "--scan",
+        choices=("raster", "fermat"),
+        default="raster",
+        help="vanadium: scan pattern, a jittered raster (default, as published) or a Fermat "
+        "spiral with the same count and extent",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -145,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
                 offset_sigma_px=args.offset_px,
                 seed=args.seed,
                 known_probe=args.known_probe,
+                scan=args.scan,
             )
         except ValueError as err:
             raise ValueError(
