@@ -15,6 +15,10 @@ Usage: python experiments/align_tilt_series.py [--size 64] [--angles 60] [--json
 [--methods reprojection joint] [--loop-algorithm sirt] [--loop-iterations 100]
 [--loop-relaxation 1.9]
 [--no-warm-start] [--anderson-depth 5] [--interpolation cubic] [--steps 300] [--trace]
+[--final-iterations 0] [--initial-json previous.json] [--no-baselines]
+
+``--json`` also stores the returned parameters (``params``: per method, and "loops only"
+before a final pass), which ``--initial-json`` starts the reprojection loops from.
 """
 
 from __future__ import annotations
@@ -90,18 +94,50 @@ def errors(params, truth, angles, shape):
 
 
 class ParamsTrace:
-    """A stand-in checkpoint (``every``, ``save``, ``load``) keeping every loop's parameters."""
+    """A stand-in checkpoint (``every``, ``save``, ``load``) keeping every loop's parameters.
+
+    Prints each loop's errors as it ends and writes its parameters to ``path`` (JSON with
+    ``params.reprojection``, which ``--initial-json`` reads).
+    """
 
     every = 1
 
-    def __init__(self) -> None:
+    def __init__(self, truth, angles, shape, path: str | None = None) -> None:
         self.params: list[np.ndarray] = []
+        self.truth, self.angles, self.shape, self.path = truth, angles, shape, path
 
     def save(self, trees, meta, iteration, arrays) -> None:
-        self.params.append(np.array(arrays["params"]))
+        p = np.array(arrays["params"])
+        self.params.append(p)
+        e = errors(p, self.truth, self.angles, self.shape)[1]
+        print(
+            f"  loop {len(self.params)}: shift {e['shift_rms_px']:.4f} px, "
+            f"rotation {e['rotation_rms_deg']:.4f}°, scale {e['scale_rms_pct']:.4f} %",
+            flush=True,
+        )
+        if self.path:  # the latest loop's parameters, for --initial-json
+            with open(self.path, "w") as f:
+                json.dump(dict(params=dict(reprojection=p.tolist()), loop=len(self.params)), f)
 
     def load(self, like):
         raise RuntimeError("ParamsTrace keeps no checkpoint to resume from")
+
+
+def baselines(rows, meas, angles, truth, vol_true, vol_error) -> None:
+    """Rows "rough" (rough_align) and "known volume" (the noise floor: each projection
+    registered to the true volume's projection)."""
+    shape = meas.shape[1:]
+    t = time.perf_counter()
+    rough = rough_align(meas, angles)
+    g, rows["rough"] = errors(rough.params, truth, angles, shape)
+    rows["rough"]["seconds"] = time.perf_counter() - t
+    rows["rough"]["volume_error"] = vol_error(g)
+    t = time.perf_counter()
+    ideal = np.asarray(project(jnp.asarray(vol_true), jnp.asarray(angles)))
+    known, _ = register_similarity_stack(ideal, meas, truth, iterations=10, smoothing_px=1.0)
+    g, rows["known volume"] = errors(known, truth, angles, shape)
+    rows["known volume"]["seconds"] = time.perf_counter() - t
+    rows["known volume"]["volume_error"] = vol_error(g)
 
 
 def main() -> None:
@@ -117,6 +153,11 @@ def main() -> None:
     ap.add_argument("--loop-relaxation", type=float, default=1.9, help="its λ")
     ap.add_argument("--no-warm-start", action="store_true", help="cold SIRT every loop")
     ap.add_argument("--anderson-depth", type=int, default=5, help="0: plain iteration")
+    ap.add_argument(
+        "--final-iterations", type=int, default=0, help="reprojection final pass (0: none)"
+    )
+    ap.add_argument("--initial-json", default=None, help="start reprojection from its params")
+    ap.add_argument("--no-baselines", action="store_true", help="skip rough and known rows")
     ap.add_argument("--tolerance", type=float, default=0.01, help="reprojection stop, px")
     ap.add_argument("--interpolation", default="cubic", help="joint loss resampling")
     ap.add_argument("--noise", type=float, default=0.01, help="σ as a fraction of the maximum")
@@ -134,29 +175,26 @@ def main() -> None:
         return float(np.linalg.norm(v - vol_true) / np.linalg.norm(vol_true))
 
     perfect = vol_error(truth)
-    rows, history = {}, {}
-    t = time.perf_counter()
-    rough = rough_align(meas, angles)
-    g, rows["rough"] = errors(rough.params, truth, angles, shape)
-    rows["rough"]["seconds"] = time.perf_counter() - t
-    rows["rough"]["volume_error"] = vol_error(g)
-    # the noise floor: each projection registered to the true volume's projection
-    t = time.perf_counter()
-    ideal = np.asarray(project(jnp.asarray(vol_true), jnp.asarray(angles)))
-    known, _ = register_similarity_stack(ideal, meas, truth, iterations=10, smoothing_px=1.0)
-    g, rows["known volume"] = errors(known, truth, angles, shape)
-    rows["known volume"]["seconds"] = time.perf_counter() - t
-    rows["known volume"]["volume_error"] = vol_error(g)
+    rows, history, saved = {}, {}, {}
+    initial = None
+    if args.initial_json:
+        with open(args.initial_json) as f:
+            initial = np.asarray(json.load(f)["params"]["reprojection"])
+    if not args.no_baselines:
+        baselines(rows, meas, angles, truth, vol_true, vol_error)
+
     joint_steps = {
         k: v
         for k, v in (("rotation_step_rad", args.rotation_step), ("scale_step", args.scale_step))
         if v is not None
     }
-    trace = ParamsTrace() if args.trace else None
+    loops_json = args.json.removesuffix(".json") + ".loops.json"
+    trace = ParamsTrace(truth, angles, shape, loops_json) if args.trace else None
     runs = {
         "reprojection": lambda: reprojection_align(
             meas,
             angles,
+            initial=initial,
             max_loops=args.loops,
             tolerance_px=args.tolerance,
             loop_algorithm=args.loop_algorithm,
@@ -164,6 +202,7 @@ def main() -> None:
             loop_relaxation=args.loop_relaxation,
             warm_start=not args.no_warm_start,
             anderson_depth=args.anderson_depth,
+            final_iterations=args.final_iterations,
             checkpoint=trace,
         ),
         "joint": lambda: joint_align(
@@ -177,10 +216,19 @@ def main() -> None:
         rows[name]["seconds"] = res.seconds
         rows[name]["volume_error"] = vol_error(g)
         history[name] = {k: v.tolist() for k, v in res.history.items()}
+        saved[name] = res.params.tolist()
+        if name == "reprojection" and trace is not None and args.final_iterations and trace.params:
+            # the last checkpoint holds the loops' parameters, before the final pass
+            g, rows["loops only"] = errors(trace.params[-1], truth, angles, shape)
+            rows["loops only"]["seconds"] = res.history["seconds"][-2]
+            rows["loops only"]["volume_error"] = vol_error(g)
+            saved["loops only"] = trace.params[-1].tolist()
         if name == "reprojection" and trace is not None:
             per_loop = [errors(p, truth, angles, shape)[1] for p in trace.params]
             history[name]["errors"] = per_loop
-            for k, (e, step) in enumerate(zip(per_loop, res.history["max_update_px"], strict=True)):
+            for k, (e, step) in enumerate(
+                zip(per_loop, res.history["max_update_px"][: len(per_loop)], strict=True)
+            ):
                 print(
                     f"loop {k + 1:2d}: max update {step:.4f} px, shift {e['shift_rms_px']:.4f} px, "
                     f"rotation {e['rotation_rms_deg']:.4f}°, scale {e['scale_rms_pct']:.4f} %"
@@ -205,6 +253,7 @@ def main() -> None:
         results=rows,
         targets=targets,
         history=history,
+        params=saved,
     )
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1)

@@ -189,3 +189,53 @@ def test_reprojection_rejects_bad_acceleration_options(series):
         reprojection_align(meas, angles, anderson_depth=-1)
     with pytest.raises(ValueError, match="warm_start: loop_algorithm='fbp'"):
         reprojection_align(meas, angles, loop_algorithm="fbp")
+
+
+class _MemoryCheckpoint:
+    """In-memory stand-in for :class:`~diffptycho.io.checkpoint.Checkpoint`."""
+
+    every = 0
+
+    def __init__(self):
+        self.saved = None
+
+    def save(self, trees, meta, iteration, arrays):
+        self.saved = ({k: np.array(v) for k, v in arrays.items()}, dict(meta), iteration)
+
+    def load(self, like):
+        arrays, meta, iteration = self.saved
+        return {}, arrays, meta, iteration
+
+
+def test_final_pass_is_logged_and_resumes_when_stopped_inside_it(series, monkeypatch):
+    from diffptycho.recon import solve as solve_module
+    from diffptycho.recon.interrupt import Interrupted
+
+    angles, truth, meas = series
+    opts = dict(fit="shift", max_loops=2, iterations=5, loop_iterations=10, tolerance_px=0)
+    loops = reprojection_align(meas, angles, **opts)
+    final = reprojection_align(meas, angles, final_iterations=10, **opts)
+    np.testing.assert_array_equal(final.history["binning"], [1, 1, 0])
+    np.testing.assert_allclose(final.history["residual"][:2], loops.history["residual"])
+    assert final.config["final_iterations"] == 10
+    # the final pass re-registers: new parameters, still as good as the loops'
+    assert np.abs(final.params - loops.params).max() > 1e-4
+    shape = meas.shape[1:]
+    assert _shift_rms(final.params, truth, angles, shape) < 1.3 * _shift_rms(
+        loops.params, truth, angles, shape
+    )
+    # a stop inside the final pass's reconstruction (solve steps 21–30), then a resume
+    calls = []
+    monkeypatch.setattr(solve_module, "stop_requested", lambda: calls.append(1) or len(calls) >= 25)
+    ckpt = _MemoryCheckpoint()
+    with pytest.raises(Interrupted):
+        reprojection_align(meas, angles, final_iterations=10, checkpoint=ckpt, **opts)
+    monkeypatch.undo()
+    assert ckpt.saved[1]["level"] == 1 and "volume" in ckpt.saved[0]
+    resumed = reprojection_align(
+        meas, angles, final_iterations=10, checkpoint=ckpt, resume=True, **opts
+    )
+    np.testing.assert_allclose(resumed.params, final.params, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(resumed.history["residual"], final.history["residual"], rtol=1e-6)
+    with pytest.raises(ValueError, match="final_iterations=-1"):
+        reprojection_align(meas, angles, final_iterations=-1)

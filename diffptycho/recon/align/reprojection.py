@@ -255,6 +255,7 @@ def reprojection_align(
     loop_relaxation: float = 1.9,
     warm_start: bool = True,
     anderson_depth: int = 5,
+    final_iterations: int = 0,
     progress: bool = False,
     checkpoint: Any = None,
     resume: bool = False,
@@ -292,6 +293,11 @@ def reprojection_align(
             ``adam``).
         anderson_depth: extrapolate the parameters from this many previous loops by
             :func:`anderson_step` (0: plain iteration, the parameters are the registration's).
+        final_iterations: after the loops, continue the (full-resolution, warm) loop
+            reconstruction for this many more ``loop_algorithm`` iterations, register every
+            projection once to its reprojection (no Anderson step), fix the gauge and return
+            those parameters; logged as one more ``history`` entry with ``binning`` 0
+            (0: no final pass, the parameters are the last loop's).
         progress: print one line per loop.
         checkpoint: a :class:`~diffptycho.io.checkpoint.Checkpoint` (any object with
             ``every``, ``save`` and ``load``): the parameters and history are saved every
@@ -316,6 +322,8 @@ def reprojection_align(
         raise ValueError(f"fit={fit!r}: expected 'similarity' or 'shift'")
     if not binning or any(int(b) < 1 for b in binning):
         raise ValueError(f"binning={binning!r}: expected factors ≥ 1, coarse to fine")
+    if final_iterations < 0:
+        raise ValueError(f"final_iterations={final_iterations}: expected ≥ 0 (0: no final pass)")
     if anderson_depth < 0:
         raise ValueError(f"anderson_depth={anderson_depth}: expected ≥ 0 (0: no acceleration)")
     if warm_start and loop_algorithm in ("fbp", "adam"):
@@ -345,7 +353,8 @@ def reprojection_align(
         hist = {k: [float(x) for x in arrays[f"history/{k}"]] for k in hist}
         position = (int(meta["level"]), int(meta["loop"]))
         watch.restore(meta["watch"])
-        if position[1] > 0:  # mid-level: the level's memory continues
+        if position[1] > 0 or position[0] >= len(binning):  # the level's memory continues
+            # (after the last level: the final pass warm-starts from its volume)
             volume = arrays.get("volume")
             xs = list(arrays.get("anderson/x", []))
             fs = list(arrays.get("anderson/f", []))
@@ -442,6 +451,48 @@ def reprojection_align(
                     )
             if converged:
                 break
+    if final_iterations:
+        if volume is not None and np.shape(volume)[1] != shape[0]:
+            volume = None  # the last level was binned: the final pass starts cold
+        try:
+            vol = reconstruct_dealigned(
+                meas,
+                angles,
+                params,
+                loop_algorithm,
+                final_iterations,
+                nonnegative,
+                initial=volume if warm_start else None,
+                relaxation=loop_relaxation,
+            )
+        except Interrupted:
+            if checkpoint is not None:
+                save(len(binning), 0)
+            raise
+        reproj = np.asarray(project(jnp.asarray(vol), angles_j))
+        registered, cost = register_similarity_stack(
+            reproj,
+            meas,
+            params,
+            weights=weights,
+            iterations=lm_iterations,
+            fixed=fixed,
+            smoothing_px=smoothing_px,
+        )
+        registered = fix_gauge(registered, angles, shape).params
+        change = parameter_change_px(params, registered, shape)
+        params = registered
+        hist["max_update_px"].append(float(change.max()))
+        hist["rms_update_px"].append(float(np.sqrt(np.mean(change**2))))
+        hist["max_correction_px"].append(float(change.max()))
+        hist["residual"].append(float(cost.sum() / np.sum(meas**2)))
+        hist["seconds"].append(time.perf_counter() - t0)
+        hist["binning"].append(0)
+        if progress:
+            print(
+                f"final pass ({loop_algorithm} +{final_iterations}): max update "
+                f"{change.max():.4f} px, residual {hist['residual'][-1]:.3e}"
+            )
     volume = reconstruct_dealigned(meas, angles, params, algorithm, iterations, nonnegative)
     gauge = fix_gauge(params, angles, shape)
     config = dict(
@@ -453,6 +504,7 @@ def reprojection_align(
         loop_relaxation=loop_relaxation,
         warm_start=warm_start,
         anderson_depth=anderson_depth,
+        final_iterations=final_iterations,
         max_loops=max_loops,
         tolerance_px=tolerance_px,
         fit=fit,
