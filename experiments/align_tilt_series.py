@@ -156,7 +156,11 @@ def main() -> None:
     ap.add_argument(
         "--final-iterations", type=int, default=0, help="reprojection final pass (0: none)"
     )
-    ap.add_argument("--initial-json", default=None, help="start reprojection from its params")
+    ap.add_argument(
+        "--initial-json",
+        default=None,
+        help="start reprojection from its params ('truth': the true ones)",
+    )
     ap.add_argument("--no-baselines", action="store_true", help="skip rough and known rows")
     ap.add_argument("--tolerance", type=float, default=0.01, help="reprojection stop, px")
     ap.add_argument("--interpolation", default="cubic", help="joint loss resampling")
@@ -177,7 +181,9 @@ def main() -> None:
     perfect = vol_error(truth)
     rows, history, saved = {}, {}, {}
     initial = None
-    if args.initial_json:
+    if args.initial_json == "truth":  # diagnostic: the bias at the true parameters
+        initial = truth
+    elif args.initial_json:
         with open(args.initial_json) as f:
             initial = np.asarray(json.load(f)["params"]["reprojection"])
     if not args.no_baselines:
