@@ -382,6 +382,49 @@ def reprojection_align(
         meta = {"level": level, "loop": loop, "watch": watch.state()}
         checkpoint.save({}, meta, iteration=len(hist["residual"]), arrays=arrays)
 
+    def reconstruct_and_register(data, w, factor: int, n_iterations: int, at: tuple[int, int]):
+        """Reconstruct, register every projection to its reprojection, fix the gauge.
+
+        ``data`` is binned by ``factor``; the current alignment is undone. Returns (volume,
+        full-resolution rows, cost); a stop inside the reconstruction saves to resume at ``at``.
+        """
+        p_bin = _to_binned(params, shape, factor)
+        try:
+            vol = reconstruct_dealigned(
+                data,
+                angles,
+                p_bin,
+                loop_algorithm,
+                n_iterations,
+                nonnegative,
+                initial=volume if warm_start else None,
+                relaxation=loop_relaxation,
+            )
+        except Interrupted:
+            if checkpoint is not None:
+                save(*at)
+            raise
+        reproj = np.asarray(project(jnp.asarray(vol), angles_j))
+        q_bin, cost = register_similarity_stack(
+            reproj,
+            data,
+            p_bin,
+            weights=w,
+            iterations=lm_iterations,
+            fixed=fixed,
+            smoothing_px=smoothing_px,
+        )
+        return vol, fix_gauge(_from_binned(q_bin, shape, factor), angles, shape).params, cost
+
+    def record(change, correction, cost, data, factor: int) -> None:
+        """One loop's (or the final pass's, binning 0) entry of the history."""
+        hist["max_update_px"].append(float(change.max()))
+        hist["rms_update_px"].append(float(np.sqrt(np.mean(change**2))))
+        hist["max_correction_px"].append(float(correction.max()))
+        hist["residual"].append(float(cost.sum() / np.sum(data**2)))
+        hist["seconds"].append(time.perf_counter() - t0)
+        hist["binning"].append(factor)
+
     for level, factor in enumerate(binning):
         if level < position[0]:
             continue
@@ -392,35 +435,11 @@ def reprojection_align(
         if first == 0:
             volume, xs, fs = None, [], []
         for loop in range(first, max_loops):
-            p_bin = _to_binned(params, shape, factor)
-            try:
-                vol = reconstruct_dealigned(
-                    data,
-                    angles,
-                    p_bin,
-                    loop_algorithm,
-                    loop_iterations,
-                    nonnegative,
-                    initial=volume if warm_start else None,
-                    relaxation=loop_relaxation,
-                )
-            except Interrupted:
-                if checkpoint is not None:
-                    save(level, loop)
-                raise
+            vol, registered, cost = reconstruct_and_register(
+                data, w, factor, loop_iterations, (level, loop)
+            )
             if warm_start:
                 volume = vol
-            reproj = np.asarray(project(jnp.asarray(vol), angles_j))
-            q_bin, cost = register_similarity_stack(
-                reproj,
-                data,
-                p_bin,
-                weights=w,
-                iterations=lm_iterations,
-                fixed=fixed,
-                smoothing_px=smoothing_px,
-            )
-            registered = fix_gauge(_from_binned(q_bin, shape, factor), angles, shape).params
             correction = parameter_change_px(params, registered, shape)
             new = registered
             if anderson_depth > 0:
@@ -437,12 +456,7 @@ def reprojection_align(
                     xs, fs = xs[-1:], fs[-1:]
             change = parameter_change_px(params, new, shape)
             params = new
-            hist["max_update_px"].append(float(change.max()))
-            hist["rms_update_px"].append(float(np.sqrt(np.mean(change**2))))
-            hist["max_correction_px"].append(float(correction.max()))
-            hist["residual"].append(float(cost.sum() / np.sum(data**2)))
-            hist["seconds"].append(time.perf_counter() - t0)
-            hist["binning"].append(factor)
+            record(change, correction, cost, data, factor)
             watch.update(len(hist["residual"]) - 1, hist["residual"][-1])
             if progress:
                 print(
@@ -468,40 +482,12 @@ def reprojection_align(
     if final_iterations:
         if volume is not None and np.shape(volume)[1] != shape[0]:
             volume = None  # the last level was binned: the final pass starts cold
-        try:
-            vol = reconstruct_dealigned(
-                meas,
-                angles,
-                params,
-                loop_algorithm,
-                final_iterations,
-                nonnegative,
-                initial=volume if warm_start else None,
-                relaxation=loop_relaxation,
-            )
-        except Interrupted:
-            if checkpoint is not None:
-                save(len(binning), 0)
-            raise
-        reproj = np.asarray(project(jnp.asarray(vol), angles_j))
-        registered, cost = register_similarity_stack(
-            reproj,
-            meas,
-            params,
-            weights=weights,
-            iterations=lm_iterations,
-            fixed=fixed,
-            smoothing_px=smoothing_px,
+        _, registered, cost = reconstruct_and_register(
+            meas, weights, 1, final_iterations, (len(binning), 0)
         )
-        registered = fix_gauge(registered, angles, shape).params
         change = parameter_change_px(params, registered, shape)
         params = registered
-        hist["max_update_px"].append(float(change.max()))
-        hist["rms_update_px"].append(float(np.sqrt(np.mean(change**2))))
-        hist["max_correction_px"].append(float(change.max()))
-        hist["residual"].append(float(cost.sum() / np.sum(meas**2)))
-        hist["seconds"].append(time.perf_counter() - t0)
-        hist["binning"].append(0)
+        record(change, change, cost, meas, 0)
         if progress:
             print(
                 f"final pass ({loop_algorithm} +{final_iterations}): max update "
