@@ -20,6 +20,7 @@ import tempfile
 import time
 
 import numpy as np
+from experiment_report import composition_rmse
 
 from diffptycho.analysis.composition import composition_errors, register_to_truth
 from diffptycho.pipeline import run_pipeline
@@ -34,8 +35,7 @@ from diffptycho.sim import datasets, tiltseries
 
 def _errors(composition: np.ndarray, truth: np.ndarray) -> dict:
     moved, _ = register_to_truth(composition, truth)
-    occupied = truth.sum(0) > 0.5
-    rmse = float(np.sqrt(np.mean((moved - truth)[:, occupied] ** 2)))
+    rmse = composition_rmse(moved, truth)
     return {"rmse": rmse, "relative_error": composition_errors(moved, truth)["relative_error"]}
 
 

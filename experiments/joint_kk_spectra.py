@@ -27,13 +27,13 @@ Reported: composition relative error, δ error of each species, wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+from experiment_report import write_report
 
 from diffptycho.analysis.composition import composition_errors
 from diffptycho.physics import spectra as sp
@@ -160,11 +160,7 @@ def main() -> None:
             f"| {r['run']} | {r['composition_relative_error']:.4f} | {d} | {r['seconds']:.0f} |"
         )
     text = "\n".join(lines)
-    print(text)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text + "\n")
+    write_report(args.out, args, rows, text)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
+from experiment_report import peak_rss_mb
 
 
 def _child(path: str, lazy: bool, steps: int, batch: int) -> None:
@@ -36,23 +36,7 @@ def _child(path: str, lazy: bool, steps: int, batch: int) -> None:
         frames = f["frames"] if lazy else f["frames"][()]
         model = _model_from(path)
         joint_reconstruct(model, frames, steps, angles_per_batch=batch, progress=False)
-    print(json.dumps({"peak_mb": _peak_rss_mb()}))
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory in MB.
-
-    VmHWM belongs to the process image and starts afresh at exec, unlike ``ru_maxrss``,
-    which a child started by fork + exec inherits from its (larger) parent on Linux.
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return float(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mb": peak_rss_mb()}))
 
 
 def _model_from(path: str):

@@ -19,13 +19,13 @@ JSON and Markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+from experiment_report import write_report
 
 from diffptycho.analysis.composition import composition_errors, register_to_truth
 from diffptycho.recon.joint import joint_reconstruct
@@ -109,11 +109,7 @@ def main() -> None:
             f"| {r['with_relative_error']:.3f} | {100 * change:+.0f} % |"
         )
     text = "\n".join(lines)
-    print(text)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text + "\n")
+    write_report(args.out, args, rows, text)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import time
 
 import numpy as np
+from experiment_report import composition_rmse, write_report
 from scipy import ndimage
 
 from diffptycho.analysis.composition import register_to_truth
@@ -39,12 +39,6 @@ from diffptycho.pipeline import (
     run_pipeline,
 )
 from diffptycho.sim import datasets, tiltseries
-
-
-def composition_rmse(estimate: np.ndarray, truth: np.ndarray) -> float:
-    """RMSE of the volume fractions over the truly occupied voxels (both species)."""
-    occupied = truth.sum(0) > 0.5
-    return float(np.sqrt(np.mean((estimate - truth)[:, occupied] ** 2)))
 
 
 def od_errors(od: np.ndarray, truth_od: np.ndarray, shift: np.ndarray) -> list[float]:
@@ -143,11 +137,7 @@ def main() -> None:
         od = " / ".join(f"{v:.3f}" for v in r["od_relative_error"])
         lines.append(f"| {r['method']} | {od} | {r['composition_rmse']:.4f} | {r['seconds']:.0f} |")
     text = "\n".join(lines)
-    print(text)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text + "\n")
+    write_report(args.out, args, rows, text)
 
 
 if __name__ == "__main__":

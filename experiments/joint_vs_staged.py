@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 
 import numpy as np
+from experiment_report import composition_rmse, write_report
 
 from diffptycho.analysis.composition import composition_errors, register_to_truth
 from diffptycho.analysis.resolution import crossing, fsc
@@ -45,12 +45,6 @@ class Case:
     dose: float
     angles: int
     step_px: float
-
-
-def composition_rmse(estimate: np.ndarray, truth: np.ndarray) -> float:
-    """RMSE of the volume fractions over the truly occupied voxels (both species)."""
-    occupied = truth.sum(0) > 0.5
-    return float(np.sqrt(np.mean((estimate - truth)[:, occupied] ** 2)))
 
 
 def half_period_nm(estimate: np.ndarray, truth: np.ndarray, voxel_m: float) -> float:
@@ -205,11 +199,7 @@ def main() -> None:
         rows.append(run_case(case, args, args.out))
         print(f"done {case}", flush=True)
     text = table(rows)
-    print(text)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text + "\n")
+    write_report(args.out, args, rows, text)
     figure(rows, os.path.join(args.out, "rmse_vs_dose.png"))
 
 

@@ -61,6 +61,7 @@ import time
 import warnings
 
 import numpy as np
+from experiment_report import write_text_atomic
 
 from diffptycho.analysis import chem_figures, figures
 from diffptycho.analysis import particles as pa
@@ -448,13 +449,6 @@ def particle_table(truth: dict, rows: dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _public(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.startswith("_")}
 
@@ -522,8 +516,8 @@ def run(args) -> dict:
         "truth": _public(truth_row),
         **{m: _public(rows[m]) for m in METHODS},
     }
-    _atomic_text(os.path.join(args.out, "results.json"), json.dumps(summary, indent=1) + "\n")
-    _atomic_text(os.path.join(args.out, "results.md"), text + "\n")
+    write_text_atomic(os.path.join(args.out, "results.json"), json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(os.path.join(args.out, "results.md"), text + "\n")
     print(text, flush=True)
     write_figures(truth, rows, matrix, voxel_m, args.out)
     return summary

@@ -17,11 +17,11 @@ gauge matched), with the wall time of each stage.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import numpy as np
+from experiment_report import write_report
 
 from diffptycho.analysis.alignment_errors import scan_shift_error_px
 from diffptycho.analysis.composition import composition_errors, register_to_truth
@@ -114,11 +114,7 @@ def main() -> None:
             f"{exp['share_rmse']:.3f} | {ref['seconds']:.0f} / {exp['seconds']:.0f} |"
         )
     table = "\n".join(lines)
-    print(table)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table + "\n")
+    write_report(args.out, args, rows, table)
 
 
 if __name__ == "__main__":

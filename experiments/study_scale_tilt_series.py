@@ -33,6 +33,7 @@ import sys
 import time
 
 import numpy as np
+from experiment_report import peak_rss_mb
 
 
 def simulate(args) -> None:
@@ -88,9 +89,7 @@ def pipeline(args) -> None:
     t0 = time.perf_counter()
     result = run_pipeline(config, progress=False, figures=False)
     total = time.perf_counter() - t0
-    with open("/proc/self/status") as f:
-        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
-    out = {"stage_s": result.seconds, "total_s": total, "peak_rss_mib": hwm / 1024}
+    out = {"stage_s": result.seconds, "total_s": total, "peak_rss_mib": peak_rss_mb()}
     with open(os.path.join(args.out, "pipeline.json"), "w") as f:
         json.dump(out, f, indent=1)
 
