@@ -301,6 +301,4 @@ class KKProjector(eqx.Module):
         Returns:
             Residual per pixel, shape ``mu_t.shape[1:]``.
         """
-        x, shape = self._stack(mu_t, phase)
-        d = x - self._projected(x)
-        return jnp.sum(self.weights.astype(x.dtype)[:, None] * d**2, axis=0).reshape(shape[1:])
+        return jnp.sum(self.weighted_difference(mu_t, phase) ** 2, axis=0)
