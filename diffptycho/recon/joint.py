@@ -951,9 +951,9 @@ def coarsen(model: SpectroPtychoTomo, binning: int) -> SpectroPtychoTomo:
         )
     b = binning
     blocks = comp.reshape(n_s, shape[0] // b, b, shape[1] // b, b, shape[2] // b, b)
-    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
-    fields.update(composition=blocks.mean((2, 4, 6)), volume_binning=model.volume_binning * b)
-    return type(model)(**fields)
+    return dataclasses.replace(
+        model, composition=blocks.mean((2, 4, 6)), volume_binning=model.volume_binning * b
+    )
 
 
 def _coarse_to_fine(model, frames, iterations, options, levels, support, checkpointing):
@@ -974,9 +974,7 @@ def _coarse_to_fine(model, frames, iterations, options, levels, support, checkpo
         up = jax.image.resize(
             fit.composition, model.composition.shape, "linear", antialias=False
         ).astype(model.composition.dtype)
-        fields = {f.name: getattr(fit, f.name) for f in dataclasses.fields(fit)}
-        fields.update(composition=up, volume_binning=model.volume_binning)
-        model = type(model)(**fields)
+        model = dataclasses.replace(fit, composition=up, volume_binning=model.volume_binning)
         losses += list(history.loss)
         seconds += [offset + t for t in history.seconds]
         offset = seconds[-1] if seconds else offset
