@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     solver = make_engine(args.algorithm, **engine_options(args))
     searched = args.probe_search and scan.illumination is None and args.propagation == "far-field"
     if searched and not args.resume:
-        from diffptycho.recon.ptycho.start import probe_by_defocus_search
+        from diffptycho.recon.ptycho.start import describe_defocus_search, probe_by_defocus_search
 
         probe, table = probe_by_defocus_search(
             scan.data,
@@ -210,11 +210,7 @@ def run(args: argparse.Namespace) -> int:
             probe_modes=args.probe_modes,
         )
         model = eqx.tree_at(lambda m: m.probe, model, jnp.asarray(probe, model.probe.dtype))
-        best = int(np.argmin(table["loss"]))
-        print(
-            f"diffptycho ptycho: probe start at defocus λΔz/dx² = {table['defocus'][best]:+.0f} "
-            f"(loss {table['loss'][best]:.4g}; at the focus {table['loss'][0]:.4g})"
-        )
+        print(f"diffptycho ptycho: {describe_defocus_search(table)}")
     data = PtychoData(jnp.asarray(scan.data), None if scan.mask is None else jnp.asarray(scan.mask))
     settings = {
         k: getattr(args, k)

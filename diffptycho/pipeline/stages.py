@@ -287,7 +287,7 @@ def ptychography(context: Context, settings: PtychographySettings) -> StageOutpu
 
 def _searched_probe(context, settings, scan, positions, field, e: int) -> np.ndarray:
     """The data-derived probe at the defocus the scan fits best (first scan of an energy)."""
-    from diffptycho.recon.ptycho.start import probe_by_defocus_search
+    from diffptycho.recon.ptycho.start import describe_defocus_search, probe_by_defocus_search
 
     probe, table = probe_by_defocus_search(
         scan.data,
@@ -297,11 +297,7 @@ def _searched_probe(context, settings, scan, positions, field, e: int) -> np.nda
         mask=scan.mask,
         probe_modes=settings.probe_modes,
     )
-    best = int(np.argmin(table["loss"]))
-    context.log(
-        f"ptychography: energy {e}: probe start at defocus λΔz/dx² = {table['defocus'][best]:+.0f} "
-        f"(loss {table['loss'][best]:.4g}; at the focus {table['loss'][0]:.4g})"
-    )
+    context.log(f"ptychography: energy {e}: {describe_defocus_search(table)}")
     return probe
 
 

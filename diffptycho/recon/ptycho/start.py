@@ -35,6 +35,7 @@ from diffptycho.recon.solve import AbstractSolver
 __all__ = [
     "bright_field_radius_px",
     "defocused_guesses",
+    "describe_defocus_search",
     "make_engine",
     "near_field_probe_guess",
     "probe_by_defocus_search",
@@ -182,6 +183,15 @@ def probe_by_defocus_search(
     if best is None:
         raise ValueError("probe search: every defocus candidate diverged")
     return best, {k: np.asarray(v) for k, v in table.items()}
+
+
+def describe_defocus_search(table: dict[str, np.ndarray]) -> str:
+    """One line on :func:`probe_by_defocus_search`'s choice, for logs."""
+    best = int(np.argmin(table["loss"]))
+    return (
+        f"probe start at defocus λΔz/dx² = {table['defocus'][best]:+.0f} "
+        f"(loss {table['loss'][best]:.4g}; at the focus {table['loss'][0]:.4g})"
+    )
 
 
 def scaled_probe(
