@@ -823,7 +823,7 @@ def joint_reconstruct(
             jnp.zeros(model.positions.shape[:2] + (2,), model.positions.dtype),
             is_leaf=lambda x: x is None,
         )
-    if adam_eps is None:
+    if adam_eps is None and solver == "adam":  # reads every frame once: only when used
         adam_eps = 1e-5 * _mean_frame_counts(frames)
     selectors = [TRAINABLE[name] for name in refine]
     mask_j = None if mask is None else jnp.asarray(mask)
