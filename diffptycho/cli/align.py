@@ -30,8 +30,7 @@ _CONVENTION = (
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``align`` sub-command to a ``subparsers`` object; returns its parser."""
-    from diffptycho.recon.align import METHODS
-    from diffptycho.recon.tomo import ALGORITHMS
+    from diffptycho.cli._choices import ALIGN_METHODS, TOMO_ALGORITHMS
 
     p = subparsers.add_parser(
         "align",
@@ -42,12 +41,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "volume and the alignment. " + _CONVENTION,
     )
     p.add_argument("input", metavar="PROJ.h5", help="projections or Data Exchange file")
-    p.add_argument("--method", "-m", choices=METHODS, default="reprojection")
+    p.add_argument("--method", "-m", choices=ALIGN_METHODS, default="reprojection")
     p.add_argument("--output", "-o", required=True, metavar="ALIGNED.h5", help="results file")
     p.add_argument(
         "--fit", choices=["similarity", "shift"], default="similarity", help="what to fit"
     )
-    p.add_argument("--algorithm", "-a", choices=ALGORITHMS, default="art", help="tomography")
+    p.add_argument("--algorithm", "-a", choices=TOMO_ALGORITHMS, default="art", help="tomography")
     p.add_argument(
         "--iterations", "-n", type=positive_int, default=20, help="reconstruction iterations"
     )

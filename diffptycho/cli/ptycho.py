@@ -44,11 +44,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``ptycho`` sub-command on an ``argparse`` sub-parser set.
 
     The engine, loss and propagation choices are the keys of the library's registries
-    (``recon.ptycho.ENGINES``, ``recon.losses.LOSSES``, ``recon.ptycho.geometry.PROPAGATIONS``).
+    (``recon.ptycho.ENGINES``, ``recon.losses.LOSSES``, ``recon.ptycho.geometry.PROPAGATIONS``),
+    copied in :mod:`diffptycho.cli._choices` so that building the parser imports no jax.
     """
-    from diffptycho.recon.losses import LOSSES
-    from diffptycho.recon.ptycho import ENGINES
-    from diffptycho.recon.ptycho.geometry import PROPAGATIONS
+    from diffptycho.cli._choices import LOSSES, PROPAGATIONS, PTYCHO_ENGINES
 
     p = subparsers.add_parser(
         "ptycho",
@@ -57,7 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "engine; writes an HDF5 results file with provenance and a PNG figure beside it.",
     )
     p.add_argument("data", help="CXI file (one entry_k group per scan)")
-    p.add_argument("--algorithm", "-a", choices=list(ENGINES), default="raar", help="engine")
+    p.add_argument("--algorithm", "-a", choices=PTYCHO_ENGINES, default="raar", help="engine")
     p.add_argument("--iterations", "-n", type=positive_int, default=100, help="iterations")
     p.add_argument("--output", "-o", required=True, help="results HDF5 file to write")
     p.add_argument("--probe-modes", type=positive_int, default=1, help="incoherent modes M")
@@ -82,13 +81,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--entry", type=positive_int, default=1, help="scan: entry_K (default 1)")
     p.add_argument(
         "--loss",
-        choices=list(LOSSES),
+        choices=LOSSES,
         default=None,
         help="noise model (default: the engine's own)",
     )
     p.add_argument(
         "--propagation",
-        choices=list(PROPAGATIONS),
+        choices=PROPAGATIONS,
         default="far-field",
         help="far field (Fraunhofer) or near field (Fresnel, divergent beam; needs "
         "--focus-to-sample)",

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+from diffptycho.cli._choices import STAGE_NAMES
 from diffptycho.cli.checkpointing import add_checkpoint_arguments
 from diffptycho.cli.spectrotomo import execute
-from diffptycho.pipeline.config import STAGE_NAMES
 
 __all__ = ["add_parser", "run"]
 

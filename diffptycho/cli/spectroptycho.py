@@ -24,11 +24,14 @@ __all__ = ["add_parser", "run", "settings_from_args"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``spectroptycho`` sub-command (defaults from the settings dataclass)."""
-    from diffptycho.pipeline.spectroptycho import MODES, SpectroPtychoSettings
-    from diffptycho.recon.ptycho import ENGINES
+    """Register the ``spectroptycho`` sub-command.
 
-    d = SpectroPtychoSettings()
+    The defaults are those of :class:`~diffptycho.pipeline.spectroptycho.
+    SpectroPtychoSettings`, written out so that building the parser imports no jax
+    (``tests/test_cli_lazy.py`` holds them equal).
+    """
+    from diffptycho.cli._choices import PTYCHO_ENGINES, SPECTROPTYCHO_MODES
+
     p = subparsers.add_parser(
         "spectroptycho",
         help="spectro-ptychography (CXI, one entry per energy) → registered μt and φ stacks",
@@ -51,32 +54,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "format as spectrotomo) for thickness maps",
     )
     p.add_argument("--kk", action="store_true", help="apply the Kramers–Kronig constraint")
-    p.add_argument("--mode", choices=MODES, default=d.mode, help=f"default {d.mode}")
-    p.add_argument("--engine", "-a", choices=list(ENGINES), default=d.engine)
-    p.add_argument("--iterations", "-n", type=positive_int, default=d.iterations)
+    p.add_argument(
+        "--mode", choices=SPECTROPTYCHO_MODES, default="per-energy", help="default per-energy"
+    )
+    p.add_argument("--engine", "-a", choices=PTYCHO_ENGINES, default="lsqml")
+    p.add_argument("--iterations", "-n", type=positive_int, default=60)
     p.add_argument(
         "--probe-iterations",
         type=positive_int,
         default=None,
         help="iterations of the first energy, which retrieves the probe (default 3×)",
     )
-    p.add_argument("--probe-modes", type=positive_int, default=d.probe_modes)
+    p.add_argument("--probe-modes", type=positive_int, default=1)
     p.add_argument(
         "--fixed-probe",
         action="store_true",
         help="keep each energy's probe from the file (no probe refinement; avoids the raster "
         "grid pathology of a refined probe on a raster scan)",
     )
-    p.add_argument("--kk-rounds", type=positive_int, default=d.kk_rounds)
-    p.add_argument("--kk-iterations", type=positive_int, default=d.kk_iterations)
-    p.add_argument(
-        "--element", default=d.element, help=f"absorber of the KK constraint ({d.element})"
-    )
-    p.add_argument("--edge", default=d.edge, help=f"its edge ({d.edge})")
+    p.add_argument("--kk-rounds", type=positive_int, default=4)
+    p.add_argument("--kk-iterations", type=positive_int, default=10)
+    p.add_argument("--element", default="V", help="absorber of the KK constraint (V)")
+    p.add_argument("--edge", default="K", help="its edge (K)")
     p.add_argument(
         "--reference-energy",
         type=int,
-        default=d.reference_energy,
+        default=0,
         help="index (increasing energy) of the energy that defines the common grid",
     )
     p.add_argument("--no-registration", action="store_true", help="do not register energies")

@@ -15,20 +15,19 @@ from __future__ import annotations
 import argparse
 import os
 
+from diffptycho.cli._choices import JOINT_SOLVERS, PTYCHO_ENGINES, STAGE_NAMES, TOMO_ALGORITHMS
 from diffptycho.cli.checkpointing import add_checkpoint_arguments, interrupted
 from diffptycho.cli.ptycho import positive_int
-from diffptycho.pipeline import config as cfg
-from diffptycho.pipeline.config import STAGE_NAMES
 
 __all__ = ["add_parser", "config_from_args", "execute", "report", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``spectrotomo`` sub-command (choices and defaults from the library)."""
-    from diffptycho.recon.joint import SOLVERS
-    from diffptycho.recon.ptycho import ENGINES
-    from diffptycho.recon.tomo import ALGORITHMS as TOMO_ALGORITHMS
+    """Register the ``spectrotomo`` sub-command.
 
+    The defaults are those of the :mod:`diffptycho.pipeline.config` dataclasses, written out
+    so that building the parser imports no jax (``tests/test_cli_lazy.py`` holds them equal).
+    """
     p = subparsers.add_parser(
         "spectrotomo",
         help="tilt series (CXI, one entry per scan) → composition volumes, staged",
@@ -63,26 +62,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         choices=("staged", "joint"),
-        default=cfg.PipelineConfig.mode,
+        default="staged",
         help="staged (default) or joint (see --joint-start)",
     )
     p.add_argument(
         "--joint-start",
         choices=("staged", "blank"),
-        default=cfg.JointSettings.start,
+        default="staged",
         help="joint mode: start from the staged result (default) or from scratch",
     )
     p.add_argument(
         "--joint-model",
         choices=("composition", "volumes"),
-        default=cfg.JointSettings.model,
+        default="composition",
         help="joint mode: fit the species' volume fractions through the references "
         "(composition, default) or one complex volume per energy (volumes)",
     )
     p.add_argument(
         "--joint-solver",
-        choices=SOLVERS,
-        default=cfg.JointSettings.solver,
+        choices=JOINT_SOLVERS,
+        default="gauss-newton",
         help="joint solver (default gauss-newton: damped Gauss-Newton with CG inner solves)",
     )
     p.add_argument(
@@ -95,15 +94,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--joint-learning-rate",
         type=float,
-        default=cfg.JointSettings.learning_rate,
+        default=0.03,
         help="joint step size (Adam)",
     )
     p.add_argument(
         "--joint-tv-weight",
         type=float,
-        default=cfg.JointSettings.tv_weight,
+        default=5e-5,
         help="weight of the composition's total variation in the joint fit (per frame; "
-        f"default {cfg.JointSettings.tv_weight:g}, 0: none)",
+        "default 5e-05, 0: none)",
     )
     p.add_argument(
         "--joint-angles-per-batch",
@@ -121,7 +120,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--joint-support",
         choices=("none", "staged"),
-        default=cfg.JointSettings.support,
+        default="none",
         help="joint mode: hold the volumes at 0 outside an envelope of the staged OD volumes "
         "(staged; needs --joint-start staged) or not (none, default)",
     )
@@ -142,13 +141,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "background, energy_offsets; default composition probe from the staged start, "
         "composition probe energy_offsets from a blank one)",
     )
-    ptycho = cfg.PtychographySettings
-    p.add_argument(
-        "--engine", choices=list(ENGINES), default=ptycho.engine, help="ptychography engine"
-    )
-    p.add_argument(
-        "--iterations", "-n", type=positive_int, default=ptycho.iterations, help="per scan"
-    )
+    p.add_argument("--engine", choices=PTYCHO_ENGINES, default="raar", help="ptychography engine")
+    p.add_argument("--iterations", "-n", type=positive_int, default=100, help="per scan")
     p.add_argument(
         "--first-scan-iterations",
         type=positive_int,
@@ -156,9 +150,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="iterations of the first scan of each energy, which retrieves the probe "
         "(default 3 × --iterations)",
     )
-    p.add_argument(
-        "--probe-modes", type=positive_int, default=ptycho.probe_modes, help="incoherent modes"
-    )
+    p.add_argument("--probe-modes", type=positive_int, default=1, help="incoherent modes")
     p.add_argument(
         "--shared-probe", action="store_true", help="one probe per energy shared by all its scans"
     )
@@ -186,13 +178,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--align",
         choices=("reprojection", "joint", "rough", "none"),
-        default=cfg.AlignmentSettings.method,
+        default="reprojection",
         help="rotation-axis alignment method",
     )
     p.add_argument(
         "--align-loops",
         type=positive_int,
-        default=cfg.AlignmentSettings.max_loops,
+        default=10,
         help="most alignment loops",
     )
     p.add_argument(
@@ -203,15 +195,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--register-on",
         choices=("phase", "od"),
-        default=cfg.RegistrationSettings.signal,
+        default="phase",
         help="signal of the cross-energy registration (default phase)",
     )
-    p.add_argument(
-        "--tomo-algorithm", choices=TOMO_ALGORITHMS, default=cfg.TomographySettings.algorithm
-    )
-    p.add_argument(
-        "--tomo-iterations", type=positive_int, default=cfg.TomographySettings.iterations
-    )
+    p.add_argument("--tomo-algorithm", choices=TOMO_ALGORITHMS, default="art")
+    p.add_argument("--tomo-iterations", type=positive_int, default=20)
     p.add_argument(
         "--volume-shape",
         type=positive_int,
@@ -220,9 +208,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="volume size in voxels, centred in the field (default: whole field)",
     )
-    tol = cfg.TiltSeriesSettings
-    p.add_argument("--energy-tolerance-ev", type=float, default=tol.energy_tolerance_ev)
-    p.add_argument("--angle-tolerance-deg", type=float, default=tol.angle_tolerance_deg)
+    p.add_argument("--energy-tolerance-ev", type=float, default=0.05)
+    p.add_argument("--angle-tolerance-deg", type=float, default=0.05)
     p.add_argument(
         "--restart-from",
         choices=STAGE_NAMES,
@@ -249,6 +236,8 @@ def _coarse_level(text: str) -> tuple[int, int]:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`~diffptycho.pipeline.PipelineConfig` the command line describes."""
+    from diffptycho.pipeline import config as cfg
+
     return cfg.PipelineConfig(
         input=tuple(args.data),
         output=args.output,

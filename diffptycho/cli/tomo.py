@@ -44,7 +44,7 @@ def _rows(value: str) -> slice:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``tomo`` sub-command to a ``subparsers`` object; returns its parser."""
-    from diffptycho.recon.tomo import ALGORITHMS, FILTERS
+    from diffptycho.cli._choices import TOMO_ALGORITHMS, TOMO_FILTERS
 
     p = subparsers.add_parser(
         "tomo",
@@ -55,7 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "projections.",
     )
     p.add_argument("input", metavar="PROJ.h5", help="projections or Data Exchange file")
-    p.add_argument("--algorithm", "-a", choices=ALGORITHMS, default="art")
+    p.add_argument("--algorithm", "-a", choices=TOMO_ALGORITHMS, default="art")
     p.add_argument(
         "--iterations",
         "-n",
@@ -68,7 +68,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--order", choices=["acquisition", "random"], default="acquisition")
     p.add_argument("--nonnegative", action="store_true", help="clamp the volume at 0")
     p.add_argument("--seed", type=int, default=0, help="seed of the random order")
-    p.add_argument("--filter", choices=FILTERS, default="ramp", help="fbp filter")
+    p.add_argument("--filter", choices=TOMO_FILTERS, default="ramp", help="fbp filter")
     p.add_argument("--cutoff", type=float, default=1.0, help="fbp cutoff (fraction of Nyquist)")
     p.add_argument("--learning-rate", type=float, default=0.2, help="adam step (relative)")
     p.add_argument("--tv-weight", type=float, default=0.0, help="adam total-variation weight")
