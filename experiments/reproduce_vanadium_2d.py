@@ -156,6 +156,7 @@ def run_one(path: str, truth_raw: dict, mode: str, args) -> list[dict]:
         kk_iterations=args.kk_iterations,
         joint_iterations=args.joint_iterations,
         refine_probe=not args.fixed_probe,
+        object_refine=args.object_refine,
         **MODES[mode],
     )
     refs = {s: truth_raw["spectra"][:, i] for i, s in enumerate(_strings(truth_raw["species"]))}
@@ -211,6 +212,12 @@ def main(argv=None) -> int:
     p.add_argument("--kk-rounds", type=int, default=4)
     p.add_argument("--kk-iterations", type=int, default=10)
     p.add_argument("--joint-iterations", type=int, default=15)
+    p.add_argument(
+        "--object-refine",
+        type=int,
+        default=2,
+        help="object grid this many times finer than the detector's pixel (1: the detector's)",
+    )
     p.add_argument("--known-probe", action="store_true", help="the file holds the true probe")
     p.add_argument("--fixed-probe", action="store_true", help="keep the file's probe")
     p.add_argument("--max-thickness-nm", type=float, default=1000.0, help="thickest particle")

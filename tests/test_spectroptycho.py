@@ -109,6 +109,63 @@ def test_settings_reject_bad_values():
         sp.SpectroPtychoSettings(mode="staged")
     with pytest.raises(ValueError, match="kk_relax"):
         sp.SpectroPtychoSettings(kk_relax=0.0)
+    with pytest.raises(ValueError, match="object_refine"):
+        sp.SpectroPtychoSettings(object_refine=0)
+
+
+def test_fourier_upsample_samples_a_band_limited_image_finer_and_keeps_its_power():
+    n, f = 16, 2
+    ky, kx = 3, -5  # cycles per image, inside the band
+
+    def wave(m):  # the same function sampled with m points, centred at pixel m // 2
+        u = (np.arange(m) - m // 2) / m
+        return np.exp(2j * np.pi * (ky * u[:, None] + kx * u[None, :]))
+
+    coarse = wave(n)
+    fine = sp.fourier_upsample(coarse[None], f)[0]
+    np.testing.assert_allclose(fine * f, wave(f * n), atol=1e-12)  # amplitude per pixel / f
+    np.testing.assert_allclose(np.sum(np.abs(fine) ** 2), np.sum(np.abs(coarse) ** 2))
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_bin_to_detector_pixel_box_averages_about_the_shared_centre(factor):
+    big = 2 * factor * 8 + 4  # not a multiple of 2·factor: the coarse grid is cropped
+    u = np.arange(big) - big // 2  # fine pixel index from the centre
+    ramp = 0.5 + 0.25 * u[:, None] - 0.1 * u[None, :]
+    out = sp.bin_to_detector_pixel(ramp[None], factor)[0]
+    h = 2 * (big // (2 * factor))
+    assert out.shape == (h, h)
+    j = np.arange(h) - h // 2  # coarse pixel j is centred at fine offset factor·j
+    inner = slice(1, -1)  # the border pixels see the zero outside
+    expect = 0.5 + 0.25 * factor * j[:, None] - 0.1 * factor * j[None, :]
+    np.testing.assert_allclose(out[inner, inner], expect[inner, inner], atol=1e-12)
+    # a feature one fine pixel wide is averaged over its coarse pixel's area
+    spike = np.zeros((big, big))
+    spike[big // 2, big // 2] = 1.0
+    binned = sp.bin_to_detector_pixel(spike, factor)
+    assert binned[h // 2, h // 2] == pytest.approx(1.0 / factor**2)
+    assert binned.sum() == pytest.approx(1.0 / factor**2)
+
+
+def test_refined_scan_halves_the_object_pixel_and_frees_the_outer_frequencies():
+    from diffptycho.io.scan import PtychoScan
+
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(0, 10, (3, 8, 8)).astype(np.float32)
+    probe = rng.normal(size=(8, 8)) + 1j * rng.normal(size=(8, 8))
+    scan = PtychoScan(frames, np.zeros((3, 2)), energy_ev=5450.0, distance_m=0.1,
+                      pixel_size_m=(75e-6, 75e-6), illumination=probe)  # fmt: skip
+    fine = sp.refined_scan(scan, 2)
+    assert fine.data.shape == (3, 16, 16) and fine.mask.shape == (16, 16)
+    np.testing.assert_allclose(
+        np.asarray(fine.object_pixel_size_m), 0.5 * np.asarray(scan.object_pixel_size_m)
+    )
+    np.testing.assert_array_equal(fine.data[:, 4:12, 4:12], frames)
+    assert fine.mask[4:12, 4:12].all() and fine.mask.sum() == 64
+    assert fine.data[:, ~fine.mask].max() == 0
+    np.testing.assert_allclose(np.sum(np.abs(fine.illumination) ** 2), np.sum(np.abs(probe) ** 2),
+                               rtol=1e-5)  # fmt: skip
+    assert sp.refined_scan(scan, 1) is scan
 
 
 def test_cli_end_to_end_writes_the_stacks_and_feeds_xanes_fit(tmp_path, capsys):

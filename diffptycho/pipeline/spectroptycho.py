@@ -5,7 +5,11 @@ The published V K-edge workflow (40 energies across the edge) as one function,
 
 1. **Per-energy ptychography** with probe retrieval: the energies are reconstructed in order
    of energy, the first from the data-derived probe guess with ``probe_iterations``, each next
-   one starting from its neighbour's probe.
+   one starting from its neighbour's probe. The object grid is ``object_refine`` (default 2)
+   times finer than the detector's λz/(N·dx) (:func:`refined_scan`): the exit wave, probe ×
+   object, has twice the detector's bandwidth, and on the detector's own grid it aliases
+   into an error that depends on where the sample sits on each energy's grid. The stacks
+   are box-averaged back to the detector's pixel (:func:`bin_to_detector_pixel`).
 2. **Projections**: each transmission is vacuum-normalised (histogram vacuum, phase offset and
    ramp removed) into an optical density μt = −ln|T|² and a phase φ = arg T (rad, unwrapped;
    negative for matter, zero in vacuum: the convention of ``chem xanes-fit``).
@@ -42,6 +46,9 @@ from jaxtyping import Bool, Complex, Float
 
 __all__ = [
     "MODES",
+    "bin_to_detector_pixel",
+    "fourier_upsample",
+    "refined_scan",
     "SpectroPtychoSettings",
     "SpectroPtychoResult",
     "fit_thickness",
@@ -80,6 +87,15 @@ class SpectroPtychoSettings:
         register: register the energies (False: offsets are zero).
         mode: ``"per-energy"`` or ``"joint"``.
         joint_iterations: Gauss–Newton steps of the joint mode.
+        object_refine: reconstruct every energy on an object grid this many times finer than
+            the detector's λz/(N·dx): each frame is embedded in a ``object_refine``·N array
+            whose outer pixels are unmeasured (masked, left free), the probe is Fourier
+            interpolated, and the stacks are box-averaged back to the detector's pixel. The
+            exit wave (probe × object) has the bandwidth of the probe plus that of the
+            object, twice the detector's; on the detector's own grid the product aliases,
+            and that model error differs with where the sample sits on each energy's grid
+            (measured on the V K-edge simulation: 0.016 OD per pixel and energy, 0.0034 with
+            2 at 10⁸ photons). Costs ≈ ``object_refine``² time and memory.
     """
 
     engine: str = "lsqml"
@@ -100,6 +116,7 @@ class SpectroPtychoSettings:
     register: bool = True
     mode: str = "per-energy"
     joint_iterations: int = 20
+    object_refine: int = 2
 
     def __post_init__(self) -> None:
         from diffptycho.recon.ptycho import ENGINES
@@ -108,7 +125,14 @@ class SpectroPtychoSettings:
             raise ValueError(f"engine = {self.engine!r}: choose from {sorted(ENGINES)}")
         if self.mode not in MODES:
             raise ValueError(f"mode = {self.mode!r}: choose from {list(MODES)}")
-        for name in ("iterations", "probe_modes", "kk_rounds", "kk_iterations", "upsample"):
+        for name in (
+            "iterations",
+            "probe_modes",
+            "kk_rounds",
+            "kk_iterations",
+            "upsample",
+            "object_refine",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)}: expected an integer ≥ 1")
         if not 0.0 < self.kk_relax <= 1.0:
@@ -123,8 +147,10 @@ class SpectroPtychoResult:
         optical_density: μt (energy, y, x) on the common grid, registered.
         phase: φ = arg T (energy, y, x) in rad on the common grid, registered.
         energies_ev: (energy,) photon energies in eV, increasing.
-        pixel_size_m: pixel of the common grid in m.
-        pixel_sizes_m: (energy,) object pixel of each energy's reconstruction in m.
+        pixel_size_m: pixel of the common grid in m (the reference energy's detector-limited
+            pixel λz/(N·dx), whatever ``object_refine``).
+        pixel_sizes_m: (energy,) object pixel of each energy's reconstruction in m
+            (``object_refine`` times finer than the detector's).
         valid_mask: (y, x) pixels lit at every energy.
         offsets_px: (energy, 2) (y, x) sample offset of each energy from the reference energy
             in common-grid pixels, as found by the registration.
@@ -238,6 +264,117 @@ def _centred_positions(scans) -> list[np.ndarray]:
     ]
 
 
+def fourier_upsample(
+    image: Complex[np.ndarray, "*b n m"], factor: int
+) -> Complex[np.ndarray, "*b fn fm"]:
+    """A centred band-limited image on a ``factor`` times finer grid (spectrum zero-padded).
+
+    Unitary FFTs, so Σ|image|² is kept: a probe of N × N pixels that holds the photons of a
+    frame becomes the same beam sampled at 1/factor of the pixel, with the same photons.
+
+    Args:
+        image: (..., n, m) array, centred at pixel (n // 2, m // 2).
+        factor: integer refinement ≥ 1.
+
+    Returns:
+        (..., factor·n, factor·m) complex128, centred at pixel (factor·n // 2, factor·m // 2).
+    """
+    a = np.asarray(image, np.complex128)
+    if factor == 1:
+        return a
+    n, m = a.shape[-2:]
+    big = (factor * n, factor * m)
+    spec = np.fft.fftshift(
+        np.fft.fft2(np.fft.ifftshift(a, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
+    )
+    out = np.zeros((*a.shape[:-2], *big), np.complex128)
+    cy, cx = big[0] // 2 - n // 2, big[1] // 2 - m // 2
+    out[..., cy : cy + n, cx : cx + m] = spec
+    return np.fft.fftshift(
+        np.fft.ifft2(np.fft.ifftshift(out, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
+    )
+
+
+def refined_scan(scan, factor: int):
+    """The scan as frames ``factor`` times larger whose outer pixels are unmeasured.
+
+    With the detector pixel and distance unchanged, the object pixel λz/(factor·N·dx) is
+    ``factor`` times finer; the measured N × N frame sits at the centre (zero frequency at
+    pixel factor·N // 2), the mask frees the rest, and the file's probe is Fourier
+    interpolated onto the finer pixel (:func:`fourier_upsample`).
+
+    Args:
+        scan: a :class:`~diffptycho.io.scan.PtychoScan` with its detector geometry.
+        factor: integer refinement ≥ 1 (1 returns ``scan``).
+
+    Returns:
+        The refined scan.
+    """
+    if factor == 1:
+        return scan
+    data = np.asarray(scan.data)
+    n, m = data.shape[-2:]
+    big = (factor * n, factor * m)
+    cy, cx = big[0] // 2 - n // 2, big[1] // 2 - m // 2
+    frames = np.zeros((*data.shape[:-2], *big), np.float32)
+    frames[..., cy : cy + n, cx : cx + m] = data
+    mask = np.zeros(big, bool)
+    mask[cy : cy + n, cx : cx + m] = True if scan.mask is None else np.asarray(scan.mask, bool)
+    probe = None
+    if scan.illumination is not None:
+        probe = fourier_upsample(scan.illumination, factor).astype(np.complex64)
+    return dataclasses.replace(scan, data=frames, mask=mask, illumination=probe)
+
+
+def _probe_guess(scan, factor: int) -> np.ndarray:
+    """The data-derived probe guess from the measured frame centre, on the refined pixel."""
+    from diffptycho.recon.ptycho.start import probe_guess
+
+    big = np.asarray(scan.data).shape[-2:]
+    n, m = big[0] // factor, big[1] // factor
+    cy, cx = big[0] // 2 - n // 2, big[1] // 2 - m // 2
+    data = np.asarray(scan.data)[..., cy : cy + n, cx : cx + m]
+    mask = None if scan.mask is None else np.asarray(scan.mask)[cy : cy + n, cx : cx + m]
+    return fourier_upsample(probe_guess(data, mask), factor)
+
+
+def bin_to_detector_pixel(
+    stack: Float[np.ndarray, "*b H W"], factor: int
+) -> Float[np.ndarray, "*b h w"]:
+    """Box-average a centred common-grid stack to a ``factor`` times coarser pixel.
+
+    Fine pixel i is centred at (i − H//2)·p; coarse pixel j at (j − h//2)·factor·p with
+    h = 2·⌊H/(2·factor)⌋ (even, so both centres coincide), and it averages the fine pixels
+    over its area [−factor/2, factor/2] (partial pixels weighted by their overlap).
+
+    Args:
+        stack: (..., H, W) on the fine grid, H and W even.
+        factor: integer ≥ 1.
+
+    Returns:
+        (..., h, w) float64 on the coarse grid.
+    """
+    from scipy import ndimage
+
+    a = np.asarray(stack, np.float64)
+    if factor == 1:
+        return a
+    half = factor / 2.0
+    taps = np.arange(-int(np.ceil(half)), int(np.ceil(half)) + 1)
+    kernel = np.clip(np.minimum(taps + 0.5, half) - np.maximum(taps - 0.5, -half), 0.0, None)
+    kernel /= kernel.sum()
+    for axis in (-2, -1):
+        a = ndimage.convolve1d(a, kernel, axis=axis, mode="constant")
+    big = a.shape[-2:]
+    small = [2 * (n // (2 * factor)) for n in big]
+    start = [n // 2 - factor * (k // 2) for n, k in zip(big, small, strict=True)]
+    return a[
+        ...,
+        start[0] : start[0] + factor * small[0] : factor,
+        start[1] : start[1] + factor * small[1] : factor,
+    ]
+
+
 # --------------------------------------------------------------------------- per energy
 
 
@@ -277,8 +414,9 @@ def _reconstruct_energies(
     """
     from diffptycho.pipeline.stages import _solve
     from diffptycho.recon.interrupt import Interrupted, stop_requested
-    from diffptycho.recon.ptycho.start import probe_guess, scaled_probe
+    from diffptycho.recon.ptycho.start import scaled_probe
 
+    factor = settings.object_refine
     first_iterations = settings.probe_iterations or 3 * settings.iterations
     models, losses, probe = [], np.full(len(scans), np.nan), None
     templates = [
@@ -312,7 +450,7 @@ def _reconstruct_energies(
                 )
             probe = s.illumination  # each energy's own known probe
         elif first:
-            probe = s.illumination if s.illumination is not None else probe_guess(s.data, s.mask)
+            probe = s.illumination if s.illumination is not None else _probe_guess(s, factor)
         start = eqx.tree_at(
             lambda m: (m.object, m.probe),
             templates[e],
@@ -727,7 +865,8 @@ def run_spectroptycho(
     """
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    scans = read_energy_scans(path)
+    factor = settings.object_refine
+    scans = [refined_scan(s, factor) for s in read_energy_scans(path)]
     energies = np.asarray([s.energy_ev for s in scans])
     ref = settings.reference_energy
     if not 0 <= ref < len(scans):
@@ -777,15 +916,20 @@ def run_spectroptycho(
         times["kk"] = time.perf_counter() - t0
 
     od, phase, lit = _stacks(models, grid)
-    valid = _valid(lit)
+    valid = _valid(lit, 2 * factor)  # two detector pixels in from the lit edge
+
+    def coarse(a: np.ndarray) -> np.ndarray:  # the detector's pixel (box average)
+        return bin_to_detector_pixel(a, factor)
+
+    valid_out = coarse(valid.astype(np.float64)) > 1.0 - 1e-6
     result = SpectroPtychoResult(
-        optical_density=od * valid,
-        phase=phase * valid,
+        optical_density=coarse(od * valid) * valid_out,
+        phase=coarse(phase * valid) * valid_out,
         energies_ev=energies,
-        pixel_size_m=grid.target_pixel,
+        pixel_size_m=grid.target_pixel * factor,
         pixel_sizes_m=pixel_sizes,
-        valid_mask=valid,
-        offsets_px=grid.offsets,
+        valid_mask=valid_out,
+        offsets_px=grid.offsets / factor,
         objects=[np.asarray(m.object) for m in models],
         probes=[np.asarray(m.probe) for m in models],
         final_loss=losses,
@@ -793,16 +937,19 @@ def run_spectroptycho(
     )
     if spectra is not None:
         t0 = time.perf_counter()
-        result.thickness = fit_thickness(od, phase, energies, spectra, valid)
+        result.thickness = fit_thickness(
+            result.optical_density, result.phase, energies, spectra, valid_out
+        )
         result.species = species
         times["thickness"] = time.perf_counter() - t0
     if settings.mode == "joint":
         t0 = time.perf_counter()
-        model, history = _joint(models, scans, grid, spectra, result.thickness, settings, progress)
+        start = fit_thickness(od, phase, energies, spectra, valid)
+        model, history = _joint(models, scans, grid, spectra, start, settings, progress)
         od, phase, thickness = _model_stacks(model, grid.shape)
-        result.optical_density = od * valid
-        result.phase = phase * valid
-        result.thickness = thickness * valid
+        result.optical_density = coarse(od) * valid_out
+        result.phase = coarse(phase) * valid_out
+        result.thickness = coarse(thickness) * valid_out
         result.probes = list(np.asarray(model.probe))
         result.final_loss = np.full(len(scans), history[-1] if history.size else np.nan)
         times["joint"] = time.perf_counter() - t0
