@@ -4,7 +4,7 @@
 
     diffptycho ptycho DATA.cxi --algorithm raar --iterations 500 --output OUT.h5
         [--probe-modes M] [--refine-positions] [--background] [--batch-size B] [--entry K]
-        [--devices N]
+        [--devices N] [--stream | --memory-budget GB]
         [--checkpoint-every N] [--resume] [--keep-best]
         [--propagation near-field --focus-to-sample Z1]
 
@@ -23,6 +23,13 @@ the provenance). ``OUT.h5`` holds ``object`` (complex; array centre =
 scan position (0, 0)), ``probe`` (modes, ny, nx), ``positions_px``, ``object_pixel_size_m``
 (NaN for pixel-unit data), ``history/loss`` and provenance; ``OUT.png`` beside it shows the
 amplitude and the phase with the linear ramp removed.
+
+``--stream`` leaves the frames in the file: each minibatch's frames are read when the engine
+needs them (:class:`~diffptycho.recon.ptycho.streaming.StreamedFrames`), so memory holds one
+minibatch instead of the scan, and the starting model's statistics (mean frame, frame sums)
+come from one chunked pass. The result equals the in-memory run's; each iteration reads the
+frames from the file once more. ``--memory-budget GB`` streams only when the scan's frames
+(float32) would take more than GB.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import numpy as np
 
 from diffptycho.cli.checkpointing import add_checkpoint_arguments, checkpoint_for, interrupted
 
-__all__ = ["add_parser", "positive_float", "positive_int", "run"]
+__all__ = ["add_parser", "positive_float", "positive_int", "read_scan", "run", "wants_stream"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -70,6 +77,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="split every minibatch's positions over the first N devices (the batch size "
         "must be a multiple of N; on CPU, more devices need XLA_FLAGS="
         "--xla_force_host_platform_device_count=N)",
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="leave the frames in the file and read each minibatch's frames when the engine "
+        "needs them: memory holds one minibatch, not the scan (same result; each iteration "
+        "reads the frames from the file again)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=positive_float,
+        default=None,
+        metavar="GB",
+        help="stream the frames (as --stream) when they would take more than GB gigabytes "
+        "in memory as float32; default: never stream unless --stream",
     )
     p.add_argument(
         "--probe-search",
@@ -127,8 +149,15 @@ def positive_float(text: str) -> float:
     return value
 
 
-def read_scan(path: str, entry: int = 1):
-    """The scan ``entry_<entry>`` of a CXI file (1-based); only that entry's frames are read."""
+def read_scan(path: str, entry: int = 1, stream: bool = False):
+    """The scan ``entry_<entry>`` of a CXI file (1-based); only that entry's frames are read.
+
+    Args:
+        path: the CXI file.
+        entry: the entry number.
+        stream: leave the frames in the file (a
+            :class:`~diffptycho.recon.ptycho.streaming.StreamedScan`) instead of reading them.
+    """
     from diffptycho.io.cxi import read_cxi_entry, read_cxi_headers
 
     n = len(read_cxi_headers(path))
@@ -137,7 +166,27 @@ def read_scan(path: str, entry: int = 1):
             f"{path}: --entry {entry} does not exist; the file holds {n} scan(s) "
             f"(entry_1 … entry_{n})"
         )
+    if stream:
+        from diffptycho.recon.ptycho.streaming import read_streamed_cxi_entry
+
+        return read_streamed_cxi_entry(path, entry)
     return read_cxi_entry(path, entry)
+
+
+def wants_stream(args: argparse.Namespace) -> bool:
+    """``--stream``, or ``--memory-budget GB`` below the scan's frames in float32."""
+    if getattr(args, "stream", False):
+        return True
+    budget = getattr(args, "memory_budget", None)
+    if budget is None:
+        return False
+    from diffptycho.io.cxi import read_cxi_headers
+
+    headers = read_cxi_headers(args.data)
+    if not 1 <= args.entry <= len(headers):
+        return False  # read_scan reports the missing entry
+    header = headers[args.entry - 1]
+    return header.n_frames * int(np.prod(header.frame_shape)) * 4 > budget * 1e9
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
 
     from diffptycho.io.results import check_output_path
     from diffptycho.recon.interrupt import Interrupted, stop_on_signals
-    from diffptycho.recon.ptycho.data import PtychoData
+    from diffptycho.recon.ptycho.data import ptycho_data
     from diffptycho.recon.ptycho.geometry import far_field_warnings, scan_geometry
     from diffptycho.recon.ptycho.start import make_engine, starting_model
     from diffptycho.recon.solve import DivergenceError, solve
@@ -188,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.exists(args.data):
         raise FileNotFoundError(f"{args.data}: no such file")
     check_output_path(args.output)  # before the reconstruction, not after it
-    scan = read_scan(args.data, args.entry)
+    stream = wants_stream(args)
+    scan = read_scan(args.data, args.entry, stream)
     geometry = scan_geometry(scan, args.propagation, args.focus_to_sample)
     warnings = far_field_warnings(scan, geometry) if args.propagation == "far-field" else []
     for warning in warnings:
@@ -210,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         )
         model = eqx.tree_at(lambda m: m.probe, model, jnp.asarray(probe, model.probe.dtype))
         print(f"diffptycho ptycho: {describe_defocus_search(table)}")
-    data = PtychoData(jnp.asarray(scan.data), None if scan.mask is None else jnp.asarray(scan.mask))
+    data = ptycho_data(scan.data, scan.mask)
     settings = {
         k: getattr(args, k)
         for k in ("entry", "algorithm", "probe_modes", "refine_positions", "background")
@@ -245,6 +295,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"diffptycho ptycho: {err}", file=sys.stderr)
         model, history = err.model, err.history
         status, code = f"diverged after {len(history.loss)} iterations: {err}", 1
+    finally:
+        if stream:
+            scan.data.close()
     t_solve = time.perf_counter() - t0 - t_setup
     timings = {"setup_s": t_setup, "solve_s": t_solve}
     _write(args, scan, model, history, status, timings, geometry, start_positions, warnings)
@@ -301,6 +354,7 @@ def _write(
         "background": args.background,
         "batch_size": args.batch_size,
         "devices": args.devices or 1,
+        "streamed": data_streamed(scan),
         "loss": args.loss,
         "status": status,
         "keep_best": args.keep_best,
@@ -326,6 +380,13 @@ def _write(
     if not args.no_figure:
         figure_path = os.path.splitext(args.output)[0] + ".png"
         object_figure(obj, np.asarray(model.probe), np.asarray(model.positions), figure_path)
+
+
+def data_streamed(scan) -> bool:
+    """The scan's frames were streamed from the file (``--stream`` / ``--memory-budget``)."""
+    from diffptycho.recon.ptycho.streaming import StreamedFrames
+
+    return isinstance(scan.data, StreamedFrames)
 
 
 def object_figure(obj, probe, positions, path: str, title: str | None = None) -> str:

@@ -105,16 +105,16 @@ def probe_power_from_frames(frames, mask=None) -> float:
     mask are not measured and are missing from the estimate).
 
     Args:
-        frames: ``(n, fy, fx)`` counts.
+        frames: ``(n, fy, fx)`` counts, in memory or
+            :class:`~diffptycho.recon.ptycho.streaming.StreamedFrames` (one chunked pass).
         mask: valid pixels or None.
 
     Returns:
         Photons per frame.
     """
-    f = np.asarray(frames, dtype=np.float64)
-    if mask is not None:
-        f = np.where(np.asarray(mask), f, 0.0)
-    sums = np.sort(f.reshape(f.shape[0], -1).sum(axis=1))
+    from diffptycho.recon.ptycho.streaming import frame_sums
+
+    sums = np.sort(frame_sums(frames, mask))
     return float(sums[-max(1, len(sums) // 20) :].mean())
 
 

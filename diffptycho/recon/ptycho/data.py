@@ -5,6 +5,10 @@ with ``lax.scan`` (``vmap`` inside a minibatch), so memory is bounded by the bat
 compiles once. When the batch size does not divide the number of positions, the last batch is
 padded with positions of the first batch carrying zero weight: a padded entry never shares a
 batch with the real one, so scatter updates stay unambiguous.
+
+The frames may also stay in their HDF5 file (:class:`~diffptycho.recon.ptycho.streaming.
+StreamedFrames`): :meth:`PtychoData.take` then fetches each minibatch's frames from the host, so
+a scan larger than memory streams through every engine.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from diffptycho._typing import Array, Bool, Float, Frames, Int
 from diffptycho.models.propagators import AbstractPropagator
 from diffptycho.recon.losses import LOSSES
+from diffptycho.recon.ptycho.streaming import StreamedFrames, _fetch
 
 
 class PtychoData(eqx.Module):
@@ -24,7 +29,10 @@ class PtychoData(eqx.Module):
 
     Attributes:
         frames: photon counts ``(n, fy, fx)``, one frame per scan position, in the model's
-            detector layout (far field: centred frames).
+            detector layout (far field: centred frames); or a
+            :class:`~diffptycho.recon.ptycho.streaming.StreamedFrames` left in its file, whose
+            minibatches :meth:`take` reads when the step runs (moved to the native layout
+            per batch).
         mask: valid detector pixels (True), shape ``(fy, fx)`` or per frame ``(n, fy, fx)``,
             or None when every pixel is valid. Masked pixels keep the model's amplitude in
             the Fourier projection and are left out of every loss.
@@ -38,7 +46,7 @@ class PtychoData(eqx.Module):
         (3, 8, 8)
     """
 
-    frames: Frames
+    frames: Frames | StreamedFrames
     mask: Bool[Array, "fy fx"] | Bool[Array, "n fy fx"] | None = None
     native: bool = eqx.field(static=True, default=False)
 
@@ -55,9 +63,14 @@ class PtychoData(eqx.Module):
                 f"got {self.mask.shape}"
             )
 
+    @property
+    def streamed(self) -> bool:
+        """The frames are read from their file per minibatch (:class:`StreamedFrames`)."""
+        return isinstance(self.frames, StreamedFrames)
+
     def take(self, idx: Int[Array, " b"]) -> tuple[Float[Array, "b fy fx"], Array | None]:
         """Frames and mask of the positions ``idx`` (mask broadcastable to the frames)."""
-        frames = self.frames[idx]
+        frames = _fetch(self.frames, idx)
         if not jnp.issubdtype(frames.dtype, jnp.floating):  # integer counts from a file
             frames = frames.astype(jnp.float32)
         frames = jnp.clip(frames, 0, None)
@@ -66,8 +79,12 @@ class PtychoData(eqx.Module):
         return frames, self.mask[idx]
 
     def in_layout(self, propagator: AbstractPropagator) -> PtychoData:
-        """These data in ``propagator``'s native layout (one copy; no-op when already)."""
-        if self.native:
+        """These data in ``propagator``'s native layout (one copy; no-op when already).
+
+        Streamed frames stay in their file: they (and the mask) are moved per batch by
+        :meth:`take_native`.
+        """
+        if self.native or self.streamed:
             return self
         mask = None if self.mask is None else propagator.to_native(self.mask)
         return PtychoData(propagator.to_native(self.frames), mask, native=True)
@@ -80,6 +97,18 @@ class PtychoData(eqx.Module):
         if self.native:
             return frames, mask
         return propagator.to_native(frames), None if mask is None else propagator.to_native(mask)
+
+
+def ptycho_data(frames, mask=None) -> PtychoData:
+    """:class:`PtychoData` of in-memory frames (as a jax array) or of :class:`StreamedFrames`.
+
+    Args:
+        frames: ``(n, fy, fx)`` counts (NumPy or jax) or :class:`StreamedFrames`.
+        mask: valid pixels ``(fy, fx)`` or ``(n, fy, fx)``, or None.
+    """
+    if not isinstance(frames, StreamedFrames):
+        frames = jnp.asarray(frames)
+    return PtychoData(frames, None if mask is None else jnp.asarray(mask))
 
 
 class NativeLayout:
@@ -168,4 +197,4 @@ def frame_losses(
     return jax.vmap(loss)(intensity, frames, mask)
 
 
-__all__ = ["PtychoData", "batch_indices", "batch_layout", "frame_losses"]
+__all__ = ["PtychoData", "batch_indices", "batch_layout", "frame_losses", "ptycho_data"]

@@ -245,7 +245,9 @@ def hologram_score(
     """
     from scipy import ndimage
 
-    mean = np.mean(np.asarray(frames, dtype=np.float64), axis=0)
+    from diffptycho.recon.ptycho.streaming import mean_frame
+
+    mean = mean_frame(frames, mask)
     valid = np.ones(mean.shape, bool) if mask is None else np.asarray(mask, bool)
     none = {"median_level": 0.0, "edge_level": 0.0, "hologram_like": 0.0}
     if not valid.any():

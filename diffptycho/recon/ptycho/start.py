@@ -30,6 +30,7 @@ from diffptycho.physics import probe as probes
 from diffptycho.physics import scan as scans
 from diffptycho.recon.ptycho.constraints import probe_power_from_frames
 from diffptycho.recon.ptycho.geometry import ScanGeometry, scan_centre, scan_geometry
+from diffptycho.recon.ptycho.streaming import mean_frame
 from diffptycho.recon.solve import AbstractSolver
 
 __all__ = [
@@ -63,7 +64,7 @@ def probe_guess(
         >>> round(float(np.sum(np.abs(probe_guess(frames)) ** 2)), 6)
         16.0
     """
-    mean = np.mean(np.asarray(frames, dtype=np.float64), axis=0)
+    mean = mean_frame(frames, mask)
     if mask is not None:
         mean = np.where(mask, mean, mean[np.asarray(mask)].mean())
     amp = np.sqrt(np.clip(mean, 0.0, None))
@@ -78,7 +79,7 @@ def bright_field_radius_px(
     For a focusing optic this is the bright-field disc: the illumination's numerical aperture
     in detector pixels, which sets how fast the probe grows with defocus.
     """
-    mean = np.mean(np.asarray(frames, dtype=np.float64), axis=0)
+    mean = mean_frame(frames, mask)
     if mask is not None:
         mean = np.where(mask, mean, 0.0)
     ny, nx = mean.shape
@@ -158,11 +159,11 @@ def probe_by_defocus_search(
     Returns:
         ``(probe (modes, fy, fx), {"defocus": a per candidate, "loss": final losses})``.
     """
-    from diffptycho.recon.ptycho import PtychoData
+    from diffptycho.recon.ptycho.data import ptycho_data
     from diffptycho.recon.solve import DivergenceError, solve
 
     radius = bright_field_radius_px(frames, mask)
-    data = PtychoData(jnp.asarray(frames), None if mask is None else jnp.asarray(mask))
+    data = ptycho_data(frames, mask)
     table = {"defocus": [], "loss": []}
     best, best_loss = None, np.inf
     for a, candidate in defocused_guesses(probe_guess(frames, mask), radius, count):
@@ -237,7 +238,7 @@ def near_field_probe_guess(
     Returns:
         Complex probe (fy, fx) with Σ|P|² = mean photons per frame (the propagator is unitary).
     """
-    mean = np.mean(np.asarray(frames, dtype=np.float64), axis=0)
+    mean = mean_frame(frames, mask)
     if mask is not None:
         mean = np.where(mask, mean, mean[np.asarray(mask)].mean())
     amp = jnp.asarray(np.sqrt(np.clip(mean, 0.0, None)).astype(np.complex128))
@@ -261,7 +262,9 @@ def starting_model(
     :func:`near_field_probe_guess` (near field), scaled by :func:`scaled_probe`.
 
     Args:
-        scan: a :class:`~diffptycho.io.scan.PtychoScan`.
+        scan: a :class:`~diffptycho.io.scan.PtychoScan`, or a
+            :class:`~diffptycho.recon.ptycho.streaming.StreamedScan` (the frame statistics
+            then come from one chunked pass over the file).
         probe_modes: number of incoherent probe modes M.
         background: start an incoherent background (1 % of the mean count per pixel) to be
             retrieved; None otherwise.
@@ -288,7 +291,8 @@ def starting_model(
     obj_shape = scans.object_shape_for(positions, shape)
     bg = None
     if background:
-        bg = jnp.full(shape, max(1e-2 * float(frames.mean()), 1e-3), jnp.float32)
+        mean_count = float(mean_frame(frames, scan.mask).mean())
+        bg = jnp.full(shape, max(1e-2 * mean_count, 1e-3), jnp.float32)
     return Ptycho2D(
         object=jnp.ones(obj_shape, jnp.complex64),
         probe=jnp.asarray(probe),
