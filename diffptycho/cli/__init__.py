@@ -14,6 +14,7 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``diffptycho`` command."""
     from diffptycho import __version__
+    from diffptycho.cli import distributed
 
     parser = argparse.ArgumentParser(
         prog="diffptycho",
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not keep compiled JAX code on disk between runs (also: DIFFPTYCHO_NO_CACHE=1; "
         "the cache lives in DIFFPTYCHO_CACHE_DIR or ~/.cache/diffptycho/jax)",
     )
+    distributed.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for module in _subcommand_modules():
         module.add_parser(sub).set_defaults(_run=module.run)
@@ -52,13 +54,16 @@ def _subcommand_modules() -> list:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diffptycho`` command."""
+    from diffptycho.cli.distributed import distributed_run
+
     args = build_parser().parse_args(argv)
     if not args.no_compile_cache:
         from diffptycho._runtime import enable_compilation_cache
 
         enable_compilation_cache()
     try:
-        return args._run(args)
+        with distributed_run(args):
+            return args._run(args)
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"diffptycho {args.command}: error: {err}", file=sys.stderr)
         return 2

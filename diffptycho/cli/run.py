@@ -36,6 +36,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """``diffptycho run``."""
+    import dataclasses
+
+    from diffptycho.cli.distributed import process_output
     from diffptycho.pipeline import load_config
 
-    return execute(load_config(args.config), args, "run")
+    config = load_config(args.config)
+    config = dataclasses.replace(config, output=process_output(config.output))
+    return execute(config, args, "run")

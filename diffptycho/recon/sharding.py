@@ -38,24 +38,53 @@ _SPEC = jax.sharding.PartitionSpec
 def position_mesh(devices: Sequence[jax.Device] | int | None = None) -> jax.sharding.Mesh:
     """A 1-D mesh with axis :data:`AXIS` over ``devices``.
 
+    ``jax.devices()`` lists the devices of every process once
+    :func:`~diffptycho.recon.distributed.initialize_distributed` has joined several, so
+    None spans them all, and a count takes the same number of devices from each process
+    (every process must hold a share of the mesh to run its part).
+
     Args:
-        devices: the devices, a count of the first local devices, or None for all of them.
+        devices: the devices, a count (the first ones; with several processes a multiple
+            of the process count, the first ``devices / processes`` of each), or None for
+            all of them.
 
     Raises:
-        ValueError: more devices asked for than there are.
+        ValueError: more devices asked for than there are, or a count that the processes
+            cannot share equally.
+    """
+    return jax.sharding.Mesh(np.asarray(mesh_devices(devices)), (AXIS,))
+
+
+def mesh_devices(devices: Sequence[jax.Device] | int | None = None) -> list[jax.Device]:
+    """The devices a mesh over ``devices`` spans (see :func:`position_mesh`).
+
+    Raises:
+        ValueError: more devices asked for than there are, or a count that the processes
+            cannot share equally.
     """
     available = jax.devices()
     if devices is None:
-        devices = available
-    elif isinstance(devices, int):
+        return list(available)
+    if not isinstance(devices, int):
+        return list(devices)
+    processes = jax.process_count()
+    if processes == 1:
         if not 1 <= devices <= len(available):
             raise ValueError(
                 f"devices={devices}: expected 1 to {len(available)} (the local "
                 f"{available[0].platform} devices; on CPU set XLA_FLAGS="
                 "--xla_force_host_platform_device_count=N before jax is imported for more)"
             )
-        devices = available[:devices]
-    return jax.sharding.Mesh(np.asarray(list(devices)), (AXIS,))
+        return list(available[:devices])
+    per_process = [[d for d in available if d.process_index == p] for p in range(processes)]
+    fewest = min(len(local) for local in per_process)
+    if devices % processes or not 1 <= devices // processes <= fewest:
+        raise ValueError(
+            f"devices={devices}: with {processes} processes expected a multiple of "
+            f"{processes} up to {processes * fewest} (the same number of devices from each "
+            f"process; they hold {[len(local) for local in per_process]})"
+        )
+    return [d for local in per_process for d in local[: devices // processes]]
 
 
 def device_count(mesh: jax.sharding.Mesh | None) -> int:
@@ -224,6 +253,7 @@ __all__ = [
     "AXIS",
     "device_count",
     "merge_rows",
+    "mesh_devices",
     "named_mesh",
     "over_positions",
     "owned_rows",
@@ -240,7 +270,7 @@ def named_mesh(devices: Sequence[jax.Device] | int | None, axis: str) -> jax.sha
     """A 1-D mesh with axis ``axis`` over ``devices`` (as :func:`position_mesh` for positions).
 
     Args:
-        devices: the devices, a count of the first local devices, or None for all of them.
+        devices: the devices, a count (see :func:`position_mesh`), or None for all of them.
         axis: the mesh axis name (e.g. ``"slab"`` or ``"angle"`` for tomography).
 
     Raises:
