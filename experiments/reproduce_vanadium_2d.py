@@ -37,13 +37,14 @@ import sys
 import time
 
 import numpy as np
+from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 from vanadium_xanes import analyse  # noqa: E402
 
 from diffptycho.io.cxi import read_cxi_truth  # noqa: E402
-from diffptycho.physics.optics import atom_densities  # noqa: E402
+from diffptycho.physics.optics import atom_densities, wavenumber  # noqa: E402
 from diffptycho.physics.spectra import VANADIUM_SPECIES  # noqa: E402
 from diffptycho.pipeline import spectroptycho as sp  # noqa: E402
 from diffptycho.recon.align.energy import apply_offsets  # noqa: E402
@@ -52,8 +53,10 @@ from diffptycho.sim import datasets  # noqa: E402
 from diffptycho.sim.phantoms import vanadium_field  # noqa: E402
 from diffptycho.sim.spectroptycho import (  # noqa: E402
     SPECTRO_GEOMETRY,
+    fit_scan_to,
     simulate_vanadium_spectroptycho,
 )
+from diffptycho.sim.tiltseries import bin_blocks  # noqa: E402
 
 MODES = {
     "nokk": {"kk": False, "mode": "per-energy"},
@@ -66,14 +69,24 @@ def _strings(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(values)]
 
 
-def truth_on_grid(truth: dict, shape: tuple[int, int]) -> dict:
+def truth_on_grid(
+    truth: dict, shape: tuple[int, int], field=None, centre_px=(0.0, 0.0), sub: int = 4
+) -> dict:
     """The truth maps moved onto the common grid (reference energy's pixel and offset).
 
     The sample of energy e appears displaced by the simulation's ``offsets_px[e]`` (positive
     towards larger indices) in that energy's reconstruction (measured: registering the
-    reconstructed phase to the truth recovers it).
+    reconstructed phase to the truth recovers it). With the simulation's ``field`` (the
+    continuous phantom), each common-grid pixel is the box average of ``sub`` × ``sub``
+    samples of the field where the lowest energy's beam saw it, its domain the majority of
+    them (a sub-pixel offset mixes no neighbours in); otherwise the binned truth is moved by
+    a cubic spline, which mixes each pixel with its neighbours by the sub-pixel offset.
+    ``centre_px`` (y, x) is the scan centre the common grid is centred on, in reference
+    pixels from the scan origin (the midpoint of the recorded positions).
     """
     off0 = np.asarray(truth["offsets_px"], np.float64)[0]
+    species = _strings(truth["species"])
+    spectra = np.asarray(truth["spectra"])  # (energy, species)
 
     def place(a, order=3):
         a = np.asarray(a, np.float64)
@@ -82,16 +95,39 @@ def truth_on_grid(truth: dict, shape: tuple[int, int]) -> dict:
         out = apply_offsets(padded, np.repeat(-off0[None], len(padded), 0), order=order)
         return out if a.ndim == 3 else out[0]
 
-    species = _strings(truth["species"])
-    thickness = place(truth["thickness"])
-    domain = np.rint(place(truth["domain"].astype(np.float64) + 1.0, order=0)).astype(int) - 1
+    if field is None:
+        thickness = place(truth["thickness"])
+        domain = np.rint(place(truth["domain"].astype(np.float64) + 1.0, order=0)).astype(int) - 1
+        mu_t, phase = place(truth["mu_t"]), place(truth["phase"])
+    else:
+        p0 = float(truth["reference_pixel_size_m"])
+        h, w = np.asarray(truth["thickness"]).shape[-2:]
+        refine = int(round(p0 / field.pixel_size_m))
+        coords = [
+            ((np.arange(n * sub) + 0.5) / sub - 0.5 - n // 2 + c - o) * p0
+            for n, c, o in zip(shape, centre_px, off0, strict=True)
+        ]
+        idx = [refine * (c / p0 + m // 2 + 0.5) - 0.5 for c, m in zip(coords, (h, w), strict=True)]
+        grid = np.stack(np.meshgrid(*idx, indexing="ij"))
+        fine = np.stack(
+            [ndimage.map_coordinates(t, grid, order=1, mode="constant") for t in field.thickness]
+        )
+        dom = ndimage.map_coordinates(
+            field.domain.astype(np.float64), grid, order=0, mode="constant", cval=-1.0
+        )
+        thickness = bin_blocks(fine, sub, (1, 2))
+        counts = np.stack([bin_blocks(dom == s, sub, (0, 1)) for s in range(len(species))])
+        occupied = bin_blocks(dom >= 0, sub, (0, 1))
+        domain = np.where(occupied >= 0.5, np.argmax(counts, axis=0), -1)
+        k = wavenumber(np.asarray(truth["energies_ev"], np.float64))[:, None, None]
+        mu_t = 2 * k * np.einsum("es,syx->eyx", spectra.imag, thickness)
+        phase = -k * np.einsum("es,syx->eyx", spectra.real, thickness)
     n_v = sum(
         atom_densities(s, VANADIUM_SPECIES[s][0])["V"] * thickness[i] for i, s in enumerate(species)
     )
     total = thickness.sum(0)
     purity = np.where(total > 0, thickness.max(0) / np.where(total > 0, total, 1.0), 0.0)
     edges = np.array([float(truth[f"descriptors/{s}/edge_ev"]) for s in species])
-    spectra = np.asarray(truth["spectra"])  # (energy, species)
     return {
         "thickness": thickness,
         "domain": domain,
@@ -100,8 +136,8 @@ def truth_on_grid(truth: dict, shape: tuple[int, int]) -> dict:
         "purity": purity,
         "species": species,
         "spectra": spectra.T,
-        "mu_t": place(truth["mu_t"]),
-        "phase": place(truth["phase"]),
+        "mu_t": mu_t,
+        "phase": phase,
     }
 
 
@@ -147,8 +183,13 @@ def analysed(e, od, phase, truth, valid, post, smooth_px) -> dict:
     }
 
 
-def run_one(path: str, truth_raw: dict, mode: str, args) -> list[dict]:
-    """Reconstruct one file one way, analyse it after each ``args.post``, return the rows."""
+def run_one(
+    path: str, truth_raw: dict, mode: str, args, field=None, centre_px=(0.0, 0.0)
+) -> list[dict]:
+    """Reconstruct one file one way, analyse it after each ``args.post``, return the rows.
+
+    ``field`` and ``centre_px``: see :func:`truth_on_grid`.
+    """
     settings = sp.SpectroPtychoSettings(
         engine=args.engine,
         iterations=args.iterations,
@@ -164,7 +205,7 @@ def run_one(path: str, truth_raw: dict, mode: str, args) -> list[dict]:
     t0 = time.perf_counter()
     r = sp.run_spectroptycho(path, settings, references=(energies, refs), log=lambda m: None)
     wall = time.perf_counter() - t0
-    truth = truth_on_grid(truth_raw, r.valid_mask.shape)
+    truth = truth_on_grid(truth_raw, r.valid_mask.shape, field, centre_px)
     valid = r.valid_mask
 
     def rel(a, b):
@@ -204,7 +245,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="vanadium2d_out")
     p.add_argument("--energies", type=int, default=40)
-    p.add_argument("--size", type=int, default=32, help="reference-grid field in pixels")
+    p.add_argument("--size", type=int, default=40, help="reference-grid field in pixels")
     p.add_argument("--doses", type=float, nargs="+", default=[1e5, 1e6])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--engine", default="raar")
@@ -222,6 +263,8 @@ def main(argv=None) -> int:
     p.add_argument("--fixed-probe", action="store_true", help="keep the file's probe")
     p.add_argument("--max-thickness-nm", type=float, default=1000.0, help="thickest particle")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--particles", type=int, default=2, help="particles of the phantom")
+    p.add_argument("--domains", type=int, default=2, help="domains per particle")
     p.add_argument(
         "--offset-sigma-px", type=float, default=0.5, help="unrecorded stage offset per energy"
     )
@@ -243,12 +286,16 @@ def main(argv=None) -> int:
         field = vanadium_field(
             (refine * args.size, refine * args.size),
             20e-9 / refine,
+            args.particles,
             seed=args.seed,
             max_thickness_m=args.max_thickness_nm * 1e-9,
+            domains_per_particle=args.domains,
         )
+        energies = np.linspace(5420.0, 5540.0, args.energies)
+        geometry = fit_scan_to((args.size, args.size), geometry, energies)
         ds = simulate_vanadium_spectroptycho(
             (args.size, args.size),
-            energies_ev=np.linspace(5420.0, 5540.0, args.energies),
+            energies_ev=energies,
             geometry=geometry,
             seed=args.seed,
             known_probe=args.known_probe,
@@ -259,7 +306,9 @@ def main(argv=None) -> int:
         datasets.write_dataset(path, ds)
         truth = {**read_cxi_truth(path), "energies_ev": ds.energies_ev}
         for mode in args.modes:
-            for row in run_one(path, truth, mode, args):
+            pos = np.asarray(ds.positions_px[0, 0], np.float64)  # lowest energy: reference px
+            centre = 0.5 * (pos.min(axis=0) + pos.max(axis=0))
+            for row in run_one(path, truth, mode, args, field, centre):
                 rows.append({"dose": dose, **row})
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "timings"}), flush=True)
     with open(os.path.join(args.out, "reproduce_vanadium_2d.json"), "w") as f:

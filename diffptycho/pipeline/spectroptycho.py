@@ -631,22 +631,40 @@ def _common_vacuum(models, grid: _Grid, erosion_px: int = 2) -> np.ndarray:
     return eroded if eroded.sum() >= 16 else vac
 
 
-def _register(models, grid: _Grid, reference: int, upsample: int) -> np.ndarray:
-    """(E, 2) sample offsets of every energy from the reference energy, on the phase."""
+def _register(
+    models, grid: _Grid, reference: int, upsample: int, rounds: int = 4, tol_px: float = 0.01
+) -> np.ndarray:
+    """(E, 2) sample offsets of every energy from the reference energy, on the phase.
+
+    Iterative: each round resamples every energy with the offsets found so far and registers
+    what is left. The window (and the sample features it cuts) stays put while the sample
+    moves, which biases one cross-correlation towards zero shift, by a fraction of the
+    shift (≈ 25 % on the 40² V K-edge field: 0.18 px RMS after one round); iterating
+    shrinks that fraction of a shrinking rest. Starts from ``grid.offsets``; stops when
+    every correction is below ``tol_px``.
+    """
     from scipy import ndimage
 
     from diffptycho.recon.align.energy import register_energies
 
-    _, phase, lit = _stacks(models, dataclasses.replace(grid, offsets=np.zeros_like(grid.offsets)))
-    # a soft window: the hard edge of the lit region does not move with the sample and drags
-    # the cross-correlation towards zero (0.16 px RMS against 0.07 px on the V K-edge data)
-    window = _valid(lit, 3)
-    if window.sum() < 16:
-        window = _valid(lit, 0)
-    window = ndimage.gaussian_filter(window.astype(np.float64), 2.0)
-    return np.asarray(
-        register_energies(phase, reference=reference, mask=window, upsample=upsample, chain=False)
-    )
+    offsets = np.asarray(grid.offsets, np.float64).copy()
+    for _ in range(rounds):
+        _, phase, lit = _stacks(models, dataclasses.replace(grid, offsets=offsets))
+        # a soft window: the hard edge of the lit region does not move with the sample and
+        # drags the cross-correlation towards zero
+        window = _valid(lit, 3)
+        if window.sum() < 16:
+            window = _valid(lit, 0)
+        window = ndimage.gaussian_filter(window.astype(np.float64), 2.0)
+        step = np.asarray(
+            register_energies(
+                phase, reference=reference, mask=window, upsample=upsample, chain=False
+            )
+        )
+        offsets = offsets + step
+        if np.max(np.abs(step)) < tol_px:
+            break
+    return offsets
 
 
 def _valid(lit: np.ndarray, erosion_px: int = 2) -> np.ndarray:

@@ -314,8 +314,9 @@ def vanadium_field(
     """Elliptical vanadium-oxide particles split into Voronoi domains of different oxides.
 
     Each particle is an ellipsoidal cap (projected thickness t = t_max·√(1 − ρ²)) of random
-    semi-axes (25–45 % of the image side / √n_particles), orientation and height (50–100 % of
-    ``max_thickness_m``); particles do not overlap. Each is cut into ``domains_per_particle``
+    semi-axes (25–45 % of the image side / √n_particles; smaller after 250 rejected placements
+    in a row), orientation and height (50–100 % of ``max_thickness_m``); particles do not
+    overlap. Each is cut into ``domains_per_particle``
     Voronoi cells, and the domain types are dealt from shuffled copies of ``species`` so that
     every type occurs when there are enough cells. Domain types differ in edge energy,
     pre-edge height and composition through their reference spectra.
@@ -357,7 +358,12 @@ def vanadium_field(
         failures += 1
         if failures > _MAX_FAILURES:
             raise ValueError(f"n_particles={n_particles}: only {placed} particles fit in {shape}")
-        semi = np.maximum(rng.uniform(0.5, 0.9, 2) * min(shape) / (2 * np.sqrt(n_particles)), 3)
+        # after many rejections in a row the particle is drawn smaller (phantoms placed
+        # before that are unchanged), so large particles still fit on a small field
+        shrink = 0.98 ** max(0, failures - _MAX_FAILURES // 2)
+        semi = np.maximum(
+            shrink * rng.uniform(0.5, 0.9, 2) * min(shape) / (2 * np.sqrt(n_particles)), 3
+        )
         centre = np.array([rng.uniform(semi.max() + 1, n - semi.max() - 2) for n in shape])
         ang = rng.uniform(0, np.pi)
         dy, dx = yy - centre[0], xx - centre[1]

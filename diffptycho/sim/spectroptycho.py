@@ -285,7 +285,8 @@ def simulate_vanadium_spectroptycho(
     known_probe: bool = False,
     focus_tracking_error: float = 0.003,
     flux_change: float = 0.05,
-    n_particles: int = 4,
+    n_particles: int = 2,
+    domains_per_particle: int = 2,
     field: phantoms.VanadiumField | None = None,
     scan: str = "raster",
 ) -> datasets.SimulatedDataset:
@@ -317,6 +318,10 @@ def simulate_vanadium_spectroptycho(
         flux_change: relative change of the incident flux from the first to the last energy
             (linear in E).
         n_particles: particles of the default phantom.
+        domains_per_particle: Voronoi domains per particle of the default phantom. The
+            defaults (2 particles of 2 domains each) keep domains large relative to the
+            pixel, as in the study's micrometre particles: on the 32² field ≈ 94 % of the
+            particle pixels are ≥ 90 % one species (4 × 3 domains: ≈ 86 %).
         field: the sample, on a grid an integer number of times finer than the reference
             grid and covering it (shape (species, k·H, k·W) at ``pixel_size_m / k``); default:
             :func:`~diffptycho.sim.phantoms.vanadium_field` ``2·oversample`` times finer.
@@ -394,7 +399,11 @@ def simulate_vanadium_spectroptycho(
     if field is None:
         refine = _PHANTOM_REFINE * factor
         field = phantoms.vanadium_field(
-            tuple(refine * n for n in shape), pixel_size_m / refine, n_particles, seed=seed
+            tuple(refine * n for n in shape),
+            pixel_size_m / refine,
+            n_particles,
+            seed=seed,
+            domains_per_particle=domains_per_particle,
         )
     else:
         refine = _check_field(field, shape, pixel_size_m)
