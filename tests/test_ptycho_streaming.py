@@ -70,6 +70,28 @@ def test_reads_any_order_with_repeats(cxi, scans):
         np.asarray(frames)
 
 
+def test_compressed_and_partly_written_datasets_read_as_h5py(tmp_path):
+    """Raw chunk reads for unfiltered one-frame chunks, h5py's for others; fill values."""
+    path = tmp_path / "kinds.h5"
+    counts = np.arange(5 * 4 * 4, dtype=np.float32).reshape(5, 4, 4)
+    with h5py.File(path, "w") as f:
+        part = f.create_dataset("part", shape=(5, 4, 4), dtype="u2", chunks=(1, 4, 4), fillvalue=7)
+        part[1] = counts[1]
+        f.create_dataset("gzip", data=counts, chunks=(1, 4, 4), compression="gzip")
+        f.create_dataset("big_endian", data=counts.astype(">f4"), chunks=(1, 4, 4))
+    idx = [[4, 1], [1, 0]]
+    for name in ("part", "gzip", "big_endian"):
+        frames = StreamedFrames(path, name)
+        with h5py.File(path, "r") as f:
+            expected = f[name][()].astype(np.float32)[np.asarray(idx)]
+        got = frames.read(idx)
+        assert got.dtype == np.float32 and got.shape == (2, 2, 4, 4)
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+    assert StreamedFrames(path, "part")._raw_chunks
+    assert not StreamedFrames(path, "gzip")._raw_chunks
+    assert not StreamedFrames(path, "big_endian")._raw_chunks
+
+
 def test_take_inside_jit_matches_the_array(scans):
     mem, streamed = scans
     idx = jnp.asarray([3, 0, 9, 3])
