@@ -120,7 +120,8 @@ def initialize_distributed(
         process_id: this process, 0 … ``num_processes`` − 1.
         local_device_ids: the local devices this process uses (default: all, or under
             SLURM / Open MPI with GPUs one per process).
-        timeout_s: how long (s) to wait for every process to join.
+        timeout_s: how long (s) to wait for every process to join; past it JAX ends the
+            process (``DEADLINE_EXCEEDED``, no Python exception).
 
     Returns:
         The joined :class:`Processes`.
@@ -129,7 +130,7 @@ def initialize_distributed(
         ValueError: a malformed argument, arguments that disagree with a run already
             joined, or no argument and no cluster environment to read them from.
         RuntimeError: JAX already ran a computation (or listed its devices) in this
-            process, or the processes could not join within ``timeout_s``.
+            process, or the coordination service failed.
     """
     if coordinator is not None:
         _check_coordinator(coordinator)
@@ -173,7 +174,7 @@ def initialize_distributed(
                 "anything else touches JAX"
             ) from err
         raise RuntimeError(
-            f"initialize_distributed: the processes did not join (coordinator="
+            f"initialize_distributed: joining failed (coordinator="
             f"{coordinator or os.environ.get('JAX_COORDINATOR_ADDRESS')!r}, "
             f"num_processes={num_processes}, process_id={process_id}, timeout {timeout_s} s): "
             f"{err}"
