@@ -14,7 +14,7 @@ from diffptycho.physics.scan import object_shape_for
 from diffptycho.recon.ptycho import ENGINES, probe_power_from_frames
 from diffptycho.recon.ptycho.data import PtychoData, ptycho_data
 from diffptycho.recon.ptycho.geometry import far_field_warnings, hologram_score
-from diffptycho.recon.ptycho.start import starting_model
+from diffptycho.recon.ptycho.start import probe_by_defocus_search, starting_model
 from diffptycho.recon.ptycho.streaming import (
     StreamedFrames,
     StreamedScan,
@@ -143,6 +143,35 @@ def test_streamed_run_equals_in_memory(scans, name):
     np.testing.assert_allclose(b.object, a.object, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(b.probe, a.probe, rtol=1e-5, atol=1e-5)
     assert not np.allclose(a.object, model.object)  # the engine did move
+
+
+@pytest.mark.slow
+def test_streamed_lbfgs_equals_in_memory(scans):
+    """L-BFGS evaluates the full loss (a rematerialised scan) in its line search."""
+    mem, streamed = scans
+    model = starting_model(mem)
+    (a, ha), (b, hb) = _both(model, ENGINES["lbfgs"](batch_size=8), mem, streamed, 2)
+    np.testing.assert_allclose(hb.loss, ha.loss, rtol=1e-6)
+    np.testing.assert_allclose(b.object, a.object, rtol=1e-5, atol=1e-6)
+
+
+def test_probe_search_streams(scans):
+    mem, streamed = scans
+    model = starting_model(mem)
+    found = [
+        probe_by_defocus_search(
+            scan.data,
+            np.asarray(model.positions),
+            model.object.shape,
+            ENGINES["epie"](batch_size=4),
+            mask=scan.mask,
+            iterations=2,
+            count=1,
+        )
+        for scan in (mem, streamed)
+    ]
+    np.testing.assert_allclose(found[1][0], found[0][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(found[1][1]["loss"], found[0][1]["loss"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["mpie", "lsqml", "adam", "raar"])
