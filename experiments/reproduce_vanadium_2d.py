@@ -195,6 +195,8 @@ def run_one(
         iterations=args.iterations,
         kk_rounds=args.kk_rounds,
         kk_iterations=args.kk_iterations,
+        kk_relax=args.kk_relax,
+        kk_final_iterations=args.kk_final_iterations,
         joint_iterations=args.joint_iterations,
         refine_probe=not args.fixed_probe,
         object_refine=args.object_refine,
@@ -252,6 +254,10 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--kk-rounds", type=int, default=4)
     p.add_argument("--kk-iterations", type=int, default=10)
+    p.add_argument("--kk-relax", type=float, default=1.0, help="step of each KK projection")
+    p.add_argument(
+        "--kk-final-iterations", type=int, default=10, help="ptychography after the last KK"
+    )
     p.add_argument("--joint-iterations", type=int, default=15)
     p.add_argument(
         "--object-refine",

@@ -111,6 +111,8 @@ def test_settings_reject_bad_values():
         sp.SpectroPtychoSettings(kk_relax=0.0)
     with pytest.raises(ValueError, match="object_refine"):
         sp.SpectroPtychoSettings(object_refine=0)
+    with pytest.raises(ValueError, match="kk_final_iterations"):
+        sp.SpectroPtychoSettings(kk_final_iterations=-1)
 
 
 def test_fourier_upsample_samples_a_band_limited_image_finer_and_keeps_its_power():
