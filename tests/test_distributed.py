@@ -247,7 +247,7 @@ def test_cli_distributed_tomo_writes_once_what_one_process_writes(tmp_path):
     data = np.asarray(project(jnp.asarray(rng.random((8, 6, 8))), jnp.asarray(angles)))
     proj = tmp_path / "proj.h5"
     write_projections(proj, data, np.rad2deg(angles), voxel_size_m=None)
-    common = [str(proj), "-a", "sirt", "-n", "4", "--split", "angle", "--no-progress"]
+    common = [str(proj), "-a", "sirt", "-n", "4", "--split", "slab", "--no-progress"]
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     port = str(_free_port())

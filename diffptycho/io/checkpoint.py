@@ -37,6 +37,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from diffptycho.io.results import ResultsFormatError, load_checkpoint, save_checkpoint
+from diffptycho.recon.distributed import to_host
 from diffptycho.recon.solve import Snapshot
 
 __all__ = [
@@ -120,7 +121,7 @@ def _flatten(name: str, tree: Any) -> dict[str, np.ndarray]:
     for path, leaf in leaves:
         if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        out[name + jtu.keystr(path)] = np.asarray(leaf)
+        out[name + jtu.keystr(path)] = np.asarray(to_host(leaf))
     return out
 
 
@@ -209,7 +210,7 @@ class Checkpoint:
             if tree is not None:
                 leaves.update(_flatten(f"tree:{name}", tree))
         for name, value in (arrays or {}).items():
-            leaves[f"array:{name}"] = np.asarray(value)
+            leaves[f"array:{name}"] = np.asarray(to_host(value))
         full_meta = {
             "fingerprint": self.fingerprint,
             "trees": [n for n, t in trees.items() if t is not None],

@@ -33,6 +33,7 @@ import numpy as np
 
 from diffptycho._typing import Angles, Array, Float
 from diffptycho.models.tomo import TomoProjections
+from diffptycho.recon.distributed import to_host
 from diffptycho.recon.interrupt import Interrupted, stop_requested
 from diffptycho.recon.solve import AbstractSolver, Snapshot, solve
 from diffptycho.recon.tomo import operators as ops
@@ -338,7 +339,7 @@ def reconstruct(
                 volume = model.volume
                 losses.append(history.loss)
                 compile_s += history.compile_seconds
-            out[:, y0 - rows.start : y1 - rows.start, :] = np.asarray(volume)[zs, : y1 - y0, xs]
+            out[:, y0 - rows.start : y1 - rows.start, :] = to_host(volume)[zs, : y1 - y0, xs]
             if checkpoint is not None and i + 1 < len(starts):
                 save(i + 1)  # a finished slab is never recomputed
                 if stop_requested():
