@@ -331,6 +331,25 @@ def test_staged_pipeline_split_over_devices_equals_one_device(data, tmp_path):
         TomographySettings(devices=0)
 
 
+
+def test_staged_pipeline_streams_its_frames(data, tmp_path):
+    """ptychography.stream: each scan's frames stay in the file, the result does not change."""
+    runs = {}
+    for stream in (False, True):
+        config = _config(data, tmp_path / f"s{stream}.h5", iterations=3, first=3, tomo=3)
+        ptycho = dataclasses.replace(config.ptychography, batch_size=8, stream=stream)
+        runs[stream] = _quiet(dataclasses.replace(config, ptychography=ptycho)).outputs
+    for key in ("objects", "probes", "final_loss"):
+        np.testing.assert_allclose(
+            runs[True]["ptychography"][key],
+            runs[False]["ptychography"][key],
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    with pytest.raises(ConfigError, match="ptychography.stream with ptychography.shared_probe"):
+        PtychographySettings(stream=True, shared_probe=True)
+
+
 # --------------------------------------------------------------------------- stage units
 
 

@@ -176,6 +176,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "it best (9 short runs) instead of the guess at the focus: for defocused probes",
     )
     p.add_argument(
+        "--stream",
+        action="store_true",
+        help="leave each scan's frames in its file and read every minibatch's frames when the "
+        "engine needs it (memory holds one minibatch, not a scan; not with --shared-probe)",
+    )
+    p.add_argument(
         "--align",
         choices=("reprojection", "joint", "rough", "none"),
         default="reprojection",
@@ -268,6 +274,7 @@ def config_from_args(args: argparse.Namespace):
             batch_size=args.batch_size,
             devices=args.devices,
             probe_search=args.probe_search,
+            stream=args.stream,
         ),
         registration=cfg.RegistrationSettings(signal=args.register_on),
         alignment=cfg.AlignmentSettings(

@@ -114,6 +114,10 @@ class PtychographySettings:
             (:func:`~diffptycho.recon.sharding.position_mesh`; the batch size must be a
             multiple of N); None or 1: one device. The result equals the one-device result
             to rounding.
+        stream: leave each scan's frames in its file and read every minibatch's frames when
+            the engine needs it (:mod:`~diffptycho.recon.ptycho.streaming`): memory holds one
+            minibatch instead of a scan; same result, one more read of the frames per
+            iteration. Not with ``shared_probe``.
     """
 
     engine: str = "raar"
@@ -127,9 +131,16 @@ class PtychographySettings:
     loss: str | None = None
     devices: int | None = None
     probe_search: bool = False
+    stream: bool = False
 
     def __post_init__(self) -> None:
         from diffptycho.recon.ptycho import ENGINES
+
+        if self.stream and self.shared_probe:
+            raise ConfigError(
+                "ptychography.stream with ptychography.shared_probe: the shared-probe canvas "
+                "concatenates every scan's frames in memory; turn one of them off"
+            )
 
         if self.engine not in ENGINES:
             raise ConfigError(

@@ -199,11 +199,11 @@ def _solve(
     With ``flagged``, the loss watch's warnings are appended there instead of being logged
     one per scan (the caller reports them once).
     """
-    from diffptycho.recon.ptycho import PtychoData
+    from diffptycho.recon.ptycho.data import ptycho_data
     from diffptycho.recon.solve import DivergenceError, solve
     from diffptycho.recon.watch import LossWatch
 
-    data = PtychoData(jnp.asarray(frames), None if mask is None else jnp.asarray(mask))
+    data = ptycho_data(frames, mask)  # in memory, or StreamedFrames left in the file
     watch = LossWatch(label=description, quiet=flagged is not None)
     try:
         model, history = solve(
@@ -322,7 +322,7 @@ def _ptychography_scans(
             if out["done"][e, a]:
                 probe = out["probes"][e, a]
                 continue
-            scan = series.scan(e, a)
+            scan = _read_scan(series, e, a, settings.stream)
             first = probe is None
             if first:
                 use_file = settings.file_probe and scan.illumination is not None
@@ -348,6 +348,8 @@ def _ptychography_scans(
                 f"ptycho E{series.energies_ev[e]:.1f} θ{series.angles_deg[a]:+.1f}",
                 flagged,
             )
+            if settings.stream:
+                scan.data.close()
             if not ok:
                 context.log(
                     f"ptychography: scan (E {e}, θ {a}) diverged; kept its last finite model"
@@ -368,6 +370,15 @@ def _ptychography_scans(
                 last_save, since_save = time.perf_counter(), 0
             if stop_requested() and not out["done"].all():
                 raise Interrupted(f"ptychography: stopped after {int(out['done'].sum())} scans")
+
+
+def _read_scan(series, e: int, a: int, stream: bool):
+    """Scan (e, a): read whole, or with its frames left in the file (``ptychography.stream``)."""
+    if not stream:
+        return series.scan(e, a)
+    from diffptycho.recon.ptycho.streaming import read_streamed_cxi_entry
+
+    return read_streamed_cxi_entry(*series.refs[e][a])
 
 
 def _shared_probe_energy(context, settings, e, positions, field, out) -> None:
