@@ -331,7 +331,6 @@ def test_staged_pipeline_split_over_devices_equals_one_device(data, tmp_path):
         TomographySettings(devices=0)
 
 
-
 def test_staged_pipeline_streams_its_frames(data, tmp_path):
     """ptychography.stream: each scan's frames stay in the file, the result does not change."""
     runs = {}
