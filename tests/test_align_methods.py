@@ -239,3 +239,35 @@ def test_final_pass_is_logged_and_resumes_when_stopped_inside_it(series, monkeyp
     np.testing.assert_allclose(resumed.history["residual"], final.history["residual"], rtol=1e-6)
     with pytest.raises(ValueError, match="final_iterations=-1"):
         reprojection_align(meas, angles, final_iterations=-1)
+
+
+def test_refinement_lowers_the_misfit_and_resumes_when_stopped_inside_it(series, monkeypatch):
+    from diffptycho.recon import solve as solve_module
+    from diffptycho.recon.interrupt import Interrupted
+
+    angles, truth, meas = series
+    opts = dict(fit="shift", max_loops=2, iterations=5, loop_iterations=10, tolerance_px=0)
+    loops = reprojection_align(meas, angles, refine_steps=0, **opts)
+    refined = reprojection_align(meas, angles, refine_steps=6, **opts)
+    loss = refined.history["refine_loss"]
+    assert loops.history["refine_loss"].size == 0 and loss.size == 6
+    assert loss[-1] < 0.9 * loss[0]  # the loop's volume and parameters, jointly improved
+    np.testing.assert_allclose(refined.history["residual"], loops.history["residual"])
+    assert np.abs(refined.params - loops.params).max() > 1e-4
+    shape = meas.shape[1:]
+    assert _shift_rms(refined.params, truth, angles, shape) < 1.2 * _shift_rms(
+        loops.params, truth, angles, shape
+    )
+    # a stop inside the refinement (solve steps 21–26: the loops' SIRT took 1–20)
+    calls = []
+    monkeypatch.setattr(solve_module, "stop_requested", lambda: calls.append(1) or len(calls) >= 23)
+    ckpt = _MemoryCheckpoint()
+    with pytest.raises(Interrupted):
+        reprojection_align(meas, angles, refine_steps=6, checkpoint=ckpt, **opts)
+    monkeypatch.undo()
+    assert ckpt.saved[1]["level"] == 2 and "volume" in ckpt.saved[0]
+    resumed = reprojection_align(meas, angles, refine_steps=6, checkpoint=ckpt, resume=True, **opts)
+    np.testing.assert_allclose(resumed.params, refined.params, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(resumed.history["refine_loss"], loss, rtol=1e-6)
+    with pytest.raises(ValueError, match="refine_steps=-1"):
+        reprojection_align(meas, angles, refine_steps=-1)

@@ -52,6 +52,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--loops", type=positive_int, default=10, help="reprojection loops at most")
     p.add_argument("--tolerance-px", type=float, default=0.01, help="reprojection stop, px")
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=40,
+        help="reprojection: gradient steps on volume and alignment together after the loop "
+        "(0: none)",
+    )
     p.add_argument("--steps", type=positive_int, default=300, help="joint optimizer steps")
     p.add_argument(
         "--figures", default=None, metavar="DIR", help="PNG directory (default: beside the output)"
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             iterations=args.iterations,
             max_loops=args.loops,
             tolerance_px=args.tolerance_px,
+            refine_steps=args.refine_steps,
             fit=args.fit,
             progress=args.progress,
         )

@@ -233,6 +233,9 @@ class AlignmentSettings:
         tomo_iterations: SIRT iterations of each reconstruction inside the reprojection loop
             (a least-squares solver: ART's sequential sweeps bias the weakly determined
             rotations and scales).
+        refine_steps: gradient steps on volume and parameters together after the
+            reprojection loop (:func:`~diffptycho.recon.align.reprojection.reprojection_align`;
+            0: none).
     """
 
     method: str = "reprojection"
@@ -241,6 +244,7 @@ class AlignmentSettings:
     max_loops: int = 10
     tolerance_px: float = 0.01
     tomo_iterations: int = 100
+    refine_steps: int = 40
 
     def __post_init__(self) -> None:
         if self.method not in ("reprojection", "joint", "rough", "none"):
@@ -251,6 +255,10 @@ class AlignmentSettings:
             raise ConfigError(f"alignment.signal = {self.signal!r}: use 'phase' or 'od'")
         _positive("alignment.max_loops", self.max_loops)
         _positive("alignment.tomo_iterations", self.tomo_iterations)
+        if self.refine_steps < 0:
+            raise ConfigError(
+                f"alignment.refine_steps = {self.refine_steps}: expected ≥ 0 (0: no refinement)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

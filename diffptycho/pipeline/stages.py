@@ -705,6 +705,7 @@ def alignment(context: Context, settings: AlignmentSettings) -> StageOutput:
             max_loops=settings.max_loops,
             tolerance_px=settings.tolerance_px,
             fit="similarity" if settings.similarity else "shift",
+            refine_steps=settings.refine_steps,
         )
         params = np.asarray(result.params, np.float64)
         history = {k: np.asarray(v) for k, v in result.history.items()}

@@ -47,7 +47,13 @@ from diffptycho.recon.align.reprojection import (
 from diffptycho.recon.align.rough import _check_stack
 from diffptycho.recon.solve import OptaxSolver, solve
 
-__all__ = ["INTERPOLATIONS", "aligned_projections", "gaussian_smooth", "joint_align"]
+__all__ = [
+    "INTERPOLATIONS",
+    "aligned_projections",
+    "gaussian_smooth",
+    "gradient_fit",
+    "joint_align",
+]
 
 INTERPOLATIONS = ("linear", "cubic")
 """Resampling of the alignment transform in :func:`joint_align`'s loss."""
@@ -163,6 +169,108 @@ def joint_align(
     shape = meas.shape[1:]
     params = starting_params(meas, angles, initial)
     volume = reconstruct_dealigned(meas, angles, params, algorithm, iterations)
+    final, history = gradient_fit(
+        meas,
+        angles,
+        params,
+        volume,
+        steps=steps,
+        volume_step=volume_step,
+        shift_step_px=shift_step_px,
+        rotation_step_rad=rotation_step_rad,
+        scale_step=scale_step,
+        decay=decay,
+        smoothing_px=smoothing_px,
+        interpolation=interpolation,
+        fit=fit,
+        progress=progress,
+        checkpoint=checkpoint,
+        resume=resume,
+        keep_best=keep_best,
+    )
+    gauge = fix_gauge(final, angles, shape)
+    change = parameter_change_px(params, gauge.params, shape)
+    volume = reconstruct_dealigned(meas, angles, gauge.params, algorithm, iterations)
+    config = dict(
+        method="joint",
+        steps=steps,
+        volume_step=volume_step,
+        shift_step_px=shift_step_px,
+        rotation_step_rad=rotation_step_rad,
+        scale_step=scale_step,
+        decay=decay,
+        smoothing_px=smoothing_px,
+        interpolation=interpolation,
+        fit=fit,
+        algorithm=algorithm,
+        iterations=iterations,
+        initial="given" if initial is not None else "rough_align",
+        total_change_px=float(change.max()),
+        best_step=history.best_iteration,
+        keep_best=keep_best,
+        warnings=history.warnings,
+    )
+    return AlignmentResult(
+        params=gauge.params,
+        volume=volume,
+        axis_offset_px=gauge.axis_offset_px,
+        axis_tilt_rad=float(np.mean(gauge.params[:, 2])),
+        history={
+            "residual": np.asarray(history.loss, dtype=float),
+            "seconds": np.asarray(history.seconds, dtype=float),
+        },
+        seconds=time.perf_counter() - t0,
+        config=config,
+    )
+
+
+def gradient_fit(
+    meas: Float[np.ndarray, "angle y x"],
+    angles: Float[np.ndarray, " angle"],
+    params: Float[np.ndarray, "angle 4"],
+    volume: Float[np.ndarray, "x y x"],
+    *,
+    steps: int,
+    volume_step: float,
+    shift_step_px: float,
+    rotation_step_rad: float,
+    scale_step: float,
+    decay: float,
+    smoothing_px: float,
+    interpolation: str = "cubic",
+    fit: str = "similarity",
+    progress: bool = False,
+    checkpoint: Any = None,
+    resume: bool = False,
+    keep_best: bool = False,
+    description: str = "joint align",
+):
+    """Adam on volume and alignment from a given start: the optimisation of :func:`joint_align`.
+
+    Args:
+        meas: ``(angle, y, x)`` checked measured projections.
+        angles: ``(angle,)`` in rad.
+        params: ``(angle, 4)`` starting alignment rows.
+        volume: ``(n_x, y, n_x)`` starting volume (projection units per voxel).
+        steps: optimizer steps.
+        volume_step: Adam step of the volume, as a fraction of ``volume``'s maximum.
+        shift_step_px: Adam step of the shifts, px.
+        rotation_step_rad: Adam step of the rotations, rad.
+        scale_step: Adam step of the log-scales.
+        decay: all steps decay exponentially to this fraction by the last step.
+        smoothing_px: σ of the Gaussian applied to model and data in the loss, px.
+        interpolation: resampling of the alignment in the loss (:data:`INTERPOLATIONS`).
+        fit: ``"similarity"`` or ``"shift"`` (rotations and scales held).
+        progress: show a progress bar.
+        checkpoint: as in :func:`joint_align`.
+        resume: continue from ``checkpoint``.
+        keep_best: keep the volume and alignment of the lowest loss.
+        description: label of the progress bar and of a stop's message.
+
+    Returns:
+        ``(params, history)``: the final ``(angle, 4)`` rows (gauge not fixed) and the
+        :func:`~diffptycho.recon.solve.solve` history (loss per step).
+    """
     dtype = jnp.result_type(float)
     model = TomoProjections(
         jnp.asarray(volume, dtype), jnp.asarray(angles, dtype), jnp.asarray(params, dtype)
@@ -218,44 +326,11 @@ def joint_align(
         smooth_data,
         steps,
         progress=progress,
-        description="joint align",
+        description=description,
         resume=snapshot,
         checkpoint=None if checkpoint is None else checkpoint.save_snapshot,
         checkpoint_every=0 if checkpoint is None else checkpoint.every,
         keep_best=keep_best,
     )
     final = np.asarray(jax.device_get(model.alignment), dtype=float)
-    gauge = fix_gauge(final, angles, shape)
-    change = parameter_change_px(params, gauge.params, shape)
-    volume = reconstruct_dealigned(meas, angles, gauge.params, algorithm, iterations)
-    config = dict(
-        method="joint",
-        steps=steps,
-        volume_step=volume_step,
-        shift_step_px=shift_step_px,
-        rotation_step_rad=rotation_step_rad,
-        scale_step=scale_step,
-        decay=decay,
-        smoothing_px=smoothing_px,
-        interpolation=interpolation,
-        fit=fit,
-        algorithm=algorithm,
-        iterations=iterations,
-        initial="given" if initial is not None else "rough_align",
-        total_change_px=float(change.max()),
-        best_step=history.best_iteration,
-        keep_best=keep_best,
-        warnings=history.warnings,
-    )
-    return AlignmentResult(
-        params=gauge.params,
-        volume=volume,
-        axis_offset_px=gauge.axis_offset_px,
-        axis_tilt_rad=float(np.mean(gauge.params[:, 2])),
-        history={
-            "residual": np.asarray(history.loss, dtype=float),
-            "seconds": np.asarray(history.seconds, dtype=float),
-        },
-        seconds=time.perf_counter() - t0,
-        config=config,
-    )
+    return final, history
