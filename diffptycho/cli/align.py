@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from diffptycho.cli.checkpointing import add_checkpoint_arguments, checkpoint_for, interrupted
-from diffptycho.cli.ptycho import positive_int
+from diffptycho.cli.ptycho import nonnegative_int, positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -54,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tolerance-px", type=float, default=0.01, help="reprojection stop, px")
     p.add_argument(
         "--refine-steps",
-        type=int,
+        type=nonnegative_int,
         default=40,
         help="reprojection: gradient steps on volume and alignment together after the loop "
         "(0: none)",

@@ -24,6 +24,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+from diffptycho.cli.ptycho import nonnegative_int, positive_int
+
 __all__ = [
     "COMMANDS",
     "ENVIRONMENT",
@@ -65,31 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "JAX_COORDINATOR_ADDRESS)",
     )
     group.add_argument(
-        "--num-processes", type=_count, default=None, metavar="N", help="processes of the run"
+        "--num-processes", type=positive_int, default=None, metavar="N", help="processes of the run"
     )
     group.add_argument(
-        "--process-id", type=_index, default=None, metavar="I", help="this process, 0 … N − 1"
+        "--process-id",
+        type=nonnegative_int,
+        default=None,
+        metavar="I",
+        help="this process, 0 … N − 1",
     )
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be ≥ 1")
-    return value
-
-
-def _index(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be ≥ 0")
-    return value
 
 
 def requested(args: argparse.Namespace) -> bool:

@@ -129,12 +129,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def positive_int(text: str) -> int:
     """``argparse`` type: an integer ≥ 1, with a message naming the value otherwise."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """``argparse`` type: an integer ≥ 0, with a message naming the value otherwise."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be ≥ 1")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} must be ≥ {low}")
     return value
 
 

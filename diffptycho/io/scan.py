@@ -37,8 +37,30 @@ def _finite_positive(field: str, value: float, unit: str) -> float:
     return value
 
 
+class ScanPixels:
+    """Object-plane pixel and positions in pixels, from a scan's geometry fields.
+
+    Needs ``energy_ev``, ``distance_m``, ``pixel_size_m``, ``positions_m`` and ``data`` with a
+    ``shape``; shared by :class:`PtychoScan` and the streamed scan of
+    :mod:`diffptycho.recon.ptycho.streaming`.
+    """
+
+    @property
+    def object_pixel_size_m(self) -> tuple[float, float] | None:
+        """Object-plane pixel size (y, x) in m, λ·distance / (n·pixel) per axis; None if unknown."""
+        return object_pixel_size(
+            self.energy_ev, self.distance_m, self.pixel_size_m, self.data.shape[-2:]
+        )
+
+    @property
+    def positions_px(self) -> np.ndarray:
+        """(N, 2) positions (y, x) in object pixels (as stored for pixel-unit data)."""
+        size = self.object_pixel_size_m
+        return self.positions_m if size is None else self.positions_m / np.asarray(size)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class PtychoScan:
+class PtychoScan(ScanPixels):
     """One ptychographic scan: diffraction frames, positions and the geometry to interpret them.
 
     Arrays are converted to NumPy on construction and validated (shapes, finite non-negative
@@ -167,19 +189,6 @@ class PtychoScan:
                 raise _FieldError("angle_deg", f"{angle!r} is not finite", "give degrees")
             put("angle_deg", angle)
         put("name", str(self.name))
-
-    @property
-    def object_pixel_size_m(self) -> tuple[float, float] | None:
-        """Object-plane pixel size (y, x) in m, λ·distance / (n·pixel) per axis; None if unknown."""
-        return object_pixel_size(
-            self.energy_ev, self.distance_m, self.pixel_size_m, self.data.shape[-2:]
-        )
-
-    @property
-    def positions_px(self) -> np.ndarray:
-        """(N, 2) positions (y, x) in object pixels (as stored for pixel-unit data)."""
-        size = self.object_pixel_size_m
-        return self.positions_m if size is None else self.positions_m / np.asarray(size)
 
 
 def object_pixel_size(

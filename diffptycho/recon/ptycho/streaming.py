@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffptycho._typing import Array, Float, Int
+from diffptycho.io.scan import ScanPixels
 
 __all__ = [
     "FrameStatistics",
@@ -326,7 +327,7 @@ class StreamedFrames:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class StreamedScan:
+class StreamedScan(ScanPixels):
     """A CXI scan whose frames stay in the file: ``data`` is a :class:`StreamedFrames`.
 
     The other fields are those of :class:`~diffptycho.io.scan.PtychoScan`, read and checked
@@ -345,21 +346,6 @@ class StreamedScan:
     illumination: np.ndarray | None = None
     angle_deg: float | None = None
     name: str = ""
-
-    @property
-    def object_pixel_size_m(self) -> tuple[float, float] | None:
-        """Far-field object pixel (y, x) in m, as :attr:`PtychoScan.object_pixel_size_m`."""
-        from diffptycho.io.scan import object_pixel_size
-
-        return object_pixel_size(
-            self.energy_ev, self.distance_m, self.pixel_size_m, self.data.shape[-2:]
-        )
-
-    @property
-    def positions_px(self) -> np.ndarray:
-        """(N, 2) positions (y, x) in object pixels (as stored for pixel-unit data)."""
-        size = self.object_pixel_size_m
-        return self.positions_m if size is None else self.positions_m / np.asarray(size)
 
 
 def read_streamed_cxi_entry(path: str | os.PathLike[str], entry: str | int) -> StreamedScan:
