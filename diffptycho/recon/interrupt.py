@@ -6,6 +6,12 @@ the staged pipeline's scan loop) checks :func:`stop_requested` after each iterat
 checkpoint and raises :class:`Interrupted`. A second SIGINT stops at once
 (:class:`KeyboardInterrupt`). Outside the context manager the flag is never set, so library
 calls behave as before.
+
+Several processes (:mod:`~diffptycho.recon.distributed`) must stop at the same iteration, or
+the ones still running wait in their next collective until its timeout: a signal may reach
+only one of them (``kill`` of one process, a node's own SIGTERM). :func:`stop_agreed` is the
+check for such loops: the processes share their flags (a tiny all-gather) and all stop when
+any was asked to. On one process it is :func:`stop_requested`, at no cost.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Interrupted", "request_stop", "stop_on_signals", "stop_requested"]
+__all__ = ["Interrupted", "request_stop", "stop_agreed", "stop_on_signals", "stop_requested"]
 
 _STOP = threading.Event()
 _SIGNAL: list[int] = []
@@ -64,6 +70,47 @@ def request_stop(signum: int = 0) -> None:
     if signum:
         _SIGNAL.append(signum)
     _STOP.set()
+
+
+_NO_SIGNAL = 255
+"""Shared in place of a signal number by a process whose stop was requested in code."""
+
+
+def stop_agreed(local: bool | None = None) -> bool:
+    """:func:`stop_requested` agreed by every process: True on all when any was asked.
+
+    A collective when ``jax.process_count() > 1``: every process must call it at the same
+    point of the same loop (as every process runs the same program). The processes gather
+    each one's flag (the signal number, 0 when not asked); when any is set, the others record
+    the same request (:func:`request_stop` with that signal), so their outer loops, the
+    :class:`Interrupted` they raise and its exit code agree too. On one process this is
+    :func:`stop_requested` (no JAX call).
+
+    Args:
+        local: this process's own answer (default: :func:`stop_requested`).
+
+    Returns:
+        True when this or any other process was asked to stop.
+
+    Examples:
+        >>> stop_agreed()
+        False
+    """
+    local = stop_requested() if local is None else bool(local)
+    import jax  # here: this module stays importable without initialising JAX
+
+    if jax.process_count() == 1:
+        return local
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    code = (_SIGNAL[-1] if _SIGNAL else _NO_SIGNAL) if local else 0
+    codes = np.asarray(multihost_utils.process_allgather(np.int32(code))).reshape(-1)
+    asked = codes[codes > 0]
+    if asked.size and not local:
+        signum = int(asked[0])
+        request_stop(0 if signum == _NO_SIGNAL else signum)
+    return bool(asked.size)
 
 
 @contextlib.contextmanager

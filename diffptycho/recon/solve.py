@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from diffptycho._typing import Array
-from diffptycho.recon.interrupt import Interrupted, stop_requested
+from diffptycho.recon.interrupt import Interrupted, stop_agreed, stop_requested
 from diffptycho.recon.watch import LossWatch
 
 
@@ -302,6 +302,9 @@ def solve(
         Interrupted: a stop was requested (SIGINT/SIGTERM inside
             :func:`~diffptycho.recon.interrupt.stop_on_signals`); the current step was
             finished and ``checkpoint`` called; the exception's ``snapshot`` holds the state.
+            In a multi-process run the processes agree after each step
+            (:func:`~diffptycho.recon.interrupt.stop_agreed`), so a signal to any one of
+            them stops all at the same iteration.
     """
     if iterations < 0:
         raise ValueError(f"iterations={iterations}: expected a non-negative count")
@@ -377,7 +380,8 @@ def solve(
             if callback is not None:
                 callback(it, model, loss)
             done = it + 1
-            stopping = stop_requested() and done < iterations
+            # agreed by every process of a multi-process run (one process: a flag test)
+            stopping = stop_agreed(stop_requested()) and done < iterations
             if checkpoint is not None and (
                 stopping or (checkpoint_every and done % checkpoint_every == 0)
             ):
