@@ -5,7 +5,12 @@ each scan is written in three places — our own field ``sample_1/geometry_1/ang
 ``sample_1/rotation_angle`` and CXI ``sample_1/geometry_1/orientation`` — and read from the
 first present (:mod:`diffptycho.io._cxi_angle` has the orientation convention). Simulation
 ground truth goes in the separate top-level group ``diffptycho_truth/``. docs/file-formats.md is
-the full reference. Conversions at this boundary:
+the full reference.
+
+Frames are stored one frame per HDF5 chunk. A scan larger than memory is written from blocks
+of frames (:class:`BlockScan`, e.g. produced by a simulation) and a file can be filled piece by
+piece through :func:`cxi_writer`; the file is the same as from whole arrays. Conversions at this
+boundary:
 
 - positions: our API uses (y, x) in m; CXI ``translation`` is (N, 3) with columns (x, y, z),
   in m or in the length unit its ``units`` attribute names (m, mm, um/µm, nm); absolute motor
@@ -21,10 +26,12 @@ the full reference. Conversions at this boundary:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import h5py
@@ -52,10 +59,13 @@ from diffptycho.physics.optics import EV_TO_J, ev_to_joule, joule_to_ev
 
 __all__ = [
     "CXI_VERSION",
+    "BlockScan",
     "CXIFormatError",
+    "CXIWriter",
     "PtychoScan",
     "ScanHeader",
     "angle_from_orientation",
+    "cxi_writer",
     "orientation_from_angle",
     "read_cxi",
     "read_cxi_entry",
@@ -92,9 +102,205 @@ _JOULES = {"j", "joule", "joules"}
 _ENTRY = re.compile(r"^entry_(\d+)$")
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockScan:
+    """A scan to write whose frames arrive in blocks, so that they are never all in memory.
+
+    Everything but the frames is a :class:`PtychoScan`'s field, validated the same way on
+    construction. The frames are (n_k, ny, nx) blocks in frame order (their n_k add up to the
+    number of positions), each checked as :class:`PtychoScan` checks its data when it is
+    written; :func:`write_cxi` writes them one block at a time into the chunked frames dataset,
+    so the file equals that of the :class:`PtychoScan` holding all of them.
+
+    Attributes:
+        frames: the blocks, as an iterable (consumed once) or a function returning one.
+        frame_shape: (ny, nx) detector pixels of every frame.
+        positions_m: (N, 2) float64 positions (y, x) in m (object pixels for pixel-unit data);
+            N is the number of frames.
+        energy_ev: photon energy in eV.
+        distance_m: sample–detector distance in m, or None.
+        pixel_size_m: detector pixel size (y, x) in m, or None.
+        mask: (ny, nx) bool detector mask, True = valid pixel, or None.
+        illumination: complex probe (ny, nx) or (M, ny, nx), or None.
+        angle_deg: tilt angle in degrees, or None.
+        name: free-form scan name.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> blocks = (np.full((2, 8, 8), k + 1.0) for k in range(3))  # 3 blocks of 2 frames
+        >>> scan = BlockScan(blocks, (8, 8), np.zeros((6, 2)), energy_ev=710.2)
+        >>> path = os.path.join(tempfile.mkdtemp(), "scan.cxi")
+        >>> write_cxi(path, scan)
+        >>> read_cxi(path)[0].data[:, 0, 0]
+        array([1., 1., 2., 2., 3., 3.], dtype=float32)
+    """
+
+    frames: Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]]
+    frame_shape: tuple[int, int]
+    positions_m: np.ndarray
+    energy_ev: float
+    distance_m: float | None = None
+    pixel_size_m: tuple[float, float] | None = None
+    mask: np.ndarray | None = None
+    illumination: np.ndarray | None = None
+    angle_deg: float | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        shape = tuple(np.shape(self.frame_shape))
+        if shape != (2,) or not all(
+            isinstance(n, int | np.integer) and n > 0 for n in self.frame_shape
+        ):
+            raise ValueError(
+                f"BlockScan.frame_shape: {self.frame_shape!r} is not (ny, nx); give two "
+                "positive pixel counts"
+            )
+        frame_shape = (int(self.frame_shape[0]), int(self.frame_shape[1]))
+        pos = np.asarray(self.positions_m, dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 2:
+            raise ValueError(
+                f"BlockScan.positions_m: has shape {pos.shape}, expected (N, 2) as (y, x); "
+                "give one position per frame"
+            )
+        if not np.all(np.isfinite(pos)):
+            raise ValueError("BlockScan.positions_m: contains NaN/inf; give finite positions")
+        try:  # every other field checked as PtychoScan checks it, on a one-frame stand-in
+            head = PtychoScan(
+                np.ones((min(len(pos), 1), *frame_shape), np.float32),
+                pos[:1],
+                self.energy_ev,
+                self.distance_m,
+                self.pixel_size_m,
+                self.mask,
+                self.illumination,
+                self.angle_deg,
+                self.name,
+            )
+        except _FieldError as err:
+            raise ValueError(f"BlockScan.{err.field}: {err.problem}; {err.fix}") from None
+        for field in dataclasses.fields(PtychoScan):
+            if field.name not in ("data", "positions_m"):
+                object.__setattr__(self, field.name, getattr(head, field.name))
+        object.__setattr__(self, "frame_shape", frame_shape)
+        object.__setattr__(self, "positions_m", pos)
+        object.__setattr__(self, "_head", head)
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames N (= positions)."""
+        return int(self.positions_m.shape[0])
+
+    @property
+    def object_pixel_size_m(self) -> tuple[float, float] | None:
+        """Object-plane pixel size (y, x) in m, as :attr:`PtychoScan.object_pixel_size_m`."""
+        return self._head.object_pixel_size_m
+
+
+class CXIWriter:
+    """A CXI file being written, from :func:`cxi_writer`: scans and truth added one by one.
+
+    Attributes:
+        path: the destination file (it appears there when the ``with`` block ends).
+        n_scans: scans written so far.
+    """
+
+    def __init__(self, f: h5py.File, path: str):
+        self._f = f
+        self.path = path
+        self.n_scans = 0
+
+    def add_scan(self, scan: PtychoScan | BlockScan) -> str:
+        """Write ``scan`` as the next entry (a :class:`BlockScan` block by block).
+
+        Returns:
+            The entry's group name, ``"entry_k"``.
+
+        Raises:
+            TypeError: ``scan`` is neither a :class:`PtychoScan` nor a :class:`BlockScan`.
+            ValueError: a block of a :class:`BlockScan` is invalid, or the blocks hold more
+                or fewer frames than positions (the message names the entry).
+        """
+        if not isinstance(scan, PtychoScan | BlockScan):
+            raise TypeError(
+                f"{self.path}: scan {self.n_scans + 1} is a {type(scan).__name__}, expected "
+                "PtychoScan or BlockScan"
+            )
+        name = f"entry_{self.n_scans + 1}"
+        _write_entry(self._f.create_group(name), scan, f"{self.path}: {name}")
+        self.n_scans += 1
+        return name
+
+    def add_truth(self, truth: Mapping[str, Any]) -> None:
+        """Write ground-truth arrays under ``diffptycho_truth/`` (names may contain ``/``)."""
+        if truth:
+            group = self._f.require_group(TRUTH_GROUP)
+            for name, value in truth.items():
+                group[name] = np.asarray(value)
+
+    def truth_dataset(self, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
+        """An empty truth dataset under ``diffptycho_truth/``, to be filled slice by slice.
+
+        Stored as :meth:`add_truth` stores a whole array (contiguous), so that a truth larger
+        than memory is written in pieces with the same result.
+
+        Args:
+            name: dataset name (may contain ``/``).
+            shape: its shape.
+            dtype: its dtype.
+        """
+        return self._f.require_group(TRUTH_GROUP).create_dataset(name, shape, dtype=dtype)
+
+
+@contextlib.contextmanager
+def cxi_writer(
+    path: str | os.PathLike[str], attrs: Mapping[str, Any] | None = None
+) -> Iterator[CXIWriter]:
+    """Open a CXI file for writing scan by scan; it replaces ``path`` only once complete.
+
+    :func:`write_cxi` in pieces: for files whose scans, or whose truth, are produced while the
+    file is written (a simulation writing its noiseless frames as truth beside the counts).
+
+    Args:
+        path: destination file (conventionally ``*.cxi``); its directory must exist.
+        attrs: optional attributes for the file root (str, numbers or arrays).
+
+    Yields:
+        The :class:`CXIWriter`.
+
+    Raises:
+        ValueError: the block wrote no scan (``path`` is then left untouched).
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> path = os.path.join(tempfile.mkdtemp(), "scan.cxi")
+        >>> with cxi_writer(path) as w:
+        ...     expected = w.truth_dataset("expected", (4, 8, 8), np.float32)
+        ...     def frames():
+        ...         for k in range(2):
+        ...             expected[2 * k : 2 * k + 2] = 1.5
+        ...             yield np.full((2, 8, 8), 2.0)
+        ...     w.add_scan(BlockScan(frames, (8, 8), np.zeros((4, 2)), energy_ev=710.2))
+        'entry_1'
+        >>> float(read_cxi_truth(path)["expected"].sum())
+        384.0
+    """
+    path = os.fspath(path)
+    with atomic_h5_file(path) as f:
+        f["cxi_version"] = CXI_VERSION
+        f.attrs["creator"] = f"diffptycho {__version__}"
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
+        writer = CXIWriter(f, path)
+        yield writer
+        if not writer.n_scans:
+            raise ValueError(f"{path}: no scans to write; add at least one scan")
+
+
 def write_cxi(
     path: str | os.PathLike[str],
-    scans: Sequence[PtychoScan] | PtychoScan,
+    scans: Sequence[PtychoScan | BlockScan] | PtychoScan | BlockScan,
     truth: Mapping[str, Any] | None = None,
     attrs: Mapping[str, Any] | None = None,
 ) -> None:
@@ -102,14 +308,19 @@ def write_cxi(
 
     Args:
         path: destination file (conventionally ``*.cxi``); replaced only once complete.
-        scans: the scans, written as ``entry_1``, ``entry_2``, … in order.
+        scans: the scans, written as ``entry_1``, ``entry_2``, … in order; a
+            :class:`BlockScan`'s frames are written block by block as they arrive (the file
+            is the one its frames as a :class:`PtychoScan` give).
         truth: optional ground truth (simulations), written under ``diffptycho_truth/``;
             names may contain ``/`` for nested groups. Never mixed with the measured data.
         attrs: optional attributes for the file root (str, numbers or arrays).
 
     Raises:
-        TypeError: ``scans`` holds something other than :class:`PtychoScan`, or a truth or
-            attribute value cannot be stored in HDF5 (``path`` is then left untouched).
+        TypeError: ``scans`` holds something other than :class:`PtychoScan` or
+            :class:`BlockScan`, or a truth or attribute value cannot be stored in HDF5
+            (``path`` is then left untouched).
+        ValueError: a :class:`BlockScan`'s blocks are invalid or do not add up to its
+            positions (``path`` is then left untouched).
 
     Examples:
         >>> import os, tempfile
@@ -120,29 +331,59 @@ def write_cxi(
         >>> read_cxi(path)[0].positions_m[1]
         array([0.e+00, 1.e-07])
     """
-    if isinstance(scans, PtychoScan):
+    if isinstance(scans, PtychoScan | BlockScan):
         scans = [scans]
     scans = list(scans)
     if not scans:
         raise ValueError(f"{os.fspath(path)}: no scans to write; pass at least one PtychoScan")
     for i, scan in enumerate(scans):
-        if not isinstance(scan, PtychoScan):
-            raise TypeError(f"scans[{i}] is a {type(scan).__name__}, expected PtychoScan")
+        if not isinstance(scan, PtychoScan | BlockScan):
+            raise TypeError(
+                f"scans[{i}] is a {type(scan).__name__}, expected PtychoScan or BlockScan"
+            )
 
-    with atomic_h5_file(path) as f:
-        f["cxi_version"] = CXI_VERSION
-        f.attrs["creator"] = f"diffptycho {__version__}"
-        for key, value in (attrs or {}).items():
-            f.attrs[key] = value
-        for k, scan in enumerate(scans, start=1):
-            _write_entry(f.create_group(f"entry_{k}"), scan)
-        if truth:
-            group = f.create_group(TRUTH_GROUP)
-            for name, value in truth.items():
-                group[name] = np.asarray(value)
+    with cxi_writer(path, attrs) as writer:
+        for scan in scans:
+            writer.add_scan(scan)
+        writer.add_truth(truth or {})
 
 
-def _write_entry(entry: h5py.Group, scan: PtychoScan) -> None:
+def _write_frame_blocks(entry: h5py.Group, scan: BlockScan, where: str) -> None:
+    """The frames of ``scan`` into ``entry``'s frames dataset, one block at a time."""
+    n, (ny, nx) = scan.n_frames, scan.frame_shape
+    ds = entry.create_dataset(
+        DATA, (n, ny, nx), dtype=np.float32, chunks=(1, ny, nx) if n > 0 else None
+    )
+    done = 0
+    for block in scan.frames() if callable(scan.frames) else scan.frames:
+        block = np.asarray(block)
+        count = block.shape[0] if block.ndim == 3 else 0
+        if block.ndim != 3 or block.shape[1:] != (ny, nx):
+            raise ValueError(
+                f"{where}: frames block at frame {done} has shape {block.shape}, expected "
+                f"(n, {ny}, {nx}); give blocks of whole frames"
+            )
+        if done + count > n:
+            raise ValueError(
+                f"{where}: the frames blocks hold more than the {n} frames of the positions; "
+                "give one position per frame"
+            )
+        try:  # the checks and the float32 conversion of PtychoScan.data
+            frames = PtychoScan(block, np.zeros((count, 2)), energy_ev=scan.energy_ev).data
+        except _FieldError as err:
+            raise ValueError(
+                f"{where}: frames block at frame {done}: {err.problem}; {err.fix}"
+            ) from None
+        ds[done : done + count] = frames
+        done += count
+    if done != n:
+        raise ValueError(
+            f"{where}: the frames blocks hold {done} frames but there are {n} positions; "
+            "give one position per frame"
+        )
+
+
+def _write_entry(entry: h5py.Group, scan: PtychoScan | BlockScan, where: str) -> None:
     def put(path: str, value: Any, units: str | None = None) -> None:
         entry[path] = value
         if units is not None:
@@ -151,9 +392,12 @@ def _write_entry(entry: h5py.Group, scan: PtychoScan) -> None:
     entry[TITLE] = scan.name
     # one frame per chunk: readers (the engines' minibatches, the joint fit, h5py slicing)
     # fetch frames without reading the whole scan
-    data = np.asarray(scan.data)
-    chunks = (1, *data.shape[1:]) if data.ndim == 3 and data.shape[0] > 0 else None
-    entry.create_dataset(DATA, data=data, chunks=chunks)
+    if isinstance(scan, BlockScan):
+        _write_frame_blocks(entry, scan, where)
+    else:
+        data = np.asarray(scan.data)
+        chunks = (1, *data.shape[1:]) if data.ndim == 3 and data.shape[0] > 0 else None
+        entry.create_dataset(DATA, data=data, chunks=chunks)
     entry[DATA].attrs["units"] = "counts"
     entry[DETECTOR_DATA] = h5py.SoftLink(entry[DATA].name)
     pixel_units = scan.object_pixel_size_m is None

@@ -8,12 +8,16 @@ Both published workflows are simulated through the package's own forward models:
 
 Frames are Poisson-distributed photon counts at the chosen dose. Results are plain dataclasses
 of NumPy arrays; :func:`write_dataset` stores them as CXI (one entry per scan) with the truth in
-the separate ``diffptycho_truth`` group.
+the separate ``diffptycho_truth`` group. A simulation may instead hand its frames over as
+:class:`StreamedFrames`, produced block by block while :func:`write_dataset` writes them, so
+that the peak memory does not grow with the number of positions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -73,11 +77,60 @@ class ScanGeometry:
 
 
 @dataclasses.dataclass(frozen=True)
+class FrameBlock:
+    """Consecutive frames of one scan of a simulated dataset.
+
+    Attributes:
+        energy: energy index e.
+        angle: angle index a.
+        start: index of the block's first frame in scan (e, a).
+        counts: (n, fy, fx) float32 photon counts.
+        expected: (n, fy, fx) float32 noiseless intensities in photons (the counts' mean).
+    """
+
+    energy: int
+    angle: int
+    start: int
+    counts: np.ndarray
+    expected: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedFrames:
+    """The frames of a simulated dataset, computed block by block when they are read.
+
+    Stands for :attr:`SimulatedDataset.frames` (and the truth ``expected_frames``) when they
+    are not to be held in memory at once: :func:`write_dataset` writes each block as it is
+    produced. Every call of ``blocks`` starts again and yields the same blocks.
+
+    Attributes:
+        shape: (energy, angle, n, fy, fx) of the whole array of counts.
+        blocks: ``blocks()`` yields the :class:`FrameBlock` of every scan in the order
+            (energy, angle, start), covering each scan's frames once in order.
+    """
+
+    shape: tuple[int, int, int, int, int]
+    blocks: Callable[[], Iterator[FrameBlock]]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All blocks gathered: counts and expected intensities, (energy, angle, n, fy, fx)."""
+        counts = np.empty(self.shape, np.float32)
+        expected = np.empty(self.shape, np.float32)
+        for b in self.blocks():
+            stop = b.start + len(b.counts)
+            counts[b.energy, b.angle, b.start : stop] = b.counts
+            expected[b.energy, b.angle, b.start : stop] = b.expected
+        return counts, expected
+
+
+@dataclasses.dataclass(frozen=True)
 class SimulatedDataset:
     """A simulated multi-scan dataset and its ground truth.
 
     Attributes:
-        frames: photon counts (energy, angle, n, fy, fx); angle axis has length 1 in 2-D.
+        frames: photon counts (energy, angle, n, fy, fx); angle axis has length 1 in 2-D. Or
+            :class:`StreamedFrames` computed as they are written (then the truth's
+            ``expected_frames`` come from them too).
         positions_px: scan positions (energy, angle, n, 2) in object pixels (y, x).
         padding_px: vacuum margin around each projection in pixels (see ScanGeometry).
         energies_ev: photon energies in eV.
@@ -95,7 +148,7 @@ class SimulatedDataset:
             of each energy is the one that makes the object pixel ``pixel_size_m``.
     """
 
-    frames: np.ndarray
+    frames: np.ndarray | StreamedFrames
     positions_px: np.ndarray
     padding_px: int
     energies_ev: np.ndarray
@@ -304,36 +357,59 @@ def simulate_vanadium_2d(
 def write_dataset(path, dataset: SimulatedDataset) -> None:
     """Write a simulated dataset as CXI: one entry per (energy, angle) scan, truth apart.
 
+    :class:`StreamedFrames` are computed and written block by block (each scan's counts, and
+    the truth ``expected_frames`` beside them), never all in memory; the file is the one
+    their gathered arrays give.
+
     Args:
         path: output file (written atomically).
         dataset: the simulated dataset.
     """
-    from diffptycho.io.cxi import PtychoScan, write_cxi
+    from diffptycho.io.cxi import BlockScan, PtychoScan, cxi_writer
 
     det_px = dataset.detector_pixel_size_m()
     object_px = np.broadcast_to(np.asarray(dataset.pixel_size_m, float), det_px.shape)
-    scans = []
-    for e, energy in enumerate(dataset.energies_ev):
-        for a, angle in enumerate(dataset.angles_deg):
-            scans.append(
-                PtychoScan(
-                    data=dataset.frames[e, a],
-                    positions_m=dataset.positions_px[e, a] * object_px[e],
-                    energy_ev=float(energy),
-                    distance_m=dataset.distance_m,
-                    pixel_size_m=(float(det_px[e]), float(det_px[e])),
-                    mask=None,
-                    illumination=dataset.probe[e] if dataset.illumination_known else None,
-                    angle_deg=float(angle),
-                    name=f"E{energy:.2f}eV_theta{angle:+.2f}deg",
-                )
-            )
     truth = dict(dataset.truth)
     truth["pixel_size_m"] = np.asarray(dataset.pixel_size_m)
     truth["padding_px"] = np.asarray(dataset.padding_px)
     if not dataset.illumination_known:
         truth["probe"] = dataset.probe
-    write_cxi(path, scans, truth=truth)
+    streamed = isinstance(dataset.frames, StreamedFrames)
+    with cxi_writer(path) as writer:
+        if streamed:
+            shape = dataset.frames.shape
+            expected = writer.truth_dataset("expected_frames", shape, np.float32)
+            blocks = itertools.groupby(dataset.frames.blocks(), lambda b: (b.energy, b.angle))
+        for e, energy in enumerate(dataset.energies_ev):
+            for a, angle in enumerate(dataset.angles_deg):
+                scan = {
+                    "positions_m": dataset.positions_px[e, a] * object_px[e],
+                    "energy_ev": float(energy),
+                    "distance_m": dataset.distance_m,
+                    "pixel_size_m": (float(det_px[e]), float(det_px[e])),
+                    "mask": None,
+                    "illumination": dataset.probe[e] if dataset.illumination_known else None,
+                    "angle_deg": float(angle),
+                    "name": f"E{energy:.2f}eV_theta{angle:+.2f}deg",
+                }
+                if not streamed:
+                    writer.add_scan(PtychoScan(data=dataset.frames[e, a], **scan))
+                    continue
+                key, group = next(blocks, ((None, None), iter(())))
+                if key != (e, a):
+                    raise ValueError(
+                        f"dataset.frames: the blocks give scan {key} where scan {(e, a)} is "
+                        "due; StreamedFrames.blocks must yield scans in (energy, angle) order"
+                    )
+                writer.add_scan(BlockScan(_counts(group, expected), shape[-2:], **scan))
+        writer.add_truth(truth)
+
+
+def _counts(group: Iterator[FrameBlock], expected) -> Iterator[np.ndarray]:
+    """The counts of a scan's blocks, writing their expected intensities to ``expected``."""
+    for b in group:
+        expected[b.energy, b.angle, b.start : b.start + len(b.expected)] = b.expected
+        yield b.counts
 
 
 def write_lfp_references(

@@ -22,11 +22,18 @@ staged pipeline (probe retrieval, alignment, tomography) and the joint reconstru
 
 The true probe at the model pixel, the shifts and the noiseless, aligned optical-density
 projections (``od_projections``) are stored as truth, to check each stage on its own.
+
+The frames of each scan are computed in blocks of ``block_frames`` positions; with
+``stream=True`` they are not kept but computed while
+:func:`~diffptycho.sim.datasets.write_dataset` writes them
+(:class:`~diffptycho.sim.datasets.StreamedFrames`), so the memory of a simulation does not grow
+with the number of positions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 from jaxtyping import Float, Int
@@ -208,6 +215,8 @@ def simulate_lfp_tilt_series(
     known_probe: bool = False,
     interpolation_order: int = 1,
     mixed_band_m: tuple[float, float] | None = None,
+    block_frames: int = 256,
+    stream: bool = False,
 ) -> datasets.SimulatedDataset:
     """Two-energy ptychographic tilt series of LiFePO4/FePO4 plates, without inverse crime.
 
@@ -235,6 +244,12 @@ def simulate_lfp_tilt_series(
         interpolation_order: spline order of the projector's interpolation (1–3).
         mixed_band_m: width range in m of the mixed band of "front" plates (default: that of
             :func:`diffptycho.sim.phantoms.lfp_field`).
+        block_frames: positions whose far field is computed at once (memory: a few times
+            ``block_frames × (oversample·fy) × (oversample·fx)`` complex numbers); the
+            result does not depend on it.
+        stream: return the frames as :class:`~diffptycho.sim.datasets.StreamedFrames`,
+            computed (with the truth ``expected_frames``) only while
+            :func:`~diffptycho.sim.datasets.write_dataset` writes them; the file is the same.
 
     Returns:
         The dataset: ``frames`` (energy, angle, n, fy, fx) counts, nominal ``positions_px``,
@@ -242,7 +257,9 @@ def simulate_lfp_tilt_series(
         ``composition`` (2, z, y, x), ``labels``, ``spectra`` (energy, 2), ``species``,
         ``scan_shift_px`` (energy, angle, 2), ``probe``, ``od_projections`` (energy, angle, y,
         x) (aligned, noiseless, model grid), ``expected_frames``, ``oversample`` and the
-        per-particle truth of the phantom.
+        per-particle truth of the phantom. With ``stream``, ``frames`` are
+        :class:`~diffptycho.sim.datasets.StreamedFrames` and ``expected_frames`` is not in
+        the truth (the stream gives both).
 
     Raises:
         ValueError: for invalid arguments or a raster that leaves the padded projections.
@@ -258,6 +275,8 @@ def simulate_lfp_tilt_series(
     factor = int(oversample)
     if factor != oversample or factor < 1:
         raise ValueError(f"oversample={oversample!r}: expected a positive integer")
+    if isinstance(block_frames, bool) or int(block_frames) != block_frames or block_frames < 1:
+        raise ValueError(f"block_frames={block_frames!r}: expected a positive number of frames")
     if not (np.isfinite(shift_sigma_px) and shift_sigma_px >= 0):
         raise ValueError(f"shift_sigma_px={shift_sigma_px!r}: expected a width ≥ 0 in pixels")
     if angles_deg is None:
@@ -265,9 +284,8 @@ def simulate_lfp_tilt_series(
     angles = np.atleast_1d(np.asarray(angles_deg, dtype=np.float64))
     energies = np.atleast_1d(np.asarray(energies_ev, dtype=np.float64))
     shape = tuple(int(n) for n in volume_shape)
-    rng_pos, rng_shift, rng_noise = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
-    )
+    seed_pos, seed_shift, seed_noise = np.random.SeedSequence(seed).spawn(3)
+    rng_pos, rng_shift = np.random.default_rng(seed_pos), np.random.default_rng(seed_shift)
 
     # sample: fine phantom, truth binned back to the model grid
     fine_voxel = voxel_size_m / factor
@@ -307,18 +325,35 @@ def simulate_lfp_tilt_series(
     k = optics.wavenumber(energies)
     od = 2 * k[:, None, None, None] * fine_voxel * bin_blocks(beta_proj, factor, (2, 3))
 
-    # misalign, pad with vacuum, transmit, scan, detect
+    # misalign, pad with vacuum, transmit, scan, detect: block by block
     margin = int(np.ceil(np.abs(shifts).max(initial=0.0) * factor)) + 2
     fine_pad = factor * pad
-    frames = np.empty((energies.size, angles.size, n_pos, *geometry.probe_shape), dtype=np.float64)
     centres = _fine_positions(positions, shape[1:], pad, factor)
-    for e in range(energies.size):
+
+    def blocks() -> Iterator[datasets.FrameBlock]:
+        # one noise stream drawn in the order of the frames (energy, angle, position)
+        rng_noise = np.random.default_rng(seed_noise)
         w = fine_pad + margin
-        padded = np.pad(per_species, ((0, 0), (0, 0), (w, w), (w, w)))
-        moved = fourier_shift(padded, factor * shifts[e][None])[..., margin:-margin, margin:-margin]
-        integral = fine_voxel * np.einsum("s,sayx->ayx", spec[e], moved)
-        transmission = np.exp(-k[e] * (integral.imag + 1j * integral.real))
-        frames[e] = far_field_frames(transmission, fine_probes[e], centres[e], geometry.probe_shape)
+        for e in range(energies.size):
+            for a in range(angles.size):  # one transmission at a time
+                padded = np.pad(per_species[:, a : a + 1], ((0, 0), (0, 0), (w, w), (w, w)))
+                moved = fourier_shift(padded, factor * shifts[e, a : a + 1][None])
+                moved = moved[..., margin:-margin, margin:-margin]
+                integral = fine_voxel * np.einsum("s,sayx->ayx", spec[e], moved)
+                transmission = np.exp(-k[e] * (integral.imag + 1j * integral.real))
+                for start in range(0, n_pos, block_frames):
+                    stop = min(start + block_frames, n_pos)
+                    far = far_field_frames(
+                        transmission,
+                        fine_probes[e],
+                        centres[e, a : a + 1, start:stop],
+                        geometry.probe_shape,
+                    )[0]
+                    counts = rng_noise.poisson(far).astype(np.float32)
+                    yield datasets.FrameBlock(e, a, start, counts, far.astype(np.float32))
+
+    frame_shape = (energies.size, angles.size, n_pos, *geometry.probe_shape)
+    frames = datasets.StreamedFrames(frame_shape, blocks)
 
     truth = {
         "composition": composition,
@@ -328,12 +363,13 @@ def simulate_lfp_tilt_series(
         "scan_shift_px": shifts,
         "probe": probes,
         "od_projections": od.astype(np.float32),
-        "expected_frames": frames.astype(np.float32),
         "oversample": np.asarray(factor),
     }
     truth.update({f"particles/{name}": np.asarray(v) for name, v in field.particle_truth().items()})
+    if not stream:
+        frames, truth["expected_frames"] = frames.arrays()
     return datasets.SimulatedDataset(
-        frames=rng_noise.poisson(frames).astype(np.float32),
+        frames=frames,
         positions_px=positions,
         padding_px=pad,
         energies_ev=energies,
