@@ -104,3 +104,14 @@ def test_mismatched_scans_are_refused_with_their_names(tiny_scans):
         solve_scans(models, ENGINES["epie"](batch_size=4, mesh=position_mesh(2)), datas, 1)
     with pytest.raises(ValueError, match="2 models and 3 datas"):
         solve_scans(models[:2], engine, datas, 1)
+
+
+def test_a_stop_request_ends_the_group_after_the_current_iteration(tiny_scans, monkeypatch):
+    from diffptycho.recon.interrupt import Interrupted
+    from diffptycho.recon.ptycho import scans as scans_module
+
+    models, datas = tiny_scans
+    monkeypatch.setattr(scans_module, "stop_requested", lambda: True)
+    with pytest.raises(Interrupted, match="stopped after iteration 1 of 3") as stop:
+        solve_scans(models, ENGINES["epie"](batch_size=4), datas, 3, mesh=scan_mesh(1))
+    assert stop.value.iteration == 1

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffptycho._typing import Array, Bool
+from diffptycho.recon.interrupt import Interrupted, stop_agreed, stop_requested
 from diffptycho.recon.ptycho.data import PtychoData
 from diffptycho.recon.sharding import named_mesh
 from diffptycho.recon.solve import AbstractSolver, History
@@ -249,6 +250,9 @@ def solve_scans(
         seconds shared by all scans, best iteration, warnings, ``diverged``).
 
     Raises:
+        Interrupted: a stop was requested (SIGINT/SIGTERM inside
+            :func:`~diffptycho.recon.interrupt.stop_on_signals`, agreed by every process);
+            the current iteration was finished. No snapshot: the scans start again.
         ValueError: different numbers of positions (the scans of each count are named) or
             shapes, streamed frames, an engine with a position mesh, or a mesh that is not
             1-D.
@@ -336,6 +340,11 @@ def solve_scans(
                 bar.update()
             if not kept.any():  # every scan diverged: nothing moves any more
                 break
+            if stop_agreed(stop_requested()) and it + 1 < iterations:
+                raise Interrupted(
+                    f"{description}: stopped after iteration {it + 1} of {iterations}",
+                    iteration=it + 1,
+                )
     finally:
         if bar is not None:
             bar.close()
