@@ -221,6 +221,11 @@ def test_interrupted_per_energy_pass_resumes_to_the_same_result(tmp_path, monkey
     settings = sp.SpectroPtychoSettings(iterations=3, probe_iterations=3, register=False)
     quiet = {"log": lambda m: None}
     full = sp.run_spectroptycho(path, settings, **quiet)
+    # reconstructed on a 2× finer object grid, reported on the detector's pixel
+    assert settings.object_refine == 2
+    np.testing.assert_allclose(full.pixel_sizes_m, ds.pixel_size_m / 2, rtol=1e-9)
+    assert full.pixel_size_m == pytest.approx(ds.pixel_size_m[0], rel=1e-9)
+    assert full.objects[0].shape[0] > 2 * full.optical_density.shape[1] - 8
 
     solve, calls = stages._solve, []
 
