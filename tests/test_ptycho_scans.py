@@ -30,12 +30,13 @@ def tiny_scans():
 
 
 def _assert_equal_alone(models, datas, engine, iterations, meshes):
-    """solve_scans over every mesh equals solve per scan; returns how far the objects moved."""
+    """solve_scans over every (mesh, lanes) equals solve per scan; returns how far the
+    objects moved."""
     alone = [
         solve(m, engine, d, iterations, progress=False) for m, d in zip(models, datas, strict=True)
     ]
-    for mesh in meshes:
-        fitted, histories = solve_scans(models, engine, datas, iterations, mesh=mesh)
+    for mesh, lanes in meshes:
+        fitted, histories = solve_scans(models, engine, datas, iterations, mesh=mesh, lanes=lanes)
         assert len(fitted) == len(models) and all(h.converged for h in histories)
         for s, (model, history) in enumerate(zip(fitted, histories, strict=True)):
             single, single_history = alone[s]
@@ -44,17 +45,23 @@ def _assert_equal_alone(models, datas, engine, iterations, meshes):
             for leaf in ("object", "probe", "positions"):
                 a, b = np.asarray(getattr(single, leaf)), np.asarray(getattr(model, leaf))
                 np.testing.assert_allclose(
-                    b, a, rtol=0, atol=1e-10 * np.max(np.abs(a)), err_msg=f"scan {s} {leaf}"
+                    b, a, rtol=0, atol=1e-10 * np.max(np.abs(a)), err_msg=f"{lanes} {s} {leaf}"
                 )
     return [
         float(np.max(np.abs(m.object - s.object))) for (m, _), s in zip(alone, models, strict=True)
     ]
 
 
+def _meshes():
+    """(mesh, lanes): batched over 1, 2 and 4 devices; one by one on 1 and over 2."""
+    batched = [(scan_mesh(d), "vmap") for d in (1, 2, 4)]
+    return [*batched, (None, "loop"), (scan_mesh(2), "loop")]
+
+
 def test_epie_scans_over_1_2_4_devices_equal_each_scan_alone(tiny_scans):
-    # 3 scans: padded to 4 over 2 and 4 devices, one scan per lane on each device
+    # 3 scans: padded to 4 over 2 and 4 devices; batched (vmap) or one by one (loop)
     models, datas = tiny_scans
-    meshes = [scan_mesh(1), scan_mesh(2), scan_mesh(4)]
+    meshes = _meshes()
     moved = _assert_equal_alone(models, datas, ENGINES["epie"](batch_size=4), 3, meshes)
     assert min(moved) > 0.05
 
@@ -65,8 +72,7 @@ def test_engine_families_over_scans_equal_each_scan_alone(tiny_scans, name):
     models, datas = tiny_scans
     refinement = Refinement(positions=PositionRefinement(start=1))
     engine = ENGINES[name](batch_size=4, refinement=refinement)
-    meshes = [scan_mesh(1), scan_mesh(2), scan_mesh(4)]
-    moved = _assert_equal_alone(models, datas, engine, 3, meshes)
+    moved = _assert_equal_alone(models, datas, engine, 3, _meshes())
     assert min(moved) > 0.01
 
 
@@ -104,6 +110,8 @@ def test_mismatched_scans_are_refused_with_their_names(tiny_scans):
         solve_scans(models, ENGINES["epie"](batch_size=4, mesh=position_mesh(2)), datas, 1)
     with pytest.raises(ValueError, match="2 models and 3 datas"):
         solve_scans(models[:2], engine, datas, 1)
+    with pytest.raises(ValueError, match="lanes='map'"):
+        solve_scans(models, engine, datas, 1, lanes="map")
 
 
 def test_a_stop_request_ends_the_group_after_the_current_iteration(tiny_scans, monkeypatch):

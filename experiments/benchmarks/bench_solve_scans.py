@@ -4,8 +4,9 @@ S simulated far-field scans of the same layout (Fermat spiral, random phase obje
 Gaussian-ish probe, Poisson frames, float32) are solved for the same number of iterations by
 
 - ``solve`` per scan, one after another (the staged pipeline's chain, without the probe hand-off);
-- ``solve_scans`` on one device (the engine's step vmapped over the scans);
-- ``solve_scans`` over D devices (the scan axis split over a 1-D mesh).
+- ``solve_scans`` on one device and over D devices (the scan axis split over a 1-D mesh),
+  each with ``lanes="vmap"`` (a device's scans in one batched step) and ``lanes="loop"``
+  (one after another inside the step).
 
 Every mode runs twice; the table gives the second, warm run (compiled) and the first run's
 extra time (≈ compilation). On a CPU the "devices" are fake
@@ -83,24 +84,26 @@ def main() -> None:
         ]
         jax.block_until_ready([m.object for m, _ in out])
 
-    def together(mesh):
+    def together(mesh, lanes):
         def run():
-            fitted, _ = solve_scans(starts, engine, datas, args.iterations, mesh=mesh)
+            fitted, _ = solve_scans(starts, engine, datas, args.iterations, mesh=mesh, lanes=lanes)
             jax.block_until_ready([m.object for m in fitted])
 
         return run
 
     modes = [
         ("solve, one scan after another", one_by_one),
-        ("solve_scans, 1 device", together(None)),
-        (f"solve_scans, {args.devices} devices", together(scan_mesh(args.devices))),
+        ("solve_scans vmap, 1 device", together(None, "vmap")),
+        (f"solve_scans vmap, {args.devices} devices", together(scan_mesh(args.devices), "vmap")),
+        ("solve_scans loop, 1 device", together(None, "loop")),
+        (f"solve_scans loop, {args.devices} devices", together(scan_mesh(args.devices), "loop")),
     ]
     print(
         f"{args.scans} scans × {args.positions} positions, {frame}² frames, {args.engine} "
         f"batch {args.batch_size}, {args.iterations} iterations; {jax.devices()[0].platform} "
         f"×{len(jax.devices())}"
     )
-    print(f"{'mode':<34} {'warm s':>8} {'s/iteration':>12} {'first-run extra s':>18}")
+    print(f"{'mode':<36} {'warm s':>8} {'s/iteration':>12} {'first-run extra s':>18}")
     for name, run in modes:
         t0 = time.perf_counter()
         run()
@@ -108,7 +111,7 @@ def main() -> None:
         t0 = time.perf_counter()
         run()
         warm = time.perf_counter() - t0
-        print(f"{name:<34} {warm:8.2f} {warm / args.iterations:12.4f} {first - warm:18.2f}")
+        print(f"{name:<36} {warm:8.2f} {warm / args.iterations:12.4f} {first - warm:18.2f}")
 
 
 if __name__ == "__main__":
