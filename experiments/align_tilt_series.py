@@ -15,7 +15,7 @@ Usage: python experiments/align_tilt_series.py [--size 64] [--angles 60] [--json
 [--methods reprojection joint] [--loop-algorithm sirt] [--loop-iterations 100]
 [--loop-relaxation 1.9]
 [--no-warm-start] [--anderson-depth 5] [--interpolation cubic] [--steps 300] [--trace]
-[--final-iterations 0] [--initial-json previous.json] [--no-baselines]
+[--final-iterations 0] [--refine-steps N] [--initial-json previous.json] [--no-baselines]
 
 ``--json`` also stores the returned parameters (``params``: per method, and "loops only"
 before a final pass), which ``--initial-json`` starts the reprojection loops from.
@@ -161,6 +161,9 @@ def main() -> None:
         default=None,
         help="start reprojection from its params ('truth': the true ones)",
     )
+    ap.add_argument(
+        "--refine-steps", type=int, default=None, help="reprojection refinement (default: its own)"
+    )
     ap.add_argument("--no-baselines", action="store_true", help="skip rough and known rows")
     ap.add_argument("--tolerance", type=float, default=0.01, help="reprojection stop, px")
     ap.add_argument("--interpolation", default="cubic", help="joint loss resampling")
@@ -210,6 +213,7 @@ def main() -> None:
             anderson_depth=args.anderson_depth,
             final_iterations=args.final_iterations,
             checkpoint=trace,
+            **({} if args.refine_steps is None else {"refine_steps": args.refine_steps}),
         ),
         "joint": lambda: joint_align(
             meas, angles, steps=args.steps, interpolation=args.interpolation, **joint_steps

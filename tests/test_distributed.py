@@ -108,7 +108,7 @@ def _collectives_error(cwd: Path) -> str | None:
     """None if two processes can psum on CPU, else the error of the attempt."""
     port = str(_free_port())
     runs, _ = _launch([[sys.executable, "-c", PSUM, port, str(i)] for i in range(2)], cwd)
-    if all(r.returncode == 0 and r.stdout.strip() == "6.0" for r in runs):
+    if all(r.returncode == 0 and r.stdout.strip().splitlines()[-1:] == ["6.0"] for r in runs):
         return None
     return "; ".join(r.stderr.strip().splitlines()[-1] for r in runs if r.stderr.strip())
 

@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             shift_sigma_px=args.misalign_px,
             seed=args.seed,
             known_probe=args.known_probe,
+            stream=True,  # frames computed while they are written (memory ∝ one block)
         )
     else:
         import dataclasses

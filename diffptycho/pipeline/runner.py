@@ -35,7 +35,7 @@ import numpy as np
 
 from diffptycho.pipeline.config import PipelineConfig
 from diffptycho.pipeline.stages import STAGES, Context, Stage, StageOutput, voxel_size_m
-from diffptycho.recon.interrupt import Interrupted, stop_requested
+from diffptycho.recon.interrupt import Interrupted, stop_agreed, stop_requested
 
 __all__ = ["PipelineResult", "run_pipeline"]
 
@@ -240,7 +240,7 @@ def run_pipeline(
     context.checkpoint_every = checkpoint_every
     fresh = False
     for name in order:
-        if stop_requested():
+        if stop_agreed(stop_requested()):
             raise Interrupted(f"stopped before the {name} stage")
         old = state.get(name, {})
         before_restart = restart_from is not None and order.index(name) < order.index(restart_from)

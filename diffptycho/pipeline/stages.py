@@ -37,7 +37,7 @@ from diffptycho.pipeline.config import (
     RegistrationSettings,
     TomographySettings,
 )
-from diffptycho.recon.interrupt import Interrupted, stop_requested
+from diffptycho.recon.interrupt import Interrupted, stop_agreed, stop_requested
 
 __all__ = [
     "STAGES",
@@ -368,7 +368,7 @@ def _ptychography_scans(
             if due:
                 context.checkpoint(snapshot(False))
                 last_save, since_save = time.perf_counter(), 0
-            if stop_requested() and not out["done"].all():
+            if stop_agreed(stop_requested()) and not out["done"].all():
                 raise Interrupted(f"ptychography: stopped after {int(out['done'].sum())} scans")
 
 

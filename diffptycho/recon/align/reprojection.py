@@ -91,7 +91,7 @@ from diffptycho.physics.tomography import project
 from diffptycho.recon.align.gauge import fix_gauge
 from diffptycho.recon.align.registration import register_similarity_stack, resample_similarity
 from diffptycho.recon.align.rough import _check_stack, rough_align
-from diffptycho.recon.interrupt import Interrupted, stop_requested
+from diffptycho.recon.interrupt import Interrupted, stop_agreed, stop_requested
 from diffptycho.recon.solve import solve
 from diffptycho.recon.tomo.operators import inverse_alignment
 from diffptycho.recon.tomo.reconstruct import ALGORITHMS, make_solver, reconstruct
@@ -487,9 +487,10 @@ def reprojection_align(
             after = (level + 1, 0) if converged or loop + 1 == max_loops else (level, loop + 1)
             if checkpoint is not None:
                 every = checkpoint.every
-                if stop_requested() or (every and len(hist["residual"]) % every == 0):
+                stop = stop_agreed(stop_requested())  # the same answer on every process
+                if stop or (every and len(hist["residual"]) % every == 0):
                     save(*after)
-                if stop_requested() and after[0] < len(binning):
+                if stop and after[0] < len(binning):
                     raise Interrupted(
                         f"reprojection alignment: stopped after loop {len(hist['residual'])}",
                         iteration=len(hist["residual"]),

@@ -34,7 +34,7 @@ import numpy as np
 from diffptycho._typing import Angles, Array, Float
 from diffptycho.models.tomo import TomoProjections
 from diffptycho.recon.distributed import to_host
-from diffptycho.recon.interrupt import Interrupted, stop_requested
+from diffptycho.recon.interrupt import Interrupted, stop_agreed, stop_requested
 from diffptycho.recon.solve import AbstractSolver, Snapshot, solve
 from diffptycho.recon.tomo import operators as ops
 from diffptycho.recon.tomo.art import ART, SART
@@ -342,7 +342,7 @@ def reconstruct(
             out[:, y0 - rows.start : y1 - rows.start, :] = to_host(volume)[zs, : y1 - y0, xs]
             if checkpoint is not None and i + 1 < len(starts):
                 save(i + 1)  # a finished slab is never recomputed
-                if stop_requested():
+                if stop_agreed(stop_requested()):
                     raise Interrupted(
                         f"tomo {algorithm}: stopped after slab {i + 1} of {len(starts)}",
                         iteration=(i + 1) * n_steps,
