@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from diffptycho.cli.ptycho import positive_int
+from diffptycho.cli.ptycho import nonnegative_int, positive_int
 
 __all__ = ["add_parser", "run", "settings_from_args"]
 
@@ -36,7 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "spectroptycho",
         help="spectro-ptychography (CXI, one entry per energy) → registered μt and φ stacks",
         description="Reconstructs every energy of a spectro-ptychography dataset (probe "
-        "retrieved from the data, each energy started from its neighbour's probe), "
+        "retrieved from the data, each energy started from its neighbour's probe) on an "
+        "object grid finer than the detector's λz/(N·dx) (--object-refine; the exit wave "
+        "aliases on the detector's grid, differently at every energy), "
         "normalises each transmission to vacuum, resamples every energy to one pixel size "
         "(a fixed detector makes the object pixel follow the wavelength), registers the "
         "energies to sub-pixel accuracy and, with --kk, alternates ptychography with a "
@@ -74,6 +76,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--kk-rounds", type=positive_int, default=4)
     p.add_argument("--kk-iterations", type=positive_int, default=10)
+    p.add_argument(
+        "--kk-final-iterations",
+        type=nonnegative_int,
+        default=10,
+        help="ptychography iterations of every energy after the last KK projection",
+    )
+    p.add_argument(
+        "--object-refine",
+        type=positive_int,
+        default=2,
+        help="object grid this many times finer than the detector's λz/(N·dx); outputs "
+        "are binned back to the detector pixel (1: the detector's grid)",
+    )
     p.add_argument("--element", default="V", help="absorber of the KK constraint (V)")
     p.add_argument("--edge", default="K", help="its edge (K)")
     p.add_argument(
@@ -103,6 +118,8 @@ def settings_from_args(args: argparse.Namespace):
         kk=args.kk,
         kk_rounds=args.kk_rounds,
         kk_iterations=args.kk_iterations,
+        kk_final_iterations=args.kk_final_iterations,
+        object_refine=args.object_refine,
         element=args.element,
         edge=args.edge,
         reference_energy=args.reference_energy,
