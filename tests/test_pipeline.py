@@ -792,3 +792,69 @@ def test_joint_defaults_depend_on_the_start():
     assert blank.refine == ("composition", "probe", "energy_offsets") and blank.iterations == 64
     given = JointSettings(start="blank", refine=("composition",), iterations=5)
     assert given.refine == ("composition",) and given.iterations == 5
+
+
+def test_staged_pipeline_fans_scans_out_from_the_first_probe(data, tmp_path, monkeypatch):
+    """ptychography.scans_per_step: the scans after each energy's first start from its probe;
+    one at a time, three at once on one device and four at once over 4 (fake) devices agree;
+    stopped between groups, the stage resumes with the scans not done."""
+    from diffptycho.recon.interrupt import Interrupted
+
+    runs = {}
+    for name, per_step, devices in (
+        ("chain", None, None),
+        ("one", 1, None),
+        ("three", 3, None),
+        ("four", 4, 4),
+    ):
+        config = _config(data, tmp_path / f"{name}.h5", iterations=4, first=4, tomo=5)
+        ptycho = dataclasses.replace(
+            config.ptychography, batch_size=8, scans_per_step=per_step, devices=devices
+        )
+        config = dataclasses.replace(config, ptychography=ptycho)
+        runs[name] = _quiet(config, stop_after="ptychography").outputs["ptychography"]
+    one = runs["one"]
+    assert one["done"].all() and one["converged"].all()
+    for name in ("three", "four"):
+        for key in ("objects", "probes", "final_loss"):  # float32 models: batched sums
+            scale = np.abs(one[key]).max()
+            np.testing.assert_allclose(
+                runs[name][key], one[key], atol=1e-4 * scale, err_msg=f"{name} {key}"
+            )
+            assert np.median(np.abs(runs[name][key] - one[key])) < 1e-5 * scale
+    chain = runs["chain"]
+    # the first scan of each energy is the chain's; the others start from another probe
+    np.testing.assert_allclose(one["objects"][:, 0], chain["objects"][:, 0], rtol=1e-6, atol=1e-6)
+    later = np.abs(one["objects"][:, 1:] - chain["objects"][:, 1:])
+    assert later.max() > 1e-4
+    # stopped after the second group of two, then resumed: the scans done are kept
+    config = _config(data, tmp_path / "stopped.h5", iterations=4, first=4, tomo=5)
+    ptycho = dataclasses.replace(config.ptychography, batch_size=8, scans_per_step=2)
+    config = dataclasses.replace(config, ptychography=ptycho)
+    asked = []
+
+    def stop_at_third():
+        asked.append(1)
+        return len(asked) == 3
+
+    monkeypatch.setattr(stages_module, "stop_requested", stop_at_third)
+    with pytest.raises(Interrupted):
+        _quiet(config, stop_after="ptychography", checkpoint_every=100)
+    saved = read_results(config.output)
+    assert saved["stages/ptychography/done"].sum() == 5  # scan 0, then [1, 2] and [3, 4]
+    monkeypatch.setattr(stages_module, "stop_requested", lambda: False)
+    resumed = _quiet(config, stop_after="ptychography").outputs["ptychography"]
+    for key in ("objects", "probes", "final_loss"):
+        scale = np.abs(one[key]).max()
+        np.testing.assert_allclose(resumed[key], one[key], atol=1e-4 * scale, err_msg=key)
+    with pytest.raises(ConfigError, match="ptychography.scans_per_step"):
+        PtychographySettings(scans_per_step=0)
+    with pytest.raises(ConfigError, match="scans_per_step with ptychography.stream"):
+        PtychographySettings(scans_per_step=2, stream=True)
+    with pytest.raises(ConfigError, match="scans_per_step with ptychography.shared_probe"):
+        PtychographySettings(scans_per_step=2, shared_probe=True)
+
+
+def test_scan_groups_keep_equal_position_counts():
+    counts = [[0] * n for n in (9, 9, 8, 9, 9, 8, 9)]
+    assert stages_module._scan_groups([1, 2, 3, 4, 5, 6], counts, 2) == [[1, 3], [4, 6], [2, 5]]

@@ -176,6 +176,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "it best (9 short runs) instead of the guess at the focus: for defocused probes",
     )
     p.add_argument(
+        "--scans-per-step",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="after each energy's first scan, start every other scan of that energy from its "
+        "probe and solve N at once (split over --devices) instead of the chain in which each "
+        "scan starts from the previous scan's probe",
+    )
+    p.add_argument(
         "--stream",
         action="store_true",
         help="leave each scan's frames in its file and read every minibatch's frames when the "
@@ -275,6 +284,7 @@ def config_from_args(args: argparse.Namespace):
             devices=args.devices,
             probe_search=args.probe_search,
             stream=args.stream,
+            scans_per_step=args.scans_per_step,
         ),
         registration=cfg.RegistrationSettings(signal=args.register_on),
         alignment=cfg.AlignmentSettings(

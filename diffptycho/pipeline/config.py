@@ -118,6 +118,18 @@ class PtychographySettings:
             the engine needs it (:mod:`~diffptycho.recon.ptycho.streaming`): memory holds one
             minibatch instead of a scan; same result, one more read of the frames per
             iteration. Not with ``shared_probe``.
+        scans_per_step: None (default): the chain above, each scan started from the probe
+            of the scan before it. A number N: after each energy's first scan, every other
+            scan of that energy starts from the first scan's probe (rescaled to its frames),
+            and N of them are solved at once (:func:`~diffptycho.recon.ptycho.scans.
+            solve_scans`: the engine's step vmapped over the scans; with ``devices`` the
+            scans of a group are split over the devices instead of each scan's positions,
+            so N is best a multiple of ``devices``; scans with different numbers of
+            positions go in different groups). Unlike the chain, a scan's result no longer
+            depends on the scans before it: any N gives the same objects and probes to
+            rounding (1: one scan at a time), a diverged scan seeds no other, but a probe
+            that drifts over the acquisition is followed from the first scan only. Not with
+            ``shared_probe`` or ``stream``.
     """
 
     engine: str = "raar"
@@ -132,9 +144,20 @@ class PtychographySettings:
     devices: int | None = None
     probe_search: bool = False
     stream: bool = False
+    scans_per_step: int | None = None
 
     def __post_init__(self) -> None:
         from diffptycho.recon.ptycho import ENGINES
+
+        if self.scans_per_step is not None:
+            _positive("ptychography.scans_per_step", self.scans_per_step)
+            for other in ("shared_probe", "stream"):
+                if getattr(self, other):
+                    raise ConfigError(
+                        f"ptychography.scans_per_step with ptychography.{other}: "
+                        "scans_per_step solves separate scans from the first scan's probe "
+                        f"with their frames in memory; turn one of them off"
+                    )
 
         if self.stream and self.shared_probe:
             raise ConfigError(

@@ -304,13 +304,40 @@ def _searched_probe(context, settings, scan, positions, field, e: int) -> np.nda
 def _ptychography_scans(
     context, settings, positions, field, modes, out, snapshot, flagged: list[str]
 ) -> None:
-    """The scan loop of :func:`ptychography`, filling ``out`` and saving as it goes."""
+    """The scan loop of :func:`ptychography`, filling ``out`` and saving as it goes.
+
+    Each energy's first scan retrieves the probe. The others follow as a chain (each started
+    from the probe of the scan before it) or, with ``settings.scans_per_step``, all from the
+    first scan's probe, that many at a time (:func:`_fanned_out_scans`).
+    """
     from diffptycho.models import Ptycho2D
     from diffptycho.recon.ptycho.start import probe_guess, scaled_probe
 
     series = context.series
     n_e, n_a = series.shape
-    last_save, since_save = time.perf_counter(), 0
+    saved = {"time": time.perf_counter(), "scans": 0}
+
+    def record(e: int, a: int, model, loss: np.ndarray, ok: bool, last: bool = True) -> None:
+        """Store scan (e, a), save every so often; stop when asked, after a group's last."""
+        if not ok:
+            context.log(f"ptychography: scan (E {e}, θ {a}) diverged; kept its last finite model")
+        n = len(positions[e][a])
+        out["objects"][e, a] = np.asarray(model.object)
+        out["probes"][e, a] = np.asarray(model.probe)
+        out["positions_px"][e, a, :n] = np.asarray(model.positions)
+        out["final_loss"][e, a] = loss[-1] if loss.size else np.nan
+        out["converged"][e, a] = ok
+        out["done"][e, a] = True
+        saved["scans"] += 1
+        every = context.checkpoint_every
+        due = saved["scans"] >= every if every else time.perf_counter() - saved["time"] > 30.0
+        if due:
+            context.checkpoint(snapshot(False))
+            saved["time"], saved["scans"] = time.perf_counter(), 0
+        if last and stop_agreed(stop_requested()) and not out["done"].all():
+            raise Interrupted(f"ptychography: stopped after {int(out['done'].sum())} scans")
+
+    fanned = settings.scans_per_step is not None
     for e in range(n_e):
         if settings.shared_probe:
             if not out["done"][e].all():
@@ -322,6 +349,8 @@ def _ptychography_scans(
             if out["done"][e, a]:
                 probe = out["probes"][e, a]
                 continue
+            if fanned and a > 0:
+                break  # the scans after the first: _fanned_out_scans below
             scan = _read_scan(series, e, a, settings.stream)
             first = probe is None
             if first:
@@ -350,26 +379,98 @@ def _ptychography_scans(
             )
             if settings.stream:
                 scan.data.close()
-            if not ok:
-                context.log(
-                    f"ptychography: scan (E {e}, θ {a}) diverged; kept its last finite model"
-                )
+            record(e, a, model, loss, ok)
             probe = np.asarray(model.probe)
-            n = len(positions[e][a])
-            out["objects"][e, a] = np.asarray(model.object)
-            out["probes"][e, a] = probe
-            out["positions_px"][e, a, :n] = np.asarray(model.positions)
-            out["final_loss"][e, a] = loss[-1] if loss.size else np.nan
-            out["converged"][e, a] = ok
-            out["done"][e, a] = True
-            since_save += 1
-            every = context.checkpoint_every
-            due = since_save >= every if every else time.perf_counter() - last_save > 30.0
-            if due:
-                context.checkpoint(snapshot(False))
-                last_save, since_save = time.perf_counter(), 0
-            if stop_agreed(stop_requested()) and not out["done"].all():
-                raise Interrupted(f"ptychography: stopped after {int(out['done'].sum())} scans")
+        if fanned:
+            _fanned_out_scans(context, settings, e, positions[e], field, out, record, flagged)
+
+
+def _scan_groups(scans: list[int], positions, size: int) -> list[list[int]]:
+    """``scans`` in groups of at most ``size`` with equal numbers of positions, in order.
+
+    Examples:
+        >>> counts = [[0] * n for n in (9, 9, 8, 9, 9, 8)]
+        >>> _scan_groups([1, 2, 3, 4, 5], counts, 2)
+        [[1, 3], [4], [2, 5]]
+    """
+    by_count: dict[int, list[int]] = {}
+    for a in scans:
+        by_count.setdefault(len(positions[a]), []).append(a)
+    return [same[i : i + size] for same in by_count.values() for i in range(0, len(same), size)]
+
+
+def _fanned_out_scans(context, settings, e, positions, field, out, record, flagged) -> None:
+    """The scans of energy ``e`` after its first, all from the first scan's probe.
+
+    ``settings.scans_per_step`` of them at a time
+    (:func:`~diffptycho.recon.ptycho.scans.solve_scans`; one at a time with
+    :func:`~diffptycho.recon.solve.solve` when it is 1), split over ``settings.devices``.
+    """
+    from diffptycho.models import Ptycho2D
+    from diffptycho.recon.ptycho.data import ptycho_data
+    from diffptycho.recon.ptycho.scans import scan_mesh, solve_scans
+    from diffptycho.recon.ptycho.start import scaled_probe
+
+    series = context.series
+    n_a = series.shape[1]
+    rest = [a for a in range(1, n_a) if not out["done"][e, a]]
+    if not rest:
+        return
+    seed = out["probes"][e, 0]
+    size = settings.scans_per_step
+    devices = settings.devices if settings.devices is not None and settings.devices > 1 else None
+    engine = engine_for(
+        settings.engine,
+        refine_positions=settings.refine_positions,
+        batch_size=settings.batch_size,
+        loss=settings.loss,
+        devices=devices if size == 1 else None,  # one at a time: positions over the devices
+    )
+    mesh = scan_mesh(devices) if devices is not None and size > 1 else None
+    for group in _scan_groups(rest, positions, size):
+        scans = [series.scan(e, a) for a in group]
+        masks = [s.mask for s in scans]
+        if any(m is not None for m in masks):  # a scan without a mask: every pixel valid
+            frame = scans[0].data.shape[-2:]
+            masks = [np.ones(frame, bool) if m is None else m for m in masks]
+        starts = [
+            Ptycho2D(
+                jnp.ones(field, jnp.complex64),
+                jnp.asarray(scaled_probe(seed, s.data, m, settings.probe_modes)),
+                jnp.asarray(positions[a], jnp.float32),
+            )
+            for a, s, m in zip(group, scans, masks, strict=True)
+        ]
+        angles = f"θ{series.angles_deg[group[0]]:+.1f}"
+        if size == 1:
+            model, loss, ok = _solve(
+                starts[0],
+                engine,
+                scans[0].data,
+                masks[0],
+                settings.iterations,
+                context.progress,
+                f"ptycho E{series.energies_ev[e]:.1f} {angles}",
+                flagged,
+            )
+            record(e, group[0], model, loss, ok)
+            continue
+        if len(group) > 1:
+            angles += f"…{series.angles_deg[group[-1]]:+.1f}"
+        models, histories = solve_scans(
+            starts,
+            engine,
+            [ptycho_data(s.data, m) for s, m in zip(scans, masks, strict=True)],
+            settings.iterations,
+            mesh=mesh,
+            progress=context.progress,
+            description=f"ptycho E{series.energies_ev[e]:.1f} {angles} ({len(group)} scans)",
+            quiet=True,
+        )
+        for a, model, history in zip(group, models, histories, strict=True):
+            flagged.extend(history.warnings)
+            ok = history.converged
+            record(e, a, model, np.asarray(history.loss), ok, last=a == group[-1])
 
 
 def _read_scan(series, e: int, a: int, stream: bool):
