@@ -184,12 +184,12 @@ def analysed(e, od, phase, truth, valid, post, smooth_px) -> dict:
     the elbow picks (a species nearly absent from the field may rightly get no cluster).
     """
     masked = {**truth, "domain": np.where(valid, truth["domain"], -1)}
-    od, rank = postprocess(od, valid, post, smooth_px)
-    row = {"post": post, "svd_rank": rank}
+    row = {"post": post, "svd_rank": 0}
     nan = float("nan")
     try:
+        od, row["svd_rank"] = postprocess(od, valid, post, smooth_px)
         a = analyse(e, od, phase, masked, lcf=False)
-    except ValueError as err:  # e.g. no pixel with a usable edge jump at a low dose
+    except ValueError as err:  # no pixel with a usable edge jump at a low dose, none lit
         return {**row, "edge_rms_ev": nan, "ari": nan, "fraction_error": nan, "note": str(err)}
     true_frac = np.asarray(a["true_frac"])
     matched = matched_fractions(a["ca"].labels, a["ca"].fractions, masked["domain"], true_frac.size)

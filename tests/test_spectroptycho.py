@@ -1,5 +1,7 @@
 """Spectro-ptychography driver: grids, thickness fit, model grid transforms, file checks."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -113,6 +115,139 @@ def test_settings_reject_bad_values():
         sp.SpectroPtychoSettings(object_refine=0)
     with pytest.raises(ValueError, match="kk_final_iterations"):
         sp.SpectroPtychoSettings(kk_final_iterations=-1)
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, 2.0, "2", None, True])
+def test_object_refine_refuses_anything_but_a_positive_integer(value):
+    # a float would reach array shapes (factor·N) far from the setting; say so up front
+    with pytest.raises(ValueError, match=r"object_refine = .*expected an integer ≥ 1"):
+        sp.SpectroPtychoSettings(object_refine=value)
+
+
+@pytest.mark.parametrize("value", [1, 2, 3, np.int64(2)])
+def test_object_refine_accepts_positive_integers(value):
+    assert sp.SpectroPtychoSettings(object_refine=value).object_refine == value
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, 3.0, "10", None, False])
+def test_kk_final_iterations_refuses_anything_but_a_nonnegative_integer(value):
+    with pytest.raises(ValueError, match=r"kk_final_iterations = .*expected an integer ≥ 0"):
+        sp.SpectroPtychoSettings(kk_final_iterations=value)
+
+
+def test_kk_final_iterations_accepts_zero_and_positive_integers():
+    assert sp.SpectroPtychoSettings(kk_final_iterations=0).kk_final_iterations == 0
+    assert sp.SpectroPtychoSettings(kk_final_iterations=7).kk_final_iterations == 7
+
+
+def _registration_models(offsets_px, n_blobs=12, width_px=6.0, seed=0):
+    """One Ptycho2D per energy: a field of phase/absorption blobs moved by ``offsets_px``.
+
+    The blobs are evaluated at their moved positions (no interpolation); the probe and the
+    scan, so the lit window, are the same at every energy and cut through blobs.
+    """
+    from diffptycho.models import Ptycho2D
+
+    n = 64
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, n, (n_blobs, 2))
+    heights = rng.uniform(0.3, 1.0, n_blobs)
+    y, x = np.meshgrid(np.arange(n, dtype=float), np.arange(n, dtype=float), indexing="ij")
+    u = np.arange(16) - 8.0
+    probe = np.exp(-(u[:, None] ** 2 + u[None, :] ** 2) / (2 * 4.0**2)).astype(np.complex64)
+    g = np.arange(-16.0, 17.0, 4.0)  # positions from the object's centre, px
+    positions = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    models = []
+    for dy, dx in offsets_px:
+        t = sum(
+            h * np.exp(-((y - cy - dy) ** 2 + (x - cx - dx) ** 2) / (2 * width_px**2))
+            for h, (cy, cx) in zip(heights, centres, strict=True)
+        )
+        models.append(
+            Ptycho2D(
+                jnp.asarray(np.exp(-(0.3 + 1j) * t), jnp.complex64),
+                jnp.asarray(probe[None]),
+                jnp.asarray(positions, jnp.float32),
+            )
+        )
+    return models
+
+
+def test_iterated_registration_recovers_subpixel_offsets_where_one_round_does_not():
+    # the lit window stays put while the sample moves: one cross-correlation is biased
+    # towards zero shift (here by ≈ 30 % of it); iterating on the resampled stack removes it
+    n_e = 8
+    truth = np.random.default_rng(1).normal(0.0, 0.5, (n_e, 2))
+    truth[0] = 0.0  # the reference energy
+    models = _registration_models(truth)
+    grid = sp._Grid(np.full(n_e, 20e-9), 20e-9, tuple(models[0].object.shape), np.zeros((n_e, 2)))
+
+    def rms(found):
+        return float(np.sqrt(np.mean(np.sum((found - truth) ** 2, axis=1))))
+
+    one = rms(sp._register(models, grid, 0, 100, rounds=1))
+    iterated = rms(sp._register(models, grid, 0, 100))
+    assert one > 0.1  # a single round misses the 0.1 px target on this field
+    assert iterated < 0.03
+    # an exact start is kept (the first correction is below tol_px)
+    again = dataclasses.replace(grid, offsets=truth.copy())
+    assert rms(sp._register(models, again, 0, 100, rounds=1)) < 0.03
+
+
+@pytest.fixture(scope="module")
+def small_vanadium(tmp_path_factory):
+    """A 4-energy, 16² V K-edge file with the true probe (seconds to reconstruct)."""
+    from diffptycho.sim import datasets
+    from diffptycho.sim.spectroptycho import fit_scan_to, simulate_vanadium_spectroptycho
+
+    energies = np.linspace(5450.0, 5500.0, 4)
+    ds = simulate_vanadium_spectroptycho(
+        (16, 16),
+        energies_ev=energies,
+        geometry=fit_scan_to((16, 16), energies_ev=energies),
+        known_probe=True,
+        seed=2,
+    )
+    path = str(tmp_path_factory.mktemp("kk") / "v.cxi")
+    datasets.write_dataset(path, ds)
+    return path
+
+
+@pytest.mark.parametrize("final", [0, 3])
+def test_kk_final_iterations_run_after_the_last_projection(small_vanadium, monkeypatch, final):
+    from diffptycho.pipeline import stages
+
+    events = []
+    solve, apply_kk = stages._solve, sp._apply_kk
+
+    def counting_solve(model, engine, frames, mask, iterations, *args, **kwargs):
+        out = solve(model, engine, frames, mask, iterations, *args, **kwargs)
+        events.append(("ptycho", iterations, len(out[1])))
+        return out
+
+    def counting_kk(*args, **kwargs):
+        events.append(("kk",))
+        return apply_kk(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "_solve", counting_solve)
+    monkeypatch.setattr(sp, "_apply_kk", counting_kk)
+    settings = sp.SpectroPtychoSettings(
+        iterations=2,
+        probe_iterations=2,
+        kk=True,
+        kk_rounds=2,
+        kk_iterations=1,
+        kk_final_iterations=final,
+        refine_probe=False,
+        object_refine=1,
+    )
+    sp.run_spectroptycho(small_vanadium, settings, log=lambda m: None)
+    kk_at = [i for i, ev in enumerate(events) if ev == ("kk",)]
+    assert len(kk_at) == settings.kk_rounds
+    between = events[kk_at[0] + 1 : kk_at[1]]
+    assert between == [("ptycho", 1, 1)] * 4  # kk_iterations of every energy per round
+    after = events[kk_at[-1] + 1 :]
+    assert after == [("ptycho", final, final)] * (4 if final else 0)
 
 
 def test_fourier_upsample_samples_a_band_limited_image_finer_and_keeps_its_power():

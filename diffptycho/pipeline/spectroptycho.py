@@ -143,14 +143,29 @@ class SpectroPtychoSettings:
             "upsample",
             "object_refine",
         ):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} = {getattr(self, name)}: expected an integer ≥ 1")
-        if int(self.kk_final_iterations) < 0:
+            if not _is_integer(getattr(self, name), 1):
+                raise ValueError(f"{name} = {getattr(self, name)!r}: expected an integer ≥ 1")
+        if not _is_integer(self.kk_final_iterations, 0):
             raise ValueError(
-                f"kk_final_iterations = {self.kk_final_iterations}: expected an integer ≥ 0"
+                f"kk_final_iterations = {self.kk_final_iterations!r}: expected an integer ≥ 0"
+            )
+        if self.probe_iterations is not None and not _is_integer(self.probe_iterations, 1):
+            raise ValueError(
+                f"probe_iterations = {self.probe_iterations!r}: expected an integer ≥ 1 or None"
             )
         if not 0.0 < self.kk_relax <= 1.0:
             raise ValueError(f"kk_relax = {self.kk_relax}: expected a value in (0, 1]")
+
+
+def _is_integer(value: Any, minimum: int) -> bool:
+    """True for an integer (Python or NumPy, not a bool) of at least ``minimum``.
+
+    Floats are refused, integral or not: ``object_refine`` sizes arrays and counts
+    iterations, where 2.0 would fail far from the setting.
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        return False
+    return int(value) >= minimum
 
 
 @dataclass
