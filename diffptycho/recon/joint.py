@@ -552,60 +552,104 @@ def joint_loss(
     ``spectra_prior`` its penalties (:meth:`SpectraPrior.residuals` squared).
     """
     loss = LOSSES[loss_name]
+    regulariser = _regulariser(tv_weight, tv_eps, spectra_prior)
 
     def objective(model: SpectroPtychoTomo, batch) -> jax.Array:
         frames, angle_idx, energy_idx = _unpack(batch)
         value = loss(_batch_model(model, angle_idx, energy_idx).all_intensities(), frames, mask)
-        if tv_weight:
-            value = value + tv_weight * jnp.sum(
-                total_variation_terms(model.composition, tv_eps) ** 2
-            )
-        if spectra_prior is not None:
-            value = value + jnp.sum(spectra_prior.residuals(model.spectra) ** 2)
-        return value
+        return value if regulariser is None else value + regulariser(model)
 
     return objective
 
 
-def sharded_joint_loss(mesh: jax.sharding.Mesh, loss_name: str = "poisson", mask=None) -> Callable:
-    """:func:`joint_loss` with the angles of a batch split over the devices of ``mesh``.
+def _regulariser(
+    tv_weight: float, tv_eps: float, spectra_prior: SpectraPrior | None
+) -> Callable | None:
+    """The model-only terms of :func:`joint_loss` (TV, spectra prior); None when there are none."""
+    if not tv_weight and spectra_prior is None:
+        return None
 
-    Each device simulates and compares only its share of the scans (``shard_map`` over the
-    mesh axis ``"angle"``); the model is replicated, and the partial losses (and, through
-    autodiff of the ``psum``, the gradients) are summed across devices. The batch's angle
-    count must be a multiple of the number of devices.
+    def value(model: SpectroPtychoTomo) -> jax.Array:
+        total = jnp.zeros((), model.composition.real.dtype)
+        if tv_weight:
+            total = total + tv_weight * jnp.sum(
+                total_variation_terms(model.composition, tv_eps) ** 2
+            )
+        if spectra_prior is not None:
+            total = total + jnp.sum(spectra_prior.residuals(model.spectra) ** 2)
+        return total
+
+    return value
+
+
+def sharded_joint_loss(
+    mesh: jax.sharding.Mesh,
+    loss_name: str = "poisson",
+    mask=None,
+    tv_weight: float = 0.0,
+    tv_eps: float = 1e-3,
+    spectra_prior: SpectraPrior | None = None,
+) -> Callable:
+    """:func:`joint_loss` with the scans of a batch split over the devices of ``mesh``.
+
+    Each device simulates and compares only its share of the scans (``shard_map``): the
+    angles over the mesh axis ``"angle"`` and, when the mesh also has an ``"energy"`` axis
+    (:func:`joint_mesh`), the energies over it. The model is replicated, and the partial
+    losses (and, through autodiff of the ``psum``, the gradients) are summed across devices.
+    The batch's angle count must be a multiple of the ``"angle"`` devices and its energy count
+    of the ``"energy"`` devices. The total variation and the spectra prior depend on the
+    replicated model only and are added outside the split.
 
     Args:
-        mesh: a 1-D mesh with axis name ``"angle"`` (see :func:`angle_mesh`).
+        mesh: a mesh with axis ``"angle"`` (:func:`angle_mesh`) or axes ``("energy",
+            "angle")`` (:func:`joint_mesh`).
         loss_name: ``"poisson"`` or ``"amplitude"``.
         mask: valid detector pixels (True) or None.
+        tv_weight: as in :func:`joint_loss`.
+        tv_eps: as in :func:`joint_loss`.
+        spectra_prior: as in :func:`joint_loss`.
     """
     local = joint_loss(loss_name, mask)
-    n_dev = mesh.shape["angle"]
+    regulariser = _regulariser(tv_weight, tv_eps, spectra_prior)
+    if "angle" not in mesh.axis_names or set(mesh.axis_names) - {"angle", "energy"}:
+        raise ValueError(
+            f"mesh: expected axes ('angle',) or ('energy', 'angle'), got {mesh.axis_names}"
+        )
+    n_angle = mesh.shape["angle"]
+    n_energy = mesh.shape["energy"] if "energy" in mesh.axis_names else 1
+    axes = tuple(mesh.axis_names)
     spec = jax.sharding.PartitionSpec
+    energy_axis = "energy" if "energy" in axes else None
 
     def objective(model: SpectroPtychoTomo, batch) -> jax.Array:
         frames, angle_idx, energy_idx = _unpack(batch)
-        if angle_idx.shape[0] % n_dev:
+        if angle_idx.shape[0] % n_angle:
             raise ValueError(
-                f"angles_per_batch={angle_idx.shape[0]} is not a multiple of the {n_dev} devices"
+                f"angles_per_batch={angle_idx.shape[0]} is not a multiple of the {n_angle} "
+                "devices of the mesh's 'angle' axis"
             )
-        if energy_idx is None:  # every energy: the same indices on every device
+        if energy_idx is None:  # every energy
             energy_idx = jnp.arange(frames.shape[0])
+        if energy_idx.shape[0] % n_energy:
+            raise ValueError(
+                f"{energy_idx.shape[0]} energies per batch is not a multiple of the {n_energy} "
+                "devices of the mesh's 'energy' axis"
+            )
 
         def part(model, frames, angle_idx, energy_idx):
             # local mean over this device's scans, weighted back to the global mean
             value = local(model, (frames, angle_idx, energy_idx))
-            return jax.lax.psum(value / n_dev, "angle")
+            return jax.lax.psum(value / (n_angle * n_energy), axes)
 
-        return jax.shard_map(
+        data_term = jax.shard_map(
             part,
             mesh=mesh,
-            in_specs=(spec(), spec(None, "angle"), spec("angle"), spec()),
+            in_specs=(spec(), spec(energy_axis, "angle"), spec("angle"), spec(energy_axis)),
             out_specs=spec(),
             # the projector's custom linear_call transpose carries no varying-axis types
             check_vma=False,
         )(model, frames, angle_idx, energy_idx)
+        return data_term if regulariser is None else data_term + regulariser(model)
 
     return objective
 
@@ -676,6 +720,30 @@ def angle_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh
     return jax.sharding.Mesh(np.asarray(devices), ("angle",))
 
 
+def joint_mesh(
+    energy_devices: int, devices: Sequence[jax.Device] | None = None
+) -> jax.sharding.Mesh:
+    """A 2-D mesh ``("energy", "angle")``: ``energy_devices`` rows, the angles across each.
+
+    Args:
+        energy_devices: devices along the energies (a divisor of the device count).
+        devices: the devices (default: all).
+
+    Returns:
+        A mesh of shape ``(energy_devices, len(devices) // energy_devices)``.
+
+    Raises:
+        ValueError: ``energy_devices`` does not divide the device count.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    if energy_devices < 1 or len(devices) % energy_devices:
+        raise ValueError(
+            f"energy_devices={energy_devices}: expected a divisor of the {len(devices)} devices"
+        )
+    grid = np.asarray(devices).reshape(energy_devices, -1)
+    return jax.sharding.Mesh(grid, ("energy", "angle"))
+
+
 def joint_reconstruct(
     model: SpectroPtychoTomo,
     frames: np.ndarray,
@@ -736,8 +804,8 @@ def joint_reconstruct(
         loss: ``"poisson"`` or ``"amplitude"``.
         mask: valid detector pixels (True) or None.
         seed: seed of the minibatch order.
-        mesh: split each batch's angles over this device mesh (see :func:`angle_mesh`);
-            None runs on the default device.
+        mesh: split each batch's angles over this device mesh (:func:`angle_mesh`), or its
+            energies and angles (:func:`joint_mesh`); None runs on the default device.
         progress: show a progress bar.
         cg_iterations: conjugate-gradient iterations per Gauss–Newton step.
         damping: Gauss–Newton damping relative to the curvature along the gradient
@@ -842,14 +910,10 @@ def joint_reconstruct(
             f"spectra_prior: reference shape {spectra_prior.reference.shape} != the model's "
             f"spectra {model.spectra.shape}"
         )
-    if tv_weight and mesh is not None:
-        raise ValueError("tv_weight: not available with a mesh (sharded loss)")
-    if spectra_prior is not None and mesh is not None:
-        raise ValueError("spectra_prior: not available with a mesh (sharded loss)")
     objective = (
         joint_loss(loss, mask_j, tv_weight, spectra_prior=spectra_prior)
         if mesh is None
-        else sharded_joint_loss(mesh, loss, mask_j)
+        else sharded_joint_loss(mesh, loss, mask_j, tv_weight, spectra_prior=spectra_prior)
     )
     where = lambda m: tuple(sel(m) for sel in selectors)  # noqa: E731
     constraint = _constraint(constraint) if "composition" in refine else None
