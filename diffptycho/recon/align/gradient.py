@@ -169,11 +169,7 @@ def joint_align(
     shape = meas.shape[1:]
     params = starting_params(meas, angles, initial)
     volume = reconstruct_dealigned(meas, angles, params, algorithm, iterations)
-    final, history = gradient_fit(
-        meas,
-        angles,
-        params,
-        volume,
+    options = dict(
         steps=steps,
         volume_step=volume_step,
         shift_step_px=shift_step_px,
@@ -183,25 +179,24 @@ def joint_align(
         smoothing_px=smoothing_px,
         interpolation=interpolation,
         fit=fit,
+    )
+    final, history = gradient_fit(
+        meas,
+        angles,
+        params,
+        volume,
         progress=progress,
         checkpoint=checkpoint,
         resume=resume,
         keep_best=keep_best,
+        **options,
     )
     gauge = fix_gauge(final, angles, shape)
     change = parameter_change_px(params, gauge.params, shape)
     volume = reconstruct_dealigned(meas, angles, gauge.params, algorithm, iterations)
     config = dict(
         method="joint",
-        steps=steps,
-        volume_step=volume_step,
-        shift_step_px=shift_step_px,
-        rotation_step_rad=rotation_step_rad,
-        scale_step=scale_step,
-        decay=decay,
-        smoothing_px=smoothing_px,
-        interpolation=interpolation,
-        fit=fit,
+        **options,
         algorithm=algorithm,
         iterations=iterations,
         initial="given" if initial is not None else "rough_align",
