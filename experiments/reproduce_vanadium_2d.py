@@ -23,7 +23,9 @@ grid is box-averaged from the continuous phantom where the lowest energy's beam 
 (:func:`truth_on_grid`). ``od_error_varying`` is
 the RMS of the μt error after removing each pixel's mean over energies (OD units).
 ``--offset-sigma-px 0`` removes the unrecorded stage offsets, ``--scan fermat`` replaces the
-raster by a Fermat spiral.
+raster by a Fermat spiral, ``--scan-shape`` sets the largest raster (the scan covers the
+central ≈ (3·(n − 1) + 16)² reference pixels of the field; a larger ``--size`` needs a larger
+raster to be seen whole).
 
 Run from the repository root::
 
@@ -31,7 +33,8 @@ Run from the repository root::
         [--energies 40] [--doses 1e4 1e5] [--modes nokk kk joint] [--known-probe] \\
         [--fixed-probe] [--post raw svd smooth smooth+svd] [--truth-floor] \\
         [--offset-sigma-px 0.5] [--scan raster] [--object-refine 2] [--oversample 4] \\
-        [--size 40] [--particles 3] [--domains 2] [--kk-final-iterations 10]
+        [--size 40] [--particles 3] [--domains 2] [--kk-final-iterations 10] \\
+        [--scan-shape 9 9]
 """
 
 from __future__ import annotations
@@ -176,12 +179,15 @@ def matched_fractions(
     return out
 
 
-def analysed(e, od, phase, truth, valid, post, smooth_px) -> dict:
+def analysed(e, od, phase, truth, valid, post, smooth_px, truth_edges=None) -> dict:
     """Per-pixel fit + clustering metrics of one (post-processed) OD stack.
 
     ``fraction_error``: largest difference between the N_V-weighted fraction of each true
     species and that of the clusters matched to it (:func:`matched_fractions`), for any k
     the elbow picks (a species nearly absent from the field may rightly get no cluster).
+    ``edge_rms_vs_truth_ev`` (with ``truth_edges``, :func:`fitted_truth_edges`): RMS over
+    particle pixels of the difference from the edge the same fit finds on the noiseless true
+    OD, which is defined on mixed pixels too (the reconstruction's error alone).
     """
     masked = {**truth, "domain": np.where(valid, truth["domain"], -1)}
     row = {"post": post, "svd_rank": 0}
@@ -193,6 +199,10 @@ def analysed(e, od, phase, truth, valid, post, smooth_px) -> dict:
         return {**row, "edge_rms_ev": nan, "ari": nan, "fraction_error": nan, "note": str(err)}
     true_frac = np.asarray(a["true_frac"])
     matched = matched_fractions(a["ca"].labels, a["ca"].fractions, masked["domain"], true_frac.size)
+    if truth_edges is not None:
+        both = a["valid"] & a["inside"] & np.isfinite(truth_edges)
+        diff = (a["d"]["edge_energy_ev"] - truth_edges)[both]
+        row["edge_rms_vs_truth_ev"] = float(np.sqrt(np.mean(diff**2))) if diff.size else nan
     return {
         **row,
         "edge_rms_ev": a["rms"],
@@ -205,6 +215,20 @@ def analysed(e, od, phase, truth, valid, post, smooth_px) -> dict:
         "fraction_error": float(np.max(np.abs(matched - true_frac))),
         "k": int(a["ca"].k),
     }
+
+
+def fitted_truth_edges(e, truth: dict, valid: np.ndarray) -> np.ndarray | None:
+    """Edge energies (eV) the per-pixel fit finds on the noiseless true OD.
+
+    NaN where the fit finds no edge; None when it fits no pixel at all.
+    """
+    masked = {**truth, "domain": np.where(valid, truth["domain"], -1)}
+    od = np.where(valid, truth["mu_t"], 0.0)
+    try:
+        a = analyse(e, od, truth["phase"], masked, lcf=False)
+    except ValueError:
+        return None
+    return np.where(a["valid"], a["d"]["edge_energy_ev"], np.nan)
 
 
 def run_one(
@@ -254,9 +278,10 @@ def run_one(
         "timings": r.timings,
     }
     rows = []
+    edges = fitted_truth_edges(r.energies_ev, truth, valid)
     for post in args.post:
         row = analysed(
-            r.energies_ev, r.optical_density, r.phase, truth, valid, post, args.smooth_px
+            r.energies_ev, r.optical_density, r.phase, truth, valid, post, args.smooth_px, edges
         )
         rows.append({**base, **row})
     if args.truth_floor:  # the noiseless true OD on the grid through the same analysis
@@ -310,6 +335,14 @@ def main(argv=None) -> int:
     p.add_argument("--smooth-px", type=float, default=0.5, help="Gaussian σ of 'smooth', px")
     p.add_argument("--scan", default="raster", choices=["raster", "fermat"], help="scan pattern")
     p.add_argument("--truth-floor", action="store_true", help="also analyse the true OD")
+    p.add_argument(
+        "--scan-shape",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("NY", "NX"),
+        help="largest raster (default the geometry's 9 × 9), shrunk to fit --size",
+    )
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     rows = []
@@ -318,6 +351,10 @@ def main(argv=None) -> int:
         geometry = SPECTRO_GEOMETRY.__class__(
             **{**SPECTRO_GEOMETRY.__dict__, "photons_per_frame": dose}
         )
+        if args.scan_shape is not None:
+            geometry = SPECTRO_GEOMETRY.__class__(
+                **{**geometry.__dict__, "scan_shape": tuple(args.scan_shape)}
+            )
         refine = 2 * args.oversample  # the continuous phantom, 2× finer than the simulation
         field = vanadium_field(
             (refine * args.size, refine * args.size),
@@ -361,6 +398,7 @@ def main(argv=None) -> int:
         ("offset_rms_px", "{:.3f}"),
         ("edge_rms_ev", "{:.3f}"),
         ("edge_rms_pure_ev", "{:.3f}"),
+        ("edge_rms_vs_truth_ev", "{:.3f}"),
         ("ari", "{:.3f}"),
         ("ari_pure", "{:.3f}"),
         ("k", "{}"),
