@@ -55,7 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--refine-steps",
         type=nonnegative_int,
-        default=40,
+        default=80,
         help="reprojection: gradient steps on volume and alignment together after the loop "
         "(0: none)",
     )

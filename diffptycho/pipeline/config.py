@@ -267,7 +267,7 @@ class AlignmentSettings:
     max_loops: int = 10
     tolerance_px: float = 0.01
     tomo_iterations: int = 100
-    refine_steps: int = 40
+    refine_steps: int = 80
 
     def __post_init__(self) -> None:
         if self.method not in ("reprojection", "joint", "rough", "none"):
