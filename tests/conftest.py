@@ -4,6 +4,10 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the suite never uses the user's persistent compilation cache (tests that call the CLI would
+# turn it on): other processes on the machine write it with other device counts and flags,
+# and a suite run that read it failed and crashed inside JAX's cache read
+os.environ.setdefault("DIFFPTYCHO_NO_CACHE", "1")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
