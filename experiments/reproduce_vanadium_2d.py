@@ -34,7 +34,7 @@ Run from the repository root::
         [--fixed-probe] [--post raw svd smooth smooth+svd] [--truth-floor] \\
         [--offset-sigma-px 0.5] [--scan raster] [--object-refine 2] [--oversample 4] \\
         [--size 40] [--particles 3] [--domains 2] [--kk-final-iterations 10] \\
-        [--scan-shape 9 9]
+        [--scan-shape 9 9] [--probe-search]
 """
 
 from __future__ import annotations
@@ -247,6 +247,7 @@ def run_one(
         kk_final_iterations=args.kk_final_iterations,
         joint_iterations=args.joint_iterations,
         refine_probe=not args.fixed_probe,
+        probe_search=args.probe_search,
         object_refine=args.object_refine,
         **MODES[mode],
     )
@@ -322,6 +323,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--known-probe", action="store_true", help="the file holds the true probe")
     p.add_argument("--fixed-probe", action="store_true", help="keep the file's probe")
+    p.add_argument(
+        "--probe-search",
+        action="store_true",
+        help="without --known-probe: start from the data's guess at the best-fitting defocus",
+    )
     p.add_argument("--max-thickness-nm", type=float, default=1000.0, help="thickest particle")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--particles", type=int, default=3, help="particles of the phantom")

@@ -385,3 +385,35 @@ def test_interrupted_per_energy_pass_resumes_to_the_same_result(tmp_path, monkey
     other = Checkpoint(ckpt.path, "run-2")
     with pytest.raises(ValueError, match="other inputs or settings"):
         sp.run_spectroptycho(path, settings, checkpoint=other, resume=True, **quiet)
+
+
+def _rms_radius_px(probe) -> float:
+    """RMS radius (px) of a probe's intensity, summed over modes, about its centroid."""
+    p = np.asarray(probe)
+    i = np.sum(np.abs(p.reshape(-1, *p.shape[-2:])) ** 2, axis=0)
+    w = i / i.sum()
+    yy, xx = np.meshgrid(*[np.arange(n) - n // 2 for n in i.shape], indexing="ij")
+    cy, cx = np.sum(w * yy), np.sum(w * xx)
+    return float(np.sqrt(np.sum(w * ((yy - cy) ** 2 + (xx - cx) ** 2))))
+
+
+def test_probe_search_finds_the_defocused_beam_the_focus_guess_misses(small_vanadium):
+    # the simulated zone-plate probe is 13 µm out of focus; the data-derived guess (flat
+    # phase) is the beam at the focus, a spot 40 % too narrow, and retrieval from it does
+    # not widen it (V K-edge study: no pixel lit at every energy)
+    factor = 2
+    scans = [sp.refined_scan(s, factor) for s in sp.read_energy_scans(small_vanadium)]
+    first = scans[0]
+    truth = _rms_radius_px(first.illumination)
+    scan = dataclasses.replace(first, illumination=None)  # as if the file had no probe
+    template = sp._template(scan, sp._centred_positions(scans)[0], 1)
+    guess = _rms_radius_px(sp._probe_guess(scan, factor))
+    settings = sp.SpectroPtychoSettings(engine="raar", probe_search=True)
+    probe, table = sp._searched_probe(scan, template, settings, factor)
+    assert abs(guess - truth) > 0.3 * truth
+    assert abs(_rms_radius_px(probe) - truth) < 0.25 * truth
+    assert table["defocus"][np.argmin(table["loss"])] != 0.0
+    assert len(table["loss"]) == 2 * settings.probe_search_count + 1
+    assert probe.shape == (1, *scan.data.shape[-2:])
+    with pytest.raises(ValueError, match="probe_search_count"):
+        sp.SpectroPtychoSettings(probe_search_count=0)

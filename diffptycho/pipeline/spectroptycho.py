@@ -77,6 +77,13 @@ class SpectroPtychoSettings:
         refine_probe: refine the probe. False needs a probe in the file at every energy and
             keeps it: with a raster scan a refined probe trades a periodic amplitude pattern
             with the object (raster grid pathology), which a known probe avoids.
+        probe_search: without a probe in the file, start the first energy from the
+            data-derived guess at the defocus that fits its frames best (the guess and
+            2 × ``probe_search_count`` defocused copies, ``probe_search_iterations``
+            iterations each, :func:`_searched_probe`) instead of the guess alone, which is
+            the probe at the focus and collapses to a spot for a defocused zone-plate probe.
+        probe_search_count: defocus distances per side of the focus.
+        probe_search_iterations: iterations per candidate.
         kk: apply the Kramers–Kronig constraint.
         kk_rounds: alternations of ptychography and KK projection.
         kk_iterations: ptychography iterations of every energy per KK round.
@@ -114,6 +121,9 @@ class SpectroPtychoSettings:
     refine_positions: bool = False
     batch_size: int | None = None
     refine_probe: bool = True
+    probe_search: bool = False
+    probe_search_count: int = 4
+    probe_search_iterations: int = 10
     kk: bool = False
     kk_rounds: int = 4
     kk_iterations: int = 10
@@ -142,6 +152,8 @@ class SpectroPtychoSettings:
             "kk_iterations",
             "upsample",
             "object_refine",
+            "probe_search_count",
+            "probe_search_iterations",
         ):
             if not _is_integer(getattr(self, name), 1):
                 raise ValueError(f"{name} = {getattr(self, name)!r}: expected an integer ≥ 1")
@@ -367,6 +379,75 @@ def _probe_guess(scan, factor: int) -> np.ndarray:
     return fourier_upsample(probe_guess(data, mask), factor)
 
 
+def _searched_probe(
+    scan, template, settings: SpectroPtychoSettings, factor: int
+) -> tuple[Complex[np.ndarray, "mode fy fx"], dict[str, np.ndarray]]:
+    """The first energy's probe start: the data-derived guess at the best-fitting defocus.
+
+    :func:`~diffptycho.recon.ptycho.start.defocused_guesses` of the guess from the measured
+    frame centre (detector grid), each Fourier interpolated onto the refined pixel and run
+    for ``settings.probe_search_iterations`` iterations from an object of ones; the
+    candidate with the lowest final loss wins (as
+    :func:`~diffptycho.recon.ptycho.start.probe_by_defocus_search`, on the refined grid).
+
+    Args:
+        scan: the first energy's (refined) scan.
+        template: its Ptycho2D (object of ones, positions).
+        settings: the run's settings.
+        factor: ``settings.object_refine``.
+
+    Returns:
+        ``(probe (mode, fy, fx), {"defocus": λΔz/dx² per candidate (detector pixels),
+        "loss": final losses})``.
+
+    Raises:
+        ValueError: every candidate diverged.
+    """
+    from diffptycho.pipeline.stages import _solve
+    from diffptycho.recon.ptycho.start import (
+        bright_field_radius_px,
+        defocused_guesses,
+        probe_guess,
+        scaled_probe,
+    )
+
+    big = np.asarray(scan.data).shape[-2:]
+    n, m = big[0] // factor, big[1] // factor
+    cy, cx = big[0] // 2 - n // 2, big[1] // 2 - m // 2
+    data = np.asarray(scan.data)[..., cy : cy + n, cx : cx + m]
+    mask = None if scan.mask is None else np.asarray(scan.mask)[cy : cy + n, cx : cx + m]
+    radius = bright_field_radius_px(data, mask)
+    table: dict[str, list[float]] = {"defocus": [], "loss": []}
+    best, best_loss = None, np.inf
+    for a, candidate in defocused_guesses(
+        probe_guess(data, mask), radius, settings.probe_search_count
+    ):
+        probe = scaled_probe(
+            fourier_upsample(candidate, factor), scan.data, scan.mask, settings.probe_modes
+        )
+        start = eqx.tree_at(lambda t: t.probe, template, jnp.asarray(probe))
+        model, loss, ok = _solve(
+            start,
+            _energy_engine(settings),
+            scan.data,
+            scan.mask,
+            settings.probe_search_iterations,
+            False,
+            "probe search",
+            [],
+        )
+        final = float(np.mean(loss[-2:])) if ok and loss.size else np.inf
+        table["defocus"].append(a)
+        table["loss"].append(final)
+        if final < best_loss:
+            best, best_loss = np.asarray(model.probe), final
+    if best is None:
+        raise ValueError(
+            f"probe search at {scan.energy_ev:.2f} eV: every defocus candidate diverged"
+        )
+    return best, {k: np.asarray(v) for k, v in table.items()}
+
+
 def bin_to_detector_pixel(
     stack: Float[np.ndarray, "*b H W"], factor: int
 ) -> Float[np.ndarray, "*b h w"]:
@@ -478,8 +559,15 @@ def _reconstruct_energies(
                     f"{s.energy_ev:.2f} eV has none; refine the probe or add the illumination"
                 )
             probe = s.illumination  # each energy's own known probe
+        elif first and s.illumination is not None:
+            probe = s.illumination
+        elif first and settings.probe_search:
+            from diffptycho.recon.ptycho.start import describe_defocus_search
+
+            probe, table = _searched_probe(s, templates[e], settings, factor)
+            log(f"ptychography: {s.energy_ev:.2f} eV: {describe_defocus_search(table)}")
         elif first:
-            probe = s.illumination if s.illumination is not None else _probe_guess(s, factor)
+            probe = _probe_guess(s, factor)
         start = eqx.tree_at(
             lambda m: (m.object, m.probe),
             templates[e],
