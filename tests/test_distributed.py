@@ -287,9 +287,13 @@ def test_too_late_once_jax_has_run():
     jax.devices()  # the backend of this (test) process is up
     if jax.distributed.is_initialized():
         pytest.skip("this test process itself was joined to others")
+    before = jax.config.jax_cpu_collectives_implementation
     with pytest.raises(RuntimeError, match="call it first"):
         initialize_distributed("localhost:1", 1, 0)
     assert processes().count == 1 and processes().main
+    # the failed join leaves the process's collectives as they were (Gloo without a client
+    # crashed the suite's later sharded computations)
+    assert jax.config.jax_cpu_collectives_implementation == before
 
 
 def test_to_host_passes_local_arrays_and_other_leaves():

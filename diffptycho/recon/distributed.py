@@ -156,7 +156,8 @@ def initialize_distributed(
                     f"{name}={actual}; jax.distributed can be initialised once per process"
                 )
         return joined
-    if jax.config.jax_cpu_collectives_implementation is None:
+    previous = jax.config.jax_cpu_collectives_implementation
+    if previous is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(
@@ -167,6 +168,9 @@ def initialize_distributed(
             initialization_timeout=timeout_s,
         )
     except RuntimeError as err:
+        # a process that did not join keeps its collectives: Gloo without a distributed
+        # client crashed later multi-device computations of the same process (segfault)
+        jax.config.update("jax_cpu_collectives_implementation", previous)
         if "before any JAX" in str(err) or "backend" in str(err).lower():
             raise RuntimeError(
                 "initialize_distributed: JAX already used this process's devices (a "
@@ -180,6 +184,7 @@ def initialize_distributed(
             f"{err}"
         ) from err
     except ValueError as err:
+        jax.config.update("jax_cpu_collectives_implementation", previous)
         if coordinator is None and num_processes is None and process_id is None:
             raise ValueError(
                 "initialize_distributed: no cluster environment found to read the processes "
