@@ -74,6 +74,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="keep each energy's probe from the file (no probe refinement; avoids the raster "
         "grid pathology of a refined probe on a raster scan)",
     )
+    p.add_argument(
+        "--probe-search",
+        action="store_true",
+        help="without a probe in the file, start the first energy from the data-derived guess "
+        "at the defocus that fits its frames best (9 candidates × 10 iterations) instead of "
+        "the guess at the focus",
+    )
     p.add_argument("--kk-rounds", type=positive_int, default=4)
     p.add_argument("--kk-iterations", type=positive_int, default=10)
     p.add_argument(
@@ -120,6 +127,7 @@ def settings_from_args(args: argparse.Namespace):
         kk_iterations=args.kk_iterations,
         kk_final_iterations=args.kk_final_iterations,
         object_refine=args.object_refine,
+        probe_search=args.probe_search,
         element=args.element,
         edge=args.edge,
         reference_energy=args.reference_energy,
