@@ -18,6 +18,18 @@ jax.config.update("jax_enable_x64", True)
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches():
+    """Drop each module's compiled programs when it ends.
+
+    The whole suite in one process otherwise keeps every executable it compiled (thousands,
+    each with its own memory mappings); the full run then crashed inside XLA's compiler near
+    its end, while every module passed on its own.
+    """
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture
 def rng():
     """A seeded NumPy generator so every test is reproducible."""
