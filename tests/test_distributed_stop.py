@@ -10,17 +10,15 @@ their checkpoint, and resuming from them finishes with the uninterrupted result.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from diffptycho.recon.interrupt import request_stop, stop_agreed, stop_on_signals
 from diffptycho.recon.solve import solve
 from diffptycho.recon.tomo import SIRT
-from tests.test_distributed import PSUM, _free_port, _launch, tomo_scan
+from tests.test_distributed import _check, _free_port, _launch, tomo_scan
 
 ITERATIONS = 6
 SIGNALLED_AFTER = 2  # process 1 receives SIGTERM once this many iterations are done
@@ -68,33 +66,6 @@ else:
     model, history = solve(start, solver, data, ITERATIONS, progress=False, resume=resume)
     np.savez(out, volume=to_host(model.volume), loss=np.asarray(history.loss))
 """
-
-
-@functools.cache
-def _collectives_error(cwd: Path) -> str | None:
-    """None if two processes can psum on CPU, else the error of the attempt.
-
-    Gloo prints its own "[Gloo] Rank ..." lines on stdout: the sum is the last line.
-    """
-    port = str(_free_port())
-    runs, _ = _launch([[sys.executable, "-c", PSUM, port, str(i)] for i in range(2)], cwd)
-    if all(r.returncode == 0 and r.stdout.strip().splitlines()[-1:] == ["6.0"] for r in runs):
-        return None
-    return "; ".join(r.stderr.strip().splitlines()[-1] for r in runs if r.stderr.strip())
-
-
-def _check(runs, cwd: Path) -> None:
-    """Fail with the workers' output, or skip if multi-process CPU collectives do not work."""
-    if all(r.returncode == 0 for r in runs):
-        return
-    error = _collectives_error(cwd)
-    if error is not None:
-        pytest.skip(f"this jax build cannot run CPU collectives across processes: {error}")
-    report = "\n".join(
-        f"--- process {i} (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-        for i, r in enumerate(runs)
-    )
-    pytest.fail(f"distributed workers failed:\n{report}")
 
 
 def _workers(tmp_path: Path, mode: str, meanwhile=lambda: None):
