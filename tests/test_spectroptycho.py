@@ -194,9 +194,8 @@ def test_iterated_registration_recovers_subpixel_offsets_where_one_round_does_no
     assert rms(sp._register(models, again, 0, 100, rounds=1)) < 0.03
 
 
-@pytest.fixture(scope="module")
-def small_vanadium(tmp_path_factory):
-    """A 4-energy, 16² V K-edge file with the true probe (seconds to reconstruct)."""
+def _small_vanadium(directory):
+    """A 4-energy, 16² V K-edge file with the true probe (seconds to reconstruct): path, data."""
     from diffptycho.sim import datasets
     from diffptycho.sim.spectroptycho import fit_scan_to, simulate_vanadium_spectroptycho
 
@@ -208,9 +207,15 @@ def small_vanadium(tmp_path_factory):
         known_probe=True,
         seed=2,
     )
-    path = str(tmp_path_factory.mktemp("kk") / "v.cxi")
+    path = str(directory / "v.cxi")
     datasets.write_dataset(path, ds)
-    return path
+    return path, ds
+
+
+@pytest.fixture(scope="module")
+def small_vanadium(tmp_path_factory):
+    """The path of :func:`_small_vanadium`'s file, once per module."""
+    return _small_vanadium(tmp_path_factory.mktemp("kk"))[0]
 
 
 @pytest.mark.parametrize("final", [0, 3])
@@ -340,19 +345,8 @@ def test_interrupted_per_energy_pass_resumes_to_the_same_result(tmp_path, monkey
     from diffptycho.io.checkpoint import Checkpoint
     from diffptycho.pipeline import stages
     from diffptycho.recon import interrupt
-    from diffptycho.sim import datasets
-    from diffptycho.sim.spectroptycho import fit_scan_to, simulate_vanadium_spectroptycho
 
-    energies = np.linspace(5450.0, 5500.0, 4)
-    ds = simulate_vanadium_spectroptycho(
-        (16, 16),
-        energies_ev=energies,
-        geometry=fit_scan_to((16, 16), energies_ev=energies),
-        known_probe=True,
-        seed=2,
-    )
-    path = str(tmp_path / "v.cxi")
-    datasets.write_dataset(path, ds)
+    path, ds = _small_vanadium(tmp_path)
     settings = sp.SpectroPtychoSettings(iterations=3, probe_iterations=3, register=False)
     quiet = {"log": lambda m: None}
     full = sp.run_spectroptycho(path, settings, **quiet)
