@@ -71,7 +71,13 @@ MODES = {
     "nokk": {"kk": False, "mode": "per-energy"},
     "kk": {"kk": True, "mode": "per-energy"},
     "joint": {"kk": False, "mode": "joint"},
+    "joint-spectra": {"kk": False, "mode": "joint"},
+    "joint-kk": {"kk": True, "mode": "joint"},
 }
+"""Runs: ``joint`` fits thickness maps with the true reference spectra; ``joint-spectra`` and
+``joint-kk`` fit per-pixel spectra without references (``joint-kk``: per-energy pass with
+KK, then the KK penalty in the joint fit)."""
+WITH_REFERENCES = ("nokk", "kk", "joint")
 
 
 def _strings(values) -> list[str]:
@@ -249,12 +255,14 @@ def run_one(
         refine_probe=not args.fixed_probe,
         probe_search=args.probe_search,
         object_refine=args.object_refine,
+        kk_sigma=args.kk_sigma,
         **MODES[mode],
     )
     refs = {s: truth_raw["spectra"][:, i] for i, s in enumerate(_strings(truth_raw["species"]))}
     energies = np.asarray(truth_raw["energies_ev"])
     t0 = time.perf_counter()
-    r = sp.run_spectroptycho(path, settings, references=(energies, refs), log=lambda m: None)
+    references = (energies, refs) if mode in WITH_REFERENCES else None
+    r = sp.run_spectroptycho(path, settings, references=references, log=lambda m: None)
     wall = time.perf_counter() - t0
     truth = truth_on_grid(truth_raw, r.valid_mask.shape, field, centre_px)
     valid = r.valid_mask
@@ -278,6 +286,16 @@ def run_one(
         "offset_rms_px": float(np.sqrt(np.mean(np.sum(off_err**2, axis=1)))),
         "timings": r.timings,
     }
+    if args.save_arrays:  # the stacks and the truth, for diagnosis
+        np.savez(
+            os.path.join(args.out, f"{os.path.basename(path)[:-4]}_{mode}.npz"),
+            optical_density=r.optical_density,
+            phase=r.phase,
+            true_mu_t=truth["mu_t"],
+            true_phase=truth["phase"],
+            valid=valid,
+            energies_ev=r.energies_ev,
+        )
     rows = []
     edges = fitted_truth_edges(r.energies_ev, truth, valid)
     for post in args.post:
@@ -309,6 +327,7 @@ def main(argv=None) -> int:
         "--kk-final-iterations", type=int, default=10, help="ptychography after the last KK"
     )
     p.add_argument("--joint-iterations", type=int, default=15)
+    p.add_argument("--kk-sigma", type=float, default=0.01, help="joint-kk: KK penalty spread, OD")
     p.add_argument(
         "--object-refine",
         type=int,
@@ -341,6 +360,9 @@ def main(argv=None) -> int:
     p.add_argument("--smooth-px", type=float, default=0.5, help="Gaussian σ of 'smooth', px")
     p.add_argument("--scan", default="raster", choices=["raster", "fermat"], help="scan pattern")
     p.add_argument("--truth-floor", action="store_true", help="also analyse the true OD")
+    p.add_argument(
+        "--save-arrays", action="store_true", help="write each run's stacks and truth (.npz)"
+    )
     p.add_argument(
         "--scan-shape",
         type=int,

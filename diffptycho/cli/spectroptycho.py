@@ -3,7 +3,7 @@
 ::
 
     diffptycho spectroptycho DATA.cxi --output OUT.h5 [--references REFS.csv] [--kk]
-        [--mode per-energy] [--engine lsqml] [--iterations 60]
+        [--mode {per-energy,joint}] [--engine lsqml] [--iterations 60] [--kk-sigma 0.01]
 
 A thin front-end of :func:`~diffptycho.pipeline.spectroptycho.run_spectroptycho`. OUT.h5
 holds ``optical_density`` and ``phase`` (energy, y, x) on one grid, ``energies_ev``,
@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from diffptycho.cli.ptycho import nonnegative_int, positive_int
+from diffptycho.cli.ptycho import nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_parser", "run", "settings_from_args"]
 
@@ -43,7 +43,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(a fixed detector makes the object pixel follow the wavelength), registers the "
         "energies to sub-pixel accuracy and, with --kk, alternates ptychography with a "
         "projection of each pixel's (μt, φ) spectrum onto Kramers–Kronig-consistent pairs. "
-        "With --references, species thickness maps are fitted per pixel. The output feeds "
+        "With --references, species thickness maps are fitted per pixel. --mode joint then "
+        "fits all frames at once (each energy's pixel size and offset in the model). The "
+        "output feeds "
         "'diffptycho chem xanes-fit' and 'chem cluster' directly.",
     )
     p.add_argument("data", help="CXI file, one entry per energy")
@@ -57,7 +59,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--kk", action="store_true", help="apply the Kramers–Kronig constraint")
     p.add_argument(
-        "--mode", choices=SPECTROPTYCHO_MODES, default="per-energy", help="default per-energy"
+        "--mode",
+        choices=SPECTROPTYCHO_MODES,
+        default="per-energy",
+        help="per-energy (default), or joint: every frame of every energy fitted at once from "
+        "the per-energy result, thickness maps with --references, per-pixel spectra "
+        "(with --kk: a Kramers–Kronig penalty) without",
+    )
+    p.add_argument(
+        "--joint-iterations", type=positive_int, default=20, help="Gauss–Newton steps of joint"
+    )
+    p.add_argument(
+        "--kk-sigma",
+        type=positive_float,
+        default=0.01,
+        help="joint without references, --kk: spread (OD) the KK penalty allows (0.01)",
     )
     p.add_argument("--engine", "-a", choices=PTYCHO_ENGINES, default="lsqml")
     p.add_argument("--iterations", "-n", type=positive_int, default=60)
@@ -133,6 +149,8 @@ def settings_from_args(args: argparse.Namespace):
         reference_energy=args.reference_energy,
         register=not args.no_registration,
         mode=args.mode,
+        joint_iterations=args.joint_iterations,
+        kk_sigma=args.kk_sigma,
     )
 
 

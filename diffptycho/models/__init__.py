@@ -4,13 +4,14 @@ The unknowns of a reconstruction are the Modules' array leaves; configuration is
 """
 
 from diffptycho.models.propagators import AbstractPropagator, FarField, NearField
-from diffptycho.models.ptycho import Ptycho2D, SpectroPtycho2D, scan_intensities
+from diffptycho.models.ptycho import PixelSpectra2D, Ptycho2D, SpectroPtycho2D, scan_intensities
 from diffptycho.models.tomo import SpectroPtychoTomo, TomoProjections
 
 __all__ = [
     "AbstractPropagator",
     "FarField",
     "NearField",
+    "PixelSpectra2D",
     "Ptycho2D",
     "SpectroPtycho2D",
     "SpectroPtychoTomo",

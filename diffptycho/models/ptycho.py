@@ -140,17 +140,11 @@ class SpectroPtycho2D(eqx.Module):
 
     def __check_init__(self):
         n_e, n_s = self.spectra.shape
-        if self.grid is not None and self.grid.shape != (n_e, 4):
-            raise ValueError(f"grid: expected shape ({n_e}, 4), got {self.grid.shape}")
         if self.thickness.shape[0] != n_s:
             raise ValueError(
                 f"thickness: {self.thickness.shape[0]} species but spectra has {n_s} columns"
             )
-        for name, arr in (("energies_ev", self.energies_ev), ("probe", self.probe)):
-            if arr.shape[0] != n_e:
-                raise ValueError(f"{name}: leading axis {arr.shape[0]} != {n_e} energies")
-        if self.positions.shape[0] != n_e:
-            raise ValueError(f"positions: leading axis {self.positions.shape[0]} != {n_e}")
+        _check_spectral(n_e, self.grid, self.energies_ev, self.probe, self.positions)
 
     def transmission(self) -> Complex[Array, "energy H W"]:
         """Object transmission at every energy (on that energy's grid when ``grid`` is set)."""
@@ -159,28 +153,113 @@ class SpectroPtycho2D(eqx.Module):
         integral = jnp.einsum(
             "es,shw->ehw", self.spectra, self.thickness.astype(self.spectra.dtype)
         )
-
-        def moved(image, params):  # cubic: bilinear weights blur sub-pixel moves unevenly
-            return cubic_similarity_transform(image.real, params) + 1j * cubic_similarity_transform(
-                image.imag, params
-            )
-
-        integral = jax.vmap(moved)(integral, self.grid.astype(integral.real.dtype))
-        return _transmission(integral, self.energies_ev)
+        moved = _on_energy_grids(integral.real, self.grid) + 1j * _on_energy_grids(
+            integral.imag, self.grid
+        )
+        return _transmission(moved, self.energies_ev)
 
     def __call__(self, indices: Int[Array, " b"] | None = None) -> Float[Array, "energy b py px"]:
         """Expected intensities of frames ``indices`` at every energy."""
-        pos = self.positions if indices is None else self.positions[:, indices]
-        bg = self.background
+        return _spectral_frames(
+            self.transmission(),
+            self.probe,
+            self.positions,
+            self.propagator,
+            self.background,
+            indices,
+        )
 
-        def one(t, p, x, b):
-            return scan_intensities(t, p, x, self.propagator, b)
 
-        if bg is None:
-            return jax.vmap(lambda t, p, x: one(t, p, x, None))(
-                self.transmission(), self.probe, pos
+def _on_energy_grids(
+    images: Float[Array, "energy H W"], grid: Float[Array, "energy 4"]
+) -> Float[Array, "energy H W"]:
+    """Each energy's common-grid image moved onto that energy's object grid.
+
+    Cubic convolution (:func:`~diffptycho.physics.alignment.cubic_similarity_transform`):
+    bilinear weights would blur sub-pixel moves unevenly between energies.
+    """
+    return jax.vmap(cubic_similarity_transform)(images, grid.astype(images.dtype))
+
+
+def _check_spectral(n_e: int, grid, energies_ev, probe, positions) -> None:
+    """Leading axes of the per-energy leaves of a spectral model."""
+    if grid is not None and grid.shape != (n_e, 4):
+        raise ValueError(f"grid: expected shape ({n_e}, 4), got {grid.shape}")
+    for name, arr in (("energies_ev", energies_ev), ("probe", probe), ("positions", positions)):
+        if arr.shape[0] != n_e:
+            raise ValueError(f"{name}: leading axis {arr.shape[0]} != {n_e} energies")
+
+
+def _spectral_frames(transmission, probe, positions, propagator, background, indices):
+    """Expected intensities (energy, b, py, px) of frames ``indices`` at every energy."""
+    pos = positions if indices is None else positions[:, indices]
+
+    def one(t, p, x, b):
+        return scan_intensities(t, p, x, propagator, b)
+
+    if background is None:
+        return jax.vmap(lambda t, p, x: one(t, p, x, None))(transmission, probe, pos)
+    return jax.vmap(one)(transmission, probe, pos, background)
+
+
+class PixelSpectra2D(eqx.Module):
+    """2-D spectro-ptychography with a free spectrum in every pixel (no reference spectra).
+
+    The unknowns are the optical density μt = −ln|T|² and the phase φ = arg T of every
+    pixel at every energy, on one common grid; T = exp(−μt/2 + iφ). ``grid`` moves each
+    energy's images onto that energy's object grid exactly as in :class:`SpectroPtycho2D`
+    (per-energy pixel size and sample offset in the model, nothing resampled upstream).
+    The spectra of a pixel are tied together only by what the caller adds to the loss
+    (e.g. a Kramers–Kronig penalty,
+    :meth:`~diffptycho.recon.chem.kk_projection.KKProjector.weighted_difference`).
+
+    Attributes:
+        optical_density: μt per energy (energy, H, W), dimensionless.
+        phase: φ per energy (energy, H, W) in rad.
+        energies_ev: photon energies in eV (energy,).
+        probe: probe modes per energy (energy, mode, py, px).
+        positions: scan positions per energy (energy, n, 2) in object pixels.
+        background: background per energy (energy, py, px) or None.
+        propagator: far field by default.
+        grid: (energy, 4) similarity parameters (shift_y_px, shift_x_px, 0, log_scale) from
+            the common grid to each energy's object grid, or None.
+    """
+
+    optical_density: Float[Array, "energy H W"]
+    phase: Float[Array, "energy H W"]
+    energies_ev: Float[Array, " energy"]
+    probe: Complex[Array, "energy mode py px"]
+    positions: Float[Array, "energy n 2"]
+    background: Float[Array, "energy py px"] | None = None
+    propagator: AbstractPropagator = FarField()
+    grid: Float[Array, "energy 4"] | None = None
+
+    def __check_init__(self):
+        if self.optical_density.ndim != 3 or self.phase.shape != self.optical_density.shape:
+            raise ValueError(
+                f"optical_density {self.optical_density.shape} and phase {self.phase.shape}: "
+                "expected the same (energy, H, W) shape"
             )
-        return jax.vmap(one)(self.transmission(), self.probe, pos, bg)
+        n_e = self.optical_density.shape[0]
+        _check_spectral(n_e, self.grid, self.energies_ev, self.probe, self.positions)
+
+    def transmission(self) -> Complex[Array, "energy H W"]:
+        """Object transmission at every energy (on that energy's grid when ``grid`` is set)."""
+        od, phase = self.optical_density, self.phase
+        if self.grid is not None:
+            od, phase = _on_energy_grids(od, self.grid), _on_energy_grids(phase, self.grid)
+        return jnp.exp(-0.5 * od + 1j * phase)
+
+    def __call__(self, indices: Int[Array, " b"] | None = None) -> Float[Array, "energy b py px"]:
+        """Expected intensities of frames ``indices`` at every energy."""
+        return _spectral_frames(
+            self.transmission(),
+            self.probe,
+            self.positions,
+            self.propagator,
+            self.background,
+            indices,
+        )
 
 
 def as_energies(energies_ev) -> np.ndarray:

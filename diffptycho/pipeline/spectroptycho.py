@@ -101,8 +101,19 @@ class SpectroPtychoSettings:
             position define the common grid.
         upsample: sub-pixel factor of the cross-energy registration (1/upsample px).
         register: register the energies (False: offsets are zero).
-        mode: ``"per-energy"`` or ``"joint"``.
+        mode: ``"per-energy"`` or ``"joint"``. Joint fits every diffraction frame of every
+            energy at once, each energy's pixel size and offset in the model, starting from
+            the per-energy result: species thickness maps when reference spectra are given
+            (:class:`~diffptycho.models.SpectroPtycho2D`), otherwise per-pixel μt and φ
+            spectra (:class:`~diffptycho.models.PixelSpectra2D`) with, when ``kk``, a
+            Kramers–Kronig penalty. Probes are refined with them when ``refine_probe``.
         joint_iterations: Gauss–Newton steps of the joint mode.
+        kk_sigma: joint mode without references, with ``kk``: the standard deviation (OD
+            units; φ in rad weighted as in the KK projector) the penalty allows each pixel's
+            spectrum from its nearest KK-consistent pair. The penalty's residuals are
+            √w(x − Px)/(2σ), beside amplitude residuals of Poisson variance ¼; the near-edge
+            structure narrower than the energy step makes real spectra miss the KK set by
+            ≈ 0.01 OD (V oxides).
         object_refine: reconstruct every energy on an object grid this many times finer than
             the detector's λz/(N·dx): each frame is embedded in a ``object_refine``·N array
             whose outer pixels are unmeasured (masked, left free), the probe is Fourier
@@ -136,6 +147,7 @@ class SpectroPtychoSettings:
     register: bool = True
     mode: str = "per-energy"
     joint_iterations: int = 20
+    kk_sigma: float = 0.01
     object_refine: int = 2
 
     def __post_init__(self) -> None:
@@ -165,6 +177,8 @@ class SpectroPtychoSettings:
             raise ValueError(
                 f"probe_iterations = {self.probe_iterations!r}: expected an integer ≥ 1 or None"
             )
+        if not (np.isfinite(self.kk_sigma) and self.kk_sigma > 0):
+            raise ValueError(f"kk_sigma = {self.kk_sigma!r}: expected a positive OD")
         if not 0.0 < self.kk_relax <= 1.0:
             raise ValueError(f"kk_relax = {self.kk_relax}: expected a value in (0, 1]")
 
@@ -200,6 +214,8 @@ class SpectroPtychoResult:
         final_loss: (energy,) last loss of each energy's ptychography.
         thickness: (species, y, x) in m, with references.
         species: species names, with references.
+        joint_loss: loss of every Gauss–Newton step of the joint mode (frame-averaged
+            Σ(√I_model − √I)² plus the KK penalty), or None.
         timings: wall-clock seconds per step.
     """
 
@@ -215,6 +231,7 @@ class SpectroPtychoResult:
     final_loss: Float[np.ndarray, " energy"]
     thickness: Float[np.ndarray, "species y x"] | None = None
     species: list[str] | None = None
+    joint_loss: Float[np.ndarray, " step"] | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def datasets(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -244,6 +261,8 @@ class SpectroPtychoResult:
             data["thickness"] = self.thickness.astype(np.float32)
             data["species"] = np.asarray(self.species, dtype="S")
             units["thickness"] = "m"
+        if self.joint_loss is not None:
+            data["joint_loss"] = self.joint_loss
         return data, units
 
 
@@ -901,55 +920,138 @@ def _centre_pad(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _joint(models, scans, grid: _Grid, spectra, start, settings, progress) -> tuple:
-    """Thickness maps fitted to every diffraction frame (Gauss–Newton), probes per energy.
+def _joint_fit(model, scans, where, settings, progress, penalty=None, constraint=None) -> tuple:
+    """Gauss–Newton fit of a spectral model to every diffraction frame of every energy.
 
-    Returns the model and the loss history.
+    The objective is (Σ (√I_model − √I)² + Σ penalty²) / frames: amplitude residuals, whose
+    Poisson variance is ¼ photon, and ``penalty(model)`` residuals (any shape) scaled by
+    the caller to that variance. Returns the model and the loss history.
     """
-    from diffptycho.models import SpectroPtycho2D
     from diffptycho.recon.joint import GaussNewtonSolver
     from diffptycho.recon.solve import solve
 
+    frames = jnp.asarray(np.stack([s.data for s in scans]), jnp.float32)
+    mask = scans[0].mask
+    norm = 1.0 / np.sqrt(float(np.prod(frames.shape[:2])))
+
+    def residuals(m, batch):
+        r = jnp.sqrt(m() + 1e-9) - jnp.sqrt(batch)
+        if mask is not None:
+            r = jnp.where(jnp.asarray(mask), r, 0.0)
+        if penalty is None:
+            return r * norm
+        return jnp.concatenate([r.ravel(), penalty(m).ravel()]) * norm
+
+    def loss(m, batch):
+        return jnp.sum(residuals(m, batch) ** 2)
+
+    solver = GaussNewtonSolver(residuals, loss, where, constraint=constraint, cg_iterations=10)
+    model, history = solve(
+        model, solver, frames, settings.joint_iterations, progress=progress, description="joint"
+    )
+    return model, np.asarray(history.loss)
+
+
+def _joint_inputs(models, scans, grid: _Grid) -> tuple[tuple[int, int], dict]:
+    """Shape of the joint model's common grid and its per-energy leaves."""
     counts = {len(s.data) for s in scans}
     if len(counts) != 1:
         raise ValueError(
             f"joint mode needs the same number of positions at every energy, got {sorted(counts)}"
         )
     shape = tuple(int(max(m.object.shape[i] for m in models)) for i in (0, 1))
-    frames = jnp.asarray(np.stack([s.data for s in scans]), jnp.float32)
-    mask = scans[0].mask
+    leaves = {
+        "energies_ev": jnp.asarray([s.energy_ev for s in scans], jnp.float32),
+        "probe": jnp.stack([m.probe for m in models]).astype(jnp.complex64),
+        "positions": jnp.stack([m.positions for m in models]).astype(jnp.float32),
+        "grid": jnp.asarray(
+            grid_parameters(grid.pixel_sizes, grid.target_pixel, grid.offsets), jnp.float32
+        ),
+    }
+    return shape, leaves
+
+
+def _joint(models, scans, grid: _Grid, spectra, start, settings, progress) -> tuple:
+    """Thickness maps fitted to every diffraction frame (Gauss–Newton), probes per energy.
+
+    The probes are refined with the maps when ``settings.refine_probe``. Returns the model
+    and the loss history.
+    """
+    from diffptycho.models import SpectroPtycho2D
+
+    shape, leaves = _joint_inputs(models, scans, grid)
     model = SpectroPtycho2D(
         thickness=jnp.asarray(_centre_pad(start, shape), jnp.float32),
         spectra=jnp.asarray(spectra, jnp.complex64),
-        energies_ev=jnp.asarray([s.energy_ev for s in scans], jnp.float32),
-        probe=jnp.stack([m.probe for m in models]).astype(jnp.complex64),
-        positions=jnp.stack([m.positions for m in models]).astype(jnp.float32),
-        grid=jnp.asarray(
-            grid_parameters(grid.pixel_sizes, grid.target_pixel, grid.offsets), jnp.float32
-        ),
+        **leaves,
     )
-    n_frames = float(np.prod(frames.shape[:2]))
-
-    def residuals(m, batch):
-        r = jnp.sqrt(m() + 1e-9) - jnp.sqrt(batch)
-        if mask is not None:
-            r = jnp.where(jnp.asarray(mask), r, 0.0)
-        return r / np.sqrt(n_frames)
-
-    def loss(m, batch):
-        return jnp.sum(residuals(m, batch) ** 2)
-
-    solver = GaussNewtonSolver(
-        residuals,
-        loss,
-        lambda m: (m.thickness, m.probe),
+    return _joint_fit(
+        model,
+        scans,
+        (lambda m: (m.thickness, m.probe)) if settings.refine_probe else (lambda m: m.thickness),
+        settings,
+        progress,
         constraint=lambda m: eqx.tree_at(lambda t: t.thickness, m, jnp.maximum(m.thickness, 0.0)),
-        cg_iterations=10,
     )
-    model, history = solve(
-        model, solver, frames, settings.joint_iterations, progress=progress, description="joint"
+
+
+def _vacuum_factors(models, grid: _Grid) -> np.ndarray:
+    """(E,) complex vacuum level of every energy's object (what the normalisation divided)."""
+    from diffptycho.pipeline.stages import normalise_transmission
+
+    out = np.ones(len(models), np.complex128)
+    for e, m in enumerate(models):
+        obj, region = np.asarray(m.object), _lit(m)
+        own = None
+        if grid.vacuum is not None:
+            own = _from_common(grid.vacuum.astype(np.float64), e, obj.shape, grid, order=1) > 0.99
+            own = own if (own & region).sum() >= 16 else None
+        t, vac = normalise_transmission(obj, region, vacuum=own)
+        out[e] = np.mean(obj[vac] / t[vac])
+    return out
+
+
+def _joint_spectra(models, scans, grid: _Grid, od, phase, valid, settings, progress) -> tuple:
+    """Per-pixel μt and φ spectra fitted to every diffraction frame (Gauss–Newton).
+
+    Starts from the per-energy stacks (``od``, ``phase`` on the common grid) with each
+    energy's probe times the vacuum level its object had, so that the start predicts the
+    frames as the per-energy models did. With ``settings.kk`` the Kramers–Kronig
+    inconsistency of every ``valid`` pixel is added as a penalty of standard deviation
+    ``settings.kk_sigma`` (OD units; φ in rad weighted as in the projector): the
+    residuals ½·√w(x − Px)/σ share the amplitude residuals' variance of ¼. Returns the
+    model and the loss history.
+    """
+    from diffptycho.models import PixelSpectra2D
+
+    shape, leaves = _joint_inputs(models, scans, grid)
+    c = _vacuum_factors(models, grid)
+    leaves["probe"] = leaves["probe"] * jnp.asarray(c, jnp.complex64)[:, None, None, None]
+    model = PixelSpectra2D(
+        optical_density=jnp.asarray(_centre_pad(od * valid, shape), jnp.float32),
+        phase=jnp.asarray(_centre_pad(phase * valid, shape), jnp.float32),
+        **leaves,
     )
-    return model, np.asarray(history.loss)
+    penalty = None
+    if settings.kk:
+        from diffptycho.recon.chem.kk_projection import KKProjector
+
+        projector = KKProjector.build(
+            np.asarray([s.energy_ev for s in scans]), settings.element, settings.edge
+        )
+        inside = _centre_pad(np.asarray(valid, bool), shape)
+        scale = 0.5 / settings.kk_sigma
+
+        def penalty(m):
+            d = projector.weighted_difference(m.optical_density[:, inside], m.phase[:, inside])
+            return scale * d
+
+    where = (
+        (lambda m: (m.optical_density, m.phase, m.probe))
+        if settings.refine_probe
+        else (lambda m: (m.optical_density, m.phase))
+    )
+    return _joint_fit(model, scans, where, settings, progress, penalty=penalty)
 
 
 def _model_stacks(model, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1012,10 +1114,6 @@ def run_spectroptycho(
     positions = _centred_positions(scans)
     times["read"] = time.perf_counter() - t0
 
-    if settings.mode == "joint" and spectra is None:
-        raise ValueError(
-            "mode 'joint' fits species thickness maps and needs reference spectra (--references)"
-        )
     t0 = time.perf_counter()
     models, losses = _reconstruct_energies(
         scans, positions, settings, progress, log, checkpoint, resume
@@ -1081,16 +1179,32 @@ def run_spectroptycho(
         times["thickness"] = time.perf_counter() - t0
     if settings.mode == "joint":
         t0 = time.perf_counter()
-        start = fit_thickness(od, phase, energies, spectra, valid)
-        model, history = _joint(models, scans, grid, spectra, start, settings, progress)
-        od, phase, thickness = _model_stacks(model, grid.shape)
-        result.optical_density = coarse(od) * valid_out
-        result.phase = coarse(phase) * valid_out
-        result.thickness = coarse(thickness) * valid_out
+        if spectra is not None:
+            start = fit_thickness(od, phase, energies, spectra, valid)
+            model, history = _joint(models, scans, grid, spectra, start, settings, progress)
+            od, phase, thickness = _model_stacks(model, grid.shape)
+            result.thickness = coarse(thickness) * valid_out
+            what = "thickness maps"
+        else:
+            model, history = _joint_spectra(
+                models, scans, grid, od, phase, valid, settings, progress
+            )
+            od = _centre_pad(np.asarray(model.optical_density, np.float64), grid.shape)
+            phase = _centre_pad(np.asarray(model.phase, np.float64), grid.shape)
+            if grid.vacuum is not None and grid.vacuum.any():  # vacuum at 0, as per energy
+                od = od - od[:, grid.vacuum].mean(axis=1)[:, None, None]
+                phase = phase - phase[:, grid.vacuum].mean(axis=1)[:, None, None]
+            what = "per-pixel spectra" + (" with the KK penalty" if settings.kk else "")
+        result.optical_density = coarse(od * valid) * valid_out
+        result.phase = coarse(phase * valid) * valid_out
         result.probes = list(np.asarray(model.probe))
         result.final_loss = np.full(len(scans), history[-1] if history.size else np.nan)
+        result.joint_loss = history
         times["joint"] = time.perf_counter() - t0
-        log(f"joint: {settings.joint_iterations} Gauss–Newton steps in {times['joint']:.1f} s")
+        log(
+            f"joint ({what}): {settings.joint_iterations} Gauss–Newton steps in "
+            f"{times['joint']:.1f} s"
+        )
     return result
 
 
