@@ -291,10 +291,9 @@ def run_one(
             os.path.join(args.out, f"{os.path.basename(path)[:-4]}_{mode}.npz"),
             optical_density=r.optical_density,
             phase=r.phase,
-            true_mu_t=truth["mu_t"],
-            true_phase=truth["phase"],
             valid=valid,
             energies_ev=r.energies_ev,
+            **{f"true_{k}": np.asarray(v) for k, v in truth.items() if k != "species"},
         )
     rows = []
     edges = fitted_truth_edges(r.energies_ev, truth, valid)
