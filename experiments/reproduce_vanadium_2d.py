@@ -33,7 +33,7 @@ Run from the repository root::
         [--energies 40] [--doses 1e4 1e5] [--modes nokk kk joint] [--known-probe] \\
         [--fixed-probe] [--post raw svd smooth smooth+svd] [--truth-floor] \\
         [--offset-sigma-px 0.5] [--scan raster] [--object-refine 2] [--oversample 4] \\
-        [--size 40] [--particles 3] [--domains 2] [--kk-final-iterations 10] \\
+        [--size 40] [--particles 3] [--domains 2] [--kk-final-iterations 40] \\
         [--scan-shape 9 9] [--probe-search]
 """
 
@@ -318,12 +318,12 @@ def main(argv=None) -> int:
     p.add_argument("--doses", type=float, nargs="+", default=[1e5, 1e6])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--engine", default="raar")
-    p.add_argument("--iterations", type=int, default=60)
+    p.add_argument("--iterations", type=int, default=180)
     p.add_argument("--kk-rounds", type=int, default=4)
     p.add_argument("--kk-iterations", type=int, default=10)
     p.add_argument("--kk-relax", type=float, default=1.0, help="step of each KK projection")
     p.add_argument(
-        "--kk-final-iterations", type=int, default=10, help="ptychography after the last KK"
+        "--kk-final-iterations", type=int, default=40, help="ptychography after the last KK"
     )
     p.add_argument("--joint-iterations", type=int, default=15)
     p.add_argument("--kk-sigma", type=float, default=0.01, help="joint-kk: KK penalty spread, OD")

@@ -3,7 +3,7 @@
 ::
 
     diffptycho spectroptycho DATA.cxi --output OUT.h5 [--references REFS.csv] [--kk]
-        [--mode {per-energy,joint}] [--engine lsqml] [--iterations 60] [--kk-sigma 0.01]
+        [--mode {per-energy,joint}] [--engine raar] [--iterations 180] [--kk-sigma 0.01]
 
 A thin front-end of :func:`~diffptycho.pipeline.spectroptycho.run_spectroptycho`. OUT.h5
 holds ``optical_density`` and ``phase`` (energy, y, x) on one grid, ``energies_ev``,
@@ -75,8 +75,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=0.01,
         help="joint without references, --kk: spread (OD) the KK penalty allows (0.01)",
     )
-    p.add_argument("--engine", "-a", choices=PTYCHO_ENGINES, default="lsqml")
-    p.add_argument("--iterations", "-n", type=positive_int, default=60)
+    p.add_argument(
+        "--engine", "-a", choices=PTYCHO_ENGINES, default="raar", help="default raar"
+    )
+    p.add_argument(
+        "--iterations", "-n", type=positive_int, default=180, help="per energy (default 180)"
+    )
     p.add_argument(
         "--probe-iterations",
         type=positive_int,
@@ -102,7 +106,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--kk-final-iterations",
         type=nonnegative_int,
-        default=10,
+        default=40,
         help="ptychography iterations of every energy after the last KK projection",
     )
     p.add_argument(

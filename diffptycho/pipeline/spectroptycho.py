@@ -67,8 +67,13 @@ class SpectroPtychoSettings:
     """Settings of :func:`run_spectroptycho`.
 
     Attributes:
-        engine: a key of :data:`~diffptycho.recon.ptycho.ENGINES`.
-        iterations: ptychography iterations of every energy after the first.
+        engine: a key of :data:`~diffptycho.recon.ptycho.ENGINES`. RAAR by default: on the
+            V K-edge simulation (40², fixed probe, 2× object grid, 10⁸ photons) it reached a
+            frame misfit 3.6× the Poisson expectation in 180 iterations where LSQML stayed at
+            19× and ePIE at 85×, and μt error 0.048 against LSQML's 0.21.
+        iterations: ptychography iterations of every energy after the first (180: the
+            μt error falls 0.048 → 0.042 from 60, and the edge error on seed 1 of the study
+            0.28 → 0.19 eV; more gain little).
         probe_iterations: iterations of the first energy, which retrieves the probe from the
             data-derived start (default: 3 × ``iterations``).
         probe_modes: incoherent probe modes.
@@ -125,8 +130,8 @@ class SpectroPtychoSettings:
             2 at 10⁸ photons). Costs ≈ ``object_refine``² time and memory.
     """
 
-    engine: str = "lsqml"
-    iterations: int = 60
+    engine: str = "raar"
+    iterations: int = 180
     probe_iterations: int | None = None
     probe_modes: int = 1
     refine_positions: bool = False
@@ -139,7 +144,7 @@ class SpectroPtychoSettings:
     kk_rounds: int = 4
     kk_iterations: int = 10
     kk_relax: float = 1.0
-    kk_final_iterations: int = 10
+    kk_final_iterations: int = 40
     element: str = "V"
     edge: str = "K"
     reference_energy: int = 0
