@@ -34,7 +34,10 @@ Run from the repository root::
         [--fixed-probe] [--post raw svd smooth smooth+svd] [--truth-floor] \\
         [--offset-sigma-px 0.5] [--scan raster] [--object-refine 2] [--oversample 4] \\
         [--size 40] [--particles 3] [--domains 2] [--kk-final-iterations 40] \\
-        [--scan-shape 9 9] [--probe-search]
+        [--scan-shape 9 9] [--probe-search] [--save-arrays] [--figures]
+
+``--figures`` writes, per dose, run and post-processing, the descriptor maps, the elbow
+curve, the cluster maps beside the true domains and the clusters' mean spectra.
 """
 
 from __future__ import annotations
@@ -185,7 +188,28 @@ def matched_fractions(
     return out
 
 
-def analysed(e, od, phase, truth, valid, post, smooth_px, truth_edges=None) -> dict:
+def save_figures(out_dir: str, e, od, a: dict, truth: dict) -> list[str]:
+    """Descriptor maps, elbow curve, cluster maps beside the true domains and cluster spectra."""
+    from diffptycho.analysis import clustering, xanes_figures
+
+    ca, fit = a["ca"], a["fit"]
+    mean_spec, _ = clustering.cluster_mean_spectra(od.astype(np.float32), ca.labels, ca.k)
+    normalized = clustering.edge_normalized(od.astype(np.float32), fit.params[0], fit.params[1])
+    norm_spec, _ = clustering.cluster_mean_spectra(normalized, ca.labels, ca.k)
+    return xanes_figures.save_all(
+        out_dir,
+        {**a["d"], **a["dens"]},
+        ca,
+        e,
+        mean_spec,
+        truth_domain=truth["domain"],
+        normalized_spectra=norm_spec,
+    )
+
+
+def analysed(
+    e, od, phase, truth, valid, post, smooth_px, truth_edges=None, figures: str | None = None
+) -> dict:
     """Per-pixel fit + clustering metrics of one (post-processed) OD stack.
 
     ``fraction_error``: largest difference between the N_V-weighted fraction of each true
@@ -194,6 +218,7 @@ def analysed(e, od, phase, truth, valid, post, smooth_px, truth_edges=None) -> d
     ``edge_rms_vs_truth_ev`` (with ``truth_edges``, :func:`fitted_truth_edges`): RMS over
     particle pixels of the difference from the edge the same fit finds on the noiseless true
     OD, which is defined on mixed pixels too (the reconstruction's error alone).
+    ``figures``: a directory for :func:`save_figures`, or None.
     """
     masked = {**truth, "domain": np.where(valid, truth["domain"], -1)}
     row = {"post": post, "svd_rank": 0}
@@ -203,6 +228,8 @@ def analysed(e, od, phase, truth, valid, post, smooth_px, truth_edges=None) -> d
         a = analyse(e, od, phase, masked, lcf=False)
     except ValueError as err:  # no pixel with a usable edge jump at a low dose, none lit
         return {**row, "edge_rms_ev": nan, "ari": nan, "fraction_error": nan, "note": str(err)}
+    if figures is not None:
+        save_figures(figures, e, od, a, masked)
     true_frac = np.asarray(a["true_frac"])
     matched = matched_fractions(a["ca"].labels, a["ca"].fractions, masked["domain"], true_frac.size)
     if truth_edges is not None:
@@ -298,8 +325,19 @@ def run_one(
     rows = []
     edges = fitted_truth_edges(r.energies_ev, truth, valid)
     for post in args.post:
+        figures = None
+        if args.figures:
+            figures = os.path.join(args.out, f"{os.path.basename(path)[:-4]}_{mode}_{post}")
         row = analysed(
-            r.energies_ev, r.optical_density, r.phase, truth, valid, post, args.smooth_px, edges
+            r.energies_ev,
+            r.optical_density,
+            r.phase,
+            truth,
+            valid,
+            post,
+            args.smooth_px,
+            edges,
+            figures,
         )
         rows.append({**base, **row})
     if args.truth_floor:  # the noiseless true OD on the grid through the same analysis
@@ -361,6 +399,11 @@ def main(argv=None) -> int:
     p.add_argument("--truth-floor", action="store_true", help="also analyse the true OD")
     p.add_argument(
         "--save-arrays", action="store_true", help="write each run's stacks and truth (.npz)"
+    )
+    p.add_argument(
+        "--figures",
+        action="store_true",
+        help="descriptor maps, elbow curve, cluster maps and spectra of every run (PNGs)",
     )
     p.add_argument(
         "--scan-shape",
