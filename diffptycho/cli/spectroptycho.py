@@ -43,9 +43,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(a fixed detector makes the object pixel follow the wavelength), registers the "
         "energies to sub-pixel accuracy and, with --kk, alternates ptychography with a "
         "projection of each pixel's (μt, φ) spectrum onto Kramers–Kronig-consistent pairs. "
-        "With --references, species thickness maps are fitted per pixel. --mode joint then "
-        "fits all frames at once (each energy's pixel size and offset in the model). The "
-        "output feeds "
+        "With --references, species thickness maps are fitted per pixel. --mode joint fits "
+        "all frames at once (each energy's pixel size and offset in the model): thickness "
+        "maps with --references, per-pixel spectra without. The output feeds "
         "'diffptycho chem xanes-fit' and 'chem cluster' directly.",
     )
     p.add_argument("data", help="CXI file, one entry per energy")
@@ -75,9 +75,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=0.01,
         help="joint without references, --kk: spread (OD) the KK penalty allows (0.01)",
     )
-    p.add_argument(
-        "--engine", "-a", choices=PTYCHO_ENGINES, default="raar", help="default raar"
-    )
+    p.add_argument("--engine", "-a", choices=PTYCHO_ENGINES, default="raar", help="default raar")
     p.add_argument(
         "--iterations", "-n", type=positive_int, default=180, help="per energy (default 180)"
     )

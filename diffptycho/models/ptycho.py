@@ -144,7 +144,9 @@ class SpectroPtycho2D(eqx.Module):
             raise ValueError(
                 f"thickness: {self.thickness.shape[0]} species but spectra has {n_s} columns"
             )
-        _check_spectral(n_e, self.grid, self.energies_ev, self.probe, self.positions)
+        _check_spectral(
+            n_e, self.grid, self.energies_ev, self.probe, self.positions, self.background
+        )
 
     def transmission(self) -> Complex[Array, "energy H W"]:
         """Object transmission at every energy (on that energy's grid when ``grid`` is set)."""
@@ -181,10 +183,19 @@ def _on_energy_grids(
     return jax.vmap(cubic_similarity_transform)(images, grid.astype(images.dtype))
 
 
-def _check_spectral(n_e: int, grid, energies_ev, probe, positions) -> None:
-    """Leading axes of the per-energy leaves of a spectral model."""
+def _check_spectral(n_e: int, grid, energies_ev, probe, positions, background) -> None:
+    """Shapes of the per-energy leaves of a spectral model (energy axis first)."""
     if grid is not None and grid.shape != (n_e, 4):
         raise ValueError(f"grid: expected shape ({n_e}, 4), got {grid.shape}")
+    if probe.ndim != 4:
+        raise ValueError(f"probe: expected (energy, mode, py, px), got shape {probe.shape}")
+    if positions.ndim != 3 or positions.shape[-1] != 2:
+        raise ValueError(f"positions: expected (energy, n, 2) as (y, x), got {positions.shape}")
+    if background is not None and background.shape != (n_e, *probe.shape[-2:]):
+        raise ValueError(
+            f"background: expected shape ({n_e}, {probe.shape[-2]}, {probe.shape[-1]}), "
+            f"got {background.shape}"
+        )
     for name, arr in (("energies_ev", energies_ev), ("probe", probe), ("positions", positions)):
         if arr.shape[0] != n_e:
             raise ValueError(f"{name}: leading axis {arr.shape[0]} != {n_e} energies")
@@ -241,7 +252,9 @@ class PixelSpectra2D(eqx.Module):
                 "expected the same (energy, H, W) shape"
             )
         n_e = self.optical_density.shape[0]
-        _check_spectral(n_e, self.grid, self.energies_ev, self.probe, self.positions)
+        _check_spectral(
+            n_e, self.grid, self.energies_ev, self.probe, self.positions, self.background
+        )
 
     def transmission(self) -> Complex[Array, "energy H W"]:
         """Object transmission at every energy (on that energy's grid when ``grid`` is set)."""

@@ -70,7 +70,7 @@ class SpectroPtychoSettings:
         engine: a key of :data:`~diffptycho.recon.ptycho.ENGINES`. RAAR by default: on the
             V K-edge simulation (40², fixed probe, 2× object grid, 10⁸ photons) it reached a
             frame misfit 3.6× the Poisson expectation in 180 iterations where LSQML stayed at
-            19× and ePIE at 85×, and μt error 0.048 against LSQML's 0.21.
+            18× and ePIE at 85×, and μt error 0.048 against LSQML's 0.21.
         iterations: ptychography iterations of every energy after the first (180: the
             μt error falls 0.048 → 0.042 from 60, and the edge error on seed 1 of the study
             0.28 → 0.19 eV; more gain little).
@@ -171,6 +171,7 @@ class SpectroPtychoSettings:
             "object_refine",
             "probe_search_count",
             "probe_search_iterations",
+            "joint_iterations",
         ):
             if not _is_integer(getattr(self, name), 1):
                 raise ValueError(f"{name} = {getattr(self, name)!r}: expected an integer ≥ 1")
@@ -182,8 +183,11 @@ class SpectroPtychoSettings:
             raise ValueError(
                 f"probe_iterations = {self.probe_iterations!r}: expected an integer ≥ 1 or None"
             )
-        if not (np.isfinite(self.kk_sigma) and self.kk_sigma > 0):
-            raise ValueError(f"kk_sigma = {self.kk_sigma!r}: expected a positive OD")
+        sigma = self.kk_sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, int | float | np.number):
+            raise ValueError(f"kk_sigma = {sigma!r}: expected a positive OD (a number)")
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"kk_sigma = {sigma!r}: expected a positive OD")
         if not 0.0 < self.kk_relax <= 1.0:
             raise ValueError(f"kk_relax = {self.kk_relax}: expected a value in (0, 1]")
 
@@ -214,12 +218,13 @@ class SpectroPtychoResult:
         valid_mask: (y, x) pixels lit at every energy.
         offsets_px: (energy, 2) (y, x) sample offset of each energy from the reference energy
             in common-grid pixels, as found by the registration.
-        objects: per-energy complex transmissions on their own grids.
+        objects: per-energy complex transmissions on their own grids (joint mode: the
+            joint model's, paired with its probes).
         probes: per-energy probes (mode, py, px).
         final_loss: (energy,) last loss of each energy's ptychography.
         thickness: (species, y, x) in m, with references.
         species: species names, with references.
-        joint_loss: loss of every Gauss–Newton step of the joint mode (frame-averaged
+        joint_loss: loss before every Gauss–Newton step of the joint mode (frame-averaged
             Σ(√I_model − √I)² plus the KK penalty), or None.
         timings: wall-clock seconds per step.
     """
@@ -734,17 +739,21 @@ def _stacks(
     vacuum = grid.vacuum if vacuum is None else vacuum
     per = []
     for e, m in enumerate(models):
-        own, region = None, _lit(m)
-        if vacuum is not None:
-            shape = tuple(m.object.shape)
-            own = _from_common(vacuum.astype(np.float64), e, shape, grid, order=1) > 0.99
-        if own is not None and (own & region).sum() < 16:
-            own = None  # the shared vacuum misses this energy's field: use its own
-        per.append(_projections(m, own, region))
+        region = _lit(m)
+        per.append(_projections(m, _own_vacuum(vacuum, e, m, grid, region), region))
     od = _to_common([p[0] for p in per], grid)
     phase = _to_common([p[1] for p in per], grid)
     lit = _to_common([p[2].astype(np.float64) for p in per], grid, order=1) > 0.99
     return od, phase, lit
+
+
+def _own_vacuum(vacuum, e: int, model, grid: _Grid, region: np.ndarray) -> np.ndarray | None:
+    """A common-grid vacuum mask on energy ``e``'s grid, or None where it misses the field."""
+    if vacuum is None:
+        return None
+    shape = tuple(model.object.shape)
+    own = _from_common(vacuum.astype(np.float64), e, shape, grid, order=1) > 0.99
+    return own if (own & region).sum() >= 16 else None  # else: this energy's own vacuum
 
 
 def _lit(model, threshold: float = 0.1) -> np.ndarray:
@@ -925,12 +934,14 @@ def _centre_pad(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _joint_fit(model, scans, where, settings, progress, penalty=None, constraint=None) -> tuple:
+def _joint_fit(model, scans, unknowns, settings, progress, penalty=None, constraint=None) -> tuple:
     """Gauss–Newton fit of a spectral model to every diffraction frame of every energy.
 
     The objective is (Σ (√I_model − √I)² + Σ penalty²) / frames: amplitude residuals, whose
     Poisson variance is ¼ photon, and ``penalty(model)`` residuals (any shape) scaled by
-    the caller to that variance. Returns the model and the loss history.
+    the caller to that variance. ``unknowns(model)`` selects the fitted leaves (a tuple);
+    the probes join them when ``settings.refine_probe``. Returns the model and the loss
+    history (the loss before every step).
     """
     from diffptycho.recon.joint import GaussNewtonSolver
     from diffptycho.recon.solve import solve
@@ -950,6 +961,9 @@ def _joint_fit(model, scans, where, settings, progress, penalty=None, constraint
     def loss(m, batch):
         return jnp.sum(residuals(m, batch) ** 2)
 
+    def where(m):
+        return (*unknowns(m), m.probe) if settings.refine_probe else unknowns(m)
+
     solver = GaussNewtonSolver(residuals, loss, where, constraint=constraint, cg_iterations=10)
     model, history = solve(
         model, solver, frames, settings.joint_iterations, progress=progress, description="joint"
@@ -958,7 +972,13 @@ def _joint_fit(model, scans, where, settings, progress, penalty=None, constraint
 
 
 def _joint_inputs(models, scans, grid: _Grid) -> tuple[tuple[int, int], dict]:
-    """Shape of the joint model's common grid and its per-energy leaves."""
+    """Shape of the joint model's common grid and its per-energy leaves.
+
+    Each energy's probe is multiplied by the vacuum level |c| of its object
+    (:func:`_vacuum_levels`): the joint models' transmissions are 1 in vacuum, so that with
+    these probes the start predicts the frames as the per-energy models did (a kept probe
+    could not take the level up otherwise).
+    """
     counts = {len(s.data) for s in scans}
     if len(counts) != 1:
         raise ValueError(
@@ -967,7 +987,10 @@ def _joint_inputs(models, scans, grid: _Grid) -> tuple[tuple[int, int], dict]:
     shape = tuple(int(max(m.object.shape[i] for m in models)) for i in (0, 1))
     leaves = {
         "energies_ev": jnp.asarray([s.energy_ev for s in scans], jnp.float32),
-        "probe": jnp.stack([m.probe for m in models]).astype(jnp.complex64),
+        "probe": (
+            jnp.stack([m.probe for m in models])
+            * jnp.asarray(_vacuum_levels(models, grid))[:, None, None, None]
+        ).astype(jnp.complex64),
         "positions": jnp.stack([m.positions for m in models]).astype(jnp.float32),
         "grid": jnp.asarray(
             grid_parameters(grid.pixel_sizes, grid.target_pixel, grid.offsets), jnp.float32
@@ -993,35 +1016,37 @@ def _joint(models, scans, grid: _Grid, spectra, start, settings, progress) -> tu
     return _joint_fit(
         model,
         scans,
-        (lambda m: (m.thickness, m.probe)) if settings.refine_probe else (lambda m: m.thickness),
+        lambda m: (m.thickness,),
         settings,
         progress,
         constraint=lambda m: eqx.tree_at(lambda t: t.thickness, m, jnp.maximum(m.thickness, 0.0)),
     )
 
 
-def _vacuum_factors(models, grid: _Grid) -> np.ndarray:
-    """(E,) complex vacuum level of every energy's object (what the normalisation divided)."""
+def _vacuum_levels(models, grid: _Grid) -> np.ndarray:
+    """(E,) vacuum level |c| of every energy's object: the amplitude the normalisation divided.
+
+    The phase of c and the phase ramp the normalisation also removes are left out: a global
+    phase does not change far-field intensities, and a refined probe takes up a ramp.
+    """
     from diffptycho.pipeline.stages import normalise_transmission
 
-    out = np.ones(len(models), np.complex128)
+    out = np.ones(len(models))
     for e, m in enumerate(models):
         obj, region = np.asarray(m.object), _lit(m)
-        own = None
-        if grid.vacuum is not None:
-            own = _from_common(grid.vacuum.astype(np.float64), e, obj.shape, grid, order=1) > 0.99
-            own = own if (own & region).sum() >= 16 else None
-        t, vac = normalise_transmission(obj, region, vacuum=own)
-        out[e] = np.mean(obj[vac] / t[vac])
+        t, vac = normalise_transmission(
+            obj, region, vacuum=_own_vacuum(grid.vacuum, e, m, grid, region)
+        )
+        out[e] = np.mean(np.abs(obj[vac] / t[vac]))
     return out
 
 
 def _joint_spectra(models, scans, grid: _Grid, od, phase, valid, settings, progress) -> tuple:
     """Per-pixel μt and φ spectra fitted to every diffraction frame (Gauss–Newton).
 
-    Starts from the per-energy stacks (``od``, ``phase`` on the common grid) with each
-    energy's probe times the vacuum level its object had, so that the start predicts the
-    frames as the per-energy models did. With ``settings.kk`` the Kramers–Kronig
+    Starts from the per-energy stacks (``od``, ``phase`` on the common grid, zero where no
+    energy lit them) with the probes of :func:`_joint_inputs`. With ``settings.kk`` the
+    Kramers–Kronig
     inconsistency of every ``valid`` pixel is added as a penalty of standard deviation
     ``settings.kk_sigma`` (OD units; φ in rad weighted as in the projector): the
     residuals ½·√w(x − Px)/σ share the amplitude residuals' variance of ¼. Returns the
@@ -1030,11 +1055,9 @@ def _joint_spectra(models, scans, grid: _Grid, od, phase, valid, settings, progr
     from diffptycho.models import PixelSpectra2D
 
     shape, leaves = _joint_inputs(models, scans, grid)
-    c = _vacuum_factors(models, grid)
-    leaves["probe"] = leaves["probe"] * jnp.asarray(c, jnp.complex64)[:, None, None, None]
     model = PixelSpectra2D(
-        optical_density=jnp.asarray(_centre_pad(od * valid, shape), jnp.float32),
-        phase=jnp.asarray(_centre_pad(phase * valid, shape), jnp.float32),
+        optical_density=jnp.asarray(_centre_pad(od, shape), jnp.float32),
+        phase=jnp.asarray(_centre_pad(phase, shape), jnp.float32),
         **leaves,
     )
     penalty = None
@@ -1051,12 +1074,10 @@ def _joint_spectra(models, scans, grid: _Grid, od, phase, valid, settings, progr
             d = projector.weighted_difference(m.optical_density[:, inside], m.phase[:, inside])
             return scale * d
 
-    where = (
-        (lambda m: (m.optical_density, m.phase, m.probe))
-        if settings.refine_probe
-        else (lambda m: (m.optical_density, m.phase))
-    )
-    return _joint_fit(model, scans, where, settings, progress, penalty=penalty)
+    def unknowns(m):
+        return m.optical_density, m.phase
+
+    return _joint_fit(model, scans, unknowns, settings, progress, penalty=penalty)
 
 
 def _model_stacks(model, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1196,12 +1217,14 @@ def run_spectroptycho(
             )
             od = _centre_pad(np.asarray(model.optical_density, np.float64), grid.shape)
             phase = _centre_pad(np.asarray(model.phase, np.float64), grid.shape)
-            if grid.vacuum is not None and grid.vacuum.any():  # vacuum at 0, as per energy
-                od = od - od[:, grid.vacuum].mean(axis=1)[:, None, None]
-                phase = phase - phase[:, grid.vacuum].mean(axis=1)[:, None, None]
+            vac = valid if grid.vacuum is None else grid.vacuum & valid
+            if vac.sum() >= 16:  # vacuum at 0, as per energy
+                od = od - od[:, vac].mean(axis=1)[:, None, None]
+                phase = phase - phase[:, vac].mean(axis=1)[:, None, None]
             what = "per-pixel spectra" + (" with the KK penalty" if settings.kk else "")
         result.optical_density = coarse(od * valid) * valid_out
         result.phase = coarse(phase * valid) * valid_out
+        result.objects = list(np.asarray(model.transmission()))  # the probes' partners
         result.probes = list(np.asarray(model.probe))
         result.final_loss = np.full(len(scans), history[-1] if history.size else np.nan)
         result.joint_loss = history
