@@ -70,12 +70,14 @@ def simulate_stack(
     return e, mu_t, phase, truth
 
 
-def analyse(e, mu_t, phase, truth, *, min_snr=5.0, seed=0, lcf=True):
+def analyse(e, mu_t, phase, truth, *, min_snr=5.0, seed=0, lcf=True, noise_aware=True):
     """Fit, descriptors, densities, elbow + k-means (and LCF, PCA): results and metrics.
 
     ``truth`` holds ``domain`` (−1 = vacuum), ``edge_energy_ev``, ``n_v`` and ``spectra``, and
     optionally ``purity`` (largest species fraction of each pixel's thickness), which adds the
     edge RMS (eV) and ARI over pixels ≥ 90 % one species (``rms_pure``, ``ari_pure``).
+    ``noise_aware``: refine the k-means partition with the per-pixel noise model
+    (``cluster_descriptors(snr=…)``); False gives plain k-means labels.
     """
     mu_t32 = mu_t.astype(np.float32)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -98,6 +100,7 @@ def analyse(e, mu_t, phase, truth, *, min_snr=5.0, seed=0, lcf=True):
         weights=np.where(valid, dens["n_absorber"], np.nan),
         mask=strong,
         sample_weight=np.where(strong, snr, 0.0) ** 2,
+        snr=np.where(strong, snr, 1.0) if noise_aware else None,
         seed=seed,
     )
     both = (ca.labels >= 0) & inside

@@ -84,6 +84,7 @@ def test_cluster_elbow_in_place_and_given_k_elsewhere(fitted, tmp_path):
     res = read_results(out)
     labels = res["cluster_labels"]
     assert res["provenance"]["config"]["cluster"]["k"] == 3
+    assert res["provenance"]["config"]["cluster"]["assignment"] == "noise-aware"
     assert res["provenance"]["config"]["previous"]["command"] == "chem xanes-fit"
     use = labels >= 0
     assert adjusted_rand_index(domain[use], labels[use]) >= 0.9
@@ -96,6 +97,11 @@ def test_cluster_elbow_in_place_and_given_k_elsewhere(fitted, tmp_path):
     assert "edge_energy_ev" in res and res["units"]["edge_energy_ev"] == "eV"
     pngs = sorted(os.listdir(figs))
     assert "xanes_clusters.png" in pngs and "xanes_elbow.png" in pngs and len(pngs) >= 4
+    nearest = str(tmp_path / "nearest.h5")
+    assert run(["cluster", out, "--assignment", "nearest", "--output", nearest]) == 0
+    plain = read_results(nearest)
+    assert plain["provenance"]["config"]["cluster"]["assignment"] == "nearest"
+    assert adjusted_rand_index(domain[use], plain["cluster_labels"][use]) >= 0.9
 
 
 def test_errors_name_file_and_dataset(tmp_path, fitted):

@@ -602,8 +602,11 @@ def test_vacuum_levels_are_the_amplitude_the_normalisation_divides():
     g = np.arange(-12.0, 13.0, 4.0)
     positions = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
     models = [
-        Ptycho2D(jnp.asarray(level * np.exp(1j * ph) * t, jnp.complex64), jnp.asarray(probe[None]),
-                 jnp.asarray(positions, jnp.float32))  # fmt: skip
+        Ptycho2D(
+            jnp.asarray(level * np.exp(1j * ph) * t, jnp.complex64),
+            jnp.asarray(probe[None]),
+            jnp.asarray(positions, jnp.float32),
+        )  # fmt: skip
         for level, ph in ((1.3, 0.4), (0.8, -1.0))
     ]
     grid = sp._Grid(np.full(2, 20e-9), 20e-9, (n, n), np.zeros((2, 2)))

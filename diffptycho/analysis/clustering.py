@@ -20,6 +20,7 @@ from diffptycho.analysis.kmeans import (
     elbow_curve,
     elbow_k,
     kmeans,
+    noise_aware_assign,
     standardize,
 )
 
@@ -201,10 +202,19 @@ def cluster_descriptors(
     weights=None,
     mask=None,
     sample_weight=None,
+    snr=None,
     n_init: int = 10,
     seed: int = 0,
 ) -> ClusterAnalysis:
     """Standardise descriptor maps, choose k by the elbow (unless given), run k-means.
+
+    With ``snr``, the k-means partition is refined by
+    :func:`~diffptycho.analysis.kmeans.noise_aware_assign`: each descriptor's variance is
+    modelled per pixel as a_f + b_f/SNR², so a thin pixel is placed by the descriptors that
+    stay precise on it (the edge energy) rather than by its noisy ones (the pre-edge ratio).
+    Measured on V K-edge maps reconstructed from simulated frames (five phantoms, 10⁸
+    photons, KK-constrained, smoothed + SVD): ARI 0.895–0.951 → 0.942–0.959, the noiseless
+    maps' partitions unchanged.
 
     Args:
         descriptors: ``{name: map (…)}``, NaN where masked (e.g. ``XanesFit.descriptors()``).
@@ -218,6 +228,9 @@ def cluster_descriptors(
             σ/Δμt, so this inverse-variance weighting lets precise pixels define the clusters
             and sharpens the elbow (simulated V K-edge maps, 3 phantoms × 4 noise levels: the
             log elbow found k = 3 in 12/12 cases weighted, 9/12 unweighted). None: equal.
+        snr: map (…) of each pixel's signal-to-noise ratio (Δμt/σ), finite and positive on
+            the clustered pixels: refine the partition with the per-pixel noise model (see
+            above). None: plain k-means labels.
         n_init: k-means restarts.
         seed: random seed.
 
@@ -249,14 +262,26 @@ def cluster_descriptors(
         ks, inertias = elbow_curve(z, k_max, n_init=n_init, seed=seed, sample_weight=w)
         k = elbow_k(ks, inertias)
     res = kmeans(z, k, n_init=n_init, seed=seed, sample_weight=w)
+    found, centers = res.labels, res.centers
+    if snr is not None:
+        if np.shape(snr) != use.shape:
+            raise ValueError(f"snr: expected the maps' shape {use.shape}, got {np.shape(snr)}")
+        s = np.asarray(snr, float)[use]
+        if not np.all(np.isfinite(s) & (s > 0)):
+            raise ValueError(
+                f"snr: {int(np.sum(~(np.isfinite(s) & (s > 0))))} clustered pixel(s) without a "
+                "finite positive signal-to-noise ratio; mask them out"
+            )
+        refined = noise_aware_assign(z, centers, s)
+        found, centers = refined.labels, refined.centers
     labels = np.full(use.shape, -1, dtype=np.int32)
-    labels[use] = res.labels
+    labels[use] = found
     return ClusterAnalysis(
         labels=labels,
         k=int(k),
         ks=ks,
         inertias=inertias,
-        centers=res.centers * std + mean,
+        centers=centers * std + mean,
         features=tuple(features),
         fractions=cluster_fractions(labels, int(k), weights),
     )

@@ -70,6 +70,13 @@ def add_parsers(chem_subparsers) -> None:
         help="k-means weight per pixel: (jump/σ)², the inverse descriptor variance (default), "
         "or none",
     )
+    c.add_argument(
+        "--assignment",
+        choices=["noise-aware", "nearest"],
+        default="noise-aware",
+        help="final labels: refined with a per-pixel noise model of each descriptor, variance "
+        "a + b/(jump/σ)², fitted to the data (default), or the nearest k-means centre",
+    )
     c.add_argument("--output", "-o", help="write here instead of updating RESULTS in place")
     c.add_argument("--figures", metavar="DIR", help="write PNG figures into DIR")
     c.add_argument("--n-init", type=positive_int, default=10, help="k-means restarts")
@@ -231,6 +238,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         )
     snr = res["edge_jump"] / res["noise_sigma"]
     strong = snr >= args.min_snr
+    aware = args.assignment == "noise-aware"
     weights = res.get("n_absorber")
     ca = clustering.cluster_descriptors(
         {f: res[f] for f in args.features},
@@ -240,6 +248,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         weights=weights,
         mask=strong,
         sample_weight=np.where(strong, snr, 0.0) ** 2 if args.weighting == "snr2" else None,
+        snr=np.where(strong, np.maximum(snr, 1e-3), 1.0) if aware else None,  # 1e-3: no weight
         n_init=args.n_init,
         seed=args.seed,
     )
@@ -278,6 +287,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             "k_max": args.k_max,
             "min_snr": args.min_snr,
             "weighting": args.weighting,
+            "assignment": args.assignment,
             "seed": args.seed,
             "weights": "n_absorber" if weights is not None else "pixels",
         },
