@@ -140,9 +140,13 @@ def truth_on_grid(
         k = wavenumber(np.asarray(truth["energies_ev"], np.float64))[:, None, None]
         mu_t = 2 * k * np.einsum("es,syx->eyx", spectra.imag, thickness)
         phase = -k * np.einsum("es,syx->eyx", spectra.real, thickness)
-    n_v = sum(
-        atom_densities(s, VANADIUM_SPECIES[s][0])["V"] * thickness[i] for i, s in enumerate(species)
+    n_v_species = np.stack(  # V atoms/m² of each species
+        [
+            atom_densities(s, VANADIUM_SPECIES[s][0])["V"] * t
+            for s, t in zip(species, thickness, strict=True)
+        ]
     )
+    n_v = n_v_species.sum(0)
     total = thickness.sum(0)
     purity = np.where(total > 0, thickness.max(0) / np.where(total > 0, total, 1.0), 0.0)
     edges = np.array([float(truth[f"descriptors/{s}/edge_ev"]) for s in species])
@@ -151,6 +155,7 @@ def truth_on_grid(
         "domain": domain,
         "edge_energy_ev": np.where(domain >= 0, edges[np.maximum(domain, 0)], np.nan),
         "n_v": n_v,
+        "n_v_species": n_v_species,
         "purity": purity,
         "species": species,
         "spectra": spectra.T,
@@ -215,6 +220,9 @@ def analysed(
     ``fraction_error``: largest difference between the N_V-weighted fraction of each true
     species and that of the clusters matched to it (:func:`matched_fractions`), for any k
     the elbow picks (a species nearly absent from the field may rightly get no cluster).
+    ``fraction_error_unmixed``: the same for the fractions with mixed pixels split between
+    the clusters' species (``clustering.unmixed_fractions``) against the true V of each
+    species over the particle pixels (a mixed pixel counts for every species it holds).
     ``edge_rms_vs_truth_ev`` (with ``truth_edges``, :func:`fitted_truth_edges`): RMS over
     particle pixels of the difference from the edge the same fit finds on the noiseless true
     OD, which is defined on mixed pixels too (the reconstruction's error alone).
@@ -232,6 +240,13 @@ def analysed(
         save_figures(figures, e, od, a, masked)
     true_frac = np.asarray(a["true_frac"])
     matched = matched_fractions(a["ca"].labels, a["ca"].fractions, masked["domain"], true_frac.size)
+    # every pixel's V split between the species, against the true per-species V
+    inside = masked["domain"] >= 0
+    true_unmixed = np.asarray(truth["n_v_species"])[:, inside].sum(axis=1)
+    true_unmixed = true_unmixed / true_unmixed.sum()
+    unmixed = matched_fractions(
+        a["ca"].labels, a["unmixed"].fractions, masked["domain"], true_frac.size
+    )
     if truth_edges is not None:
         both = a["valid"] & a["inside"] & np.isfinite(truth_edges)
         diff = (a["d"]["edge_energy_ev"] - truth_edges)[both]
@@ -246,6 +261,8 @@ def analysed(
         "matched_fractions": np.round(matched, 4).tolist(),
         "true_fractions": np.round(true_frac, 4).tolist(),
         "fraction_error": float(np.max(np.abs(matched - true_frac))),
+        "unmixed_fractions": np.round(a["unmixed"].fractions, 4).tolist(),
+        "fraction_error_unmixed": float(np.max(np.abs(unmixed - true_unmixed))),
         "k": int(a["ca"].k),
     }
 
@@ -473,6 +490,7 @@ def main(argv=None) -> int:
         ("ari_pure", "{:.3f}"),
         ("k", "{}"),
         ("fraction_error", "{:.3f}"),
+        ("fraction_error_unmixed", "{:.3f}"),
         ("wall_s", "{:.0f}"),
     ]
     lines = ["| " + " | ".join(k for k, _ in keys) + " |", "|" + "---|" * len(keys)]

@@ -77,7 +77,8 @@ def analyse(e, mu_t, phase, truth, *, min_snr=5.0, seed=0, lcf=True, noise_aware
     optionally ``purity`` (largest species fraction of each pixel's thickness), which adds the
     edge RMS (eV) and ARI over pixels ≥ 90 % one species (``rms_pure``, ``ari_pure``).
     ``noise_aware``: refine the k-means partition with the per-pixel noise model
-    (``cluster_descriptors(snr=…)``); False gives plain k-means labels.
+    (``cluster_descriptors(snr=…)``); False gives plain k-means labels. ``unmixed``: the
+    clusters' absorber fractions with mixed pixels split (``clustering.unmixed_fractions``).
     """
     mu_t32 = mu_t.astype(np.float32)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -103,6 +104,15 @@ def analyse(e, mu_t, phase, truth, *, min_snr=5.0, seed=0, lcf=True, noise_aware
         snr=np.where(strong, snr, 1.0) if noise_aware else None,
         seed=seed,
     )
+    unmixed = clustering.unmixed_fractions(  # mixed pixels split between the species
+        mu_t,
+        ca.labels,
+        ca.k,
+        fit.params[0],
+        fit.params[1],
+        np.where(valid, dens["n_absorber"], np.nan),
+        snr=np.where(valid, snr, np.nan),
+    )
     both = (ca.labels >= 0) & inside
     nv_rel = (dens["n_absorber"] - truth["n_v"])[valid & inside] / truth["n_v"][valid & inside]
     if "purity" in truth:  # pixels ≥ 90 % one species: the edge energy and domain are defined
@@ -121,6 +131,7 @@ def analyse(e, mu_t, phase, truth, *, min_snr=5.0, seed=0, lcf=True, noise_aware
         d=d,
         dens=dens,
         ca=ca,
+        unmixed=unmixed,
         pre=pre,
         valid=valid,
         inside=inside,

@@ -89,6 +89,13 @@ def test_cluster_elbow_in_place_and_given_k_elsewhere(fitted, tmp_path):
     use = labels >= 0
     assert adjusted_rand_index(domain[use], labels[use]) >= 0.9
     np.testing.assert_allclose(res["cluster_fractions"].sum(), 1.0)
+    np.testing.assert_allclose(res["cluster_unmixed_fractions"].sum(), 1.0)
+    # the bands are pure: splitting mixed pixels changes the fractions little
+    np.testing.assert_allclose(
+        res["cluster_unmixed_fractions"], res["cluster_fractions"], atol=0.03
+    )
+    assert res["cluster_shares"].shape == (3, *labels.shape)
+    assert res["cluster_endmembers"].shape == (3, 40)
     assert res["cluster_mean_spectra"].shape == (3, 40)
     norm = res["cluster_mean_spectra_normalized"]
     np.testing.assert_allclose(norm[:, :5], 0.0, atol=0.05)  # flat pre-edge at 0

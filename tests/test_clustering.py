@@ -240,3 +240,42 @@ def test_cluster_descriptors_noise_aware_on_maps(rng):
         cluster_descriptors(maps, k=3, snr=np.ones(4))
     with pytest.raises(ValueError, match="1 clustered pixel\\(s\\) without"):
         cluster_descriptors(maps, k=3, snr=np.where(np.arange(900) == 5, 0.0, 1.0).reshape(30, 30))
+
+
+def test_unmixed_fractions_split_mixed_pixels_exactly(rng):
+    """Noiseless pure and 50/50 pixels: the split recovers the true shares exactly, while
+    counting each mixed pixel wholly for one cluster does not."""
+    e = np.linspace(5420.0, 5540.0, 40)
+    shapes = np.stack([0.5 * (1 + np.tanh((e - c) / 2.0)) for c in (5478.0, 5481.0, 5484.0)])
+    n = 300
+    share = np.zeros((3, n))
+    share[np.arange(n) % 3, np.arange(n)] = 1.0  # pure pixels of each species
+    mixed = np.arange(n) >= 240  # the last 60: half species 0, half species 2
+    share[:, mixed] = [[0.5], [0.0], [0.5]]
+    n_v = np.where(mixed, 0.2, 1.0) * rng.uniform(0.5, 1.5, n)  # mixed pixels are thin
+    jump, background = 0.05 * n_v, rng.uniform(0.0, 0.01, n)
+    mu_t = background + jump * np.einsum("sn,se->en", share, shapes)
+    labels = np.where(mixed, 1, np.argmax(share, axis=0))  # the mix looks like species 1
+    snr = jump / 1e-3
+    res = clustering.unmixed_fractions(mu_t, labels, 3, background, jump, n_v, snr=snr)
+    truth = (share * n_v).sum(axis=1) / n_v.sum()
+    np.testing.assert_allclose(res.fractions, truth, atol=1e-6)
+    expected = np.broadcast_to([[0.5], [0.0], [0.5]], (3, int(mixed.sum())))
+    np.testing.assert_allclose(res.shares[:, mixed], expected, atol=1e-6)
+    np.testing.assert_allclose(res.endmembers, shapes, atol=1e-9)
+    hard = cluster_fractions(labels, 3, n_v)
+    assert np.max(np.abs(hard - truth)) > 0.03  # what the split corrects (0.046)
+    no_core = clustering.unmixed_fractions(mu_t, labels, 3, background, jump, n_v)
+    np.testing.assert_allclose(no_core.fractions, truth, atol=1e-6)  # shares sum to 1 anyway
+    assert np.max(np.abs(no_core.endmembers[1] - shapes[1])) > 0.01  # its mean holds the mix
+
+
+def test_unmixed_fractions_errors():
+    mu_t, lab = np.ones((8, 4, 5)), np.zeros((4, 5), int)
+    ones = np.ones((4, 5))
+    with pytest.raises(ValueError, match="edge_jump: expected the stack's pixel shape"):
+        clustering.unmixed_fractions(mu_t, lab, 1, ones, np.ones(3), ones)
+    with pytest.raises(ValueError, match="snr: expected"):
+        clustering.unmixed_fractions(mu_t, lab, 1, ones, ones, ones, snr=np.ones(2))
+    with pytest.raises(ValueError, match="cluster 1 has no usable pixel"):
+        clustering.unmixed_fractions(mu_t, lab, 2, ones, ones, ones)

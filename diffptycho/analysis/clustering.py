@@ -28,6 +28,7 @@ __all__ = [
     "ClusterAnalysis",
     "KMeansResult",
     "PCAResult",
+    "UnmixedFractions",
     "adjusted_rand_index",
     "cluster_descriptors",
     "cluster_fractions",
@@ -39,6 +40,7 @@ __all__ = [
     "kmeans",
     "pca",
     "standardize",
+    "unmixed_fractions",
 ]
 
 
@@ -128,6 +130,97 @@ def cluster_mean_spectra(spectra, labels, k: int) -> tuple[np.ndarray, np.ndarra
         if sel.shape[1]:
             mean[j], std[j] = np.nanmean(sel, axis=1), np.nanstd(sel, axis=1)
     return mean, std
+
+
+@dataclasses.dataclass(frozen=True)
+class UnmixedFractions:
+    """Result of :func:`unmixed_fractions`.
+
+    Attributes:
+        endmembers: (k, energy) edge-normalised spectrum of each cluster's core.
+        shares: (k, …) share of each pixel's absorber in each cluster's species (sums to 1
+            on unmixed pixels, NaN elsewhere).
+        fractions: (k,) absorber-weighted share of each cluster's species over the pixels.
+    """
+
+    endmembers: np.ndarray
+    shares: np.ndarray
+    fractions: np.ndarray
+
+
+def unmixed_fractions(
+    spectra,
+    labels,
+    k: int,
+    background,
+    edge_jump,
+    weights,
+    *,
+    snr=None,
+) -> UnmixedFractions:
+    """Absorber fractions of the clusters' species with mixed pixels split between them.
+
+    Cluster fractions count every pixel wholly for its cluster; where two domains meet a
+    pixel holds both, and a pixel between two species in descriptor space (a 50/50 mix of a
+    low- and a high-edge species looks like the one in between) is counted for the wrong one.
+    Here each cluster's endmember is the mean edge-normalised spectrum of its core (its pixels
+    at or above the cluster's median ``snr``, the thick interior; all of them without
+    ``snr``), each clustered pixel's normalised spectrum is split into non-negative
+    endmember weights (least squares, ``scipy.optimize.nnls``), and the pixel's absorber
+    (``weights``, e.g. N_V) is shared in proportion. Edge-normalised spectra of equal absorber
+    content have equal edge jumps, so the weights are absorber shares.
+
+    Args:
+        spectra: stack (energy, …) in μt.
+        labels: cluster labels (…), −1 for pixels left out.
+        k: number of clusters.
+        background: fitted pre-edge background a (…) in μt.
+        edge_jump: fitted Δμt (…); pixels with NaN or ≤ 0 are left out.
+        weights: absorber per pixel (…), e.g. N_V in atoms/m²; NaN pixels are left out.
+        snr: (…) Δμt/σ choosing each cluster's core; None: every pixel of the cluster.
+
+    Returns:
+        :class:`UnmixedFractions`.
+
+    Raises:
+        ValueError: shapes that do not match the stack's pixels, or a cluster with no pixel
+            to make its endmember from.
+    """
+    from scipy.optimize import nnls
+
+    y = np.asarray(spectra, float)
+    spatial = y.shape[1:]
+    maps = {"labels": labels, "background": background, "edge_jump": edge_jump}
+    maps["weights"] = weights
+    if snr is not None:
+        maps["snr"] = snr
+    for name, m in maps.items():
+        if np.shape(m) != spatial:
+            raise ValueError(
+                f"{name}: expected the stack's pixel shape {spatial}, got {np.shape(m)}"
+            )
+    norm = edge_normalized(y, background, edge_jump).reshape(y.shape[0], -1)
+    lab = np.asarray(labels).ravel()
+    w = np.asarray(weights, float).ravel()
+    use = (lab >= 0) & (lab < k) & np.all(np.isfinite(norm), axis=0) & np.isfinite(w)
+    quality = None if snr is None else np.asarray(snr, float).ravel()
+    ends = np.empty((k, y.shape[0]))
+    for j in range(k):
+        mine = use & (lab == j)
+        if quality is not None and mine.any():
+            mine &= quality >= np.nanmedian(quality[mine])
+        if not mine.any():
+            raise ValueError(f"labels: cluster {j} has no usable pixel to make its endmember from")
+        ends[j] = norm[:, mine].mean(axis=1)
+    shares = np.full((k, lab.size), np.nan)
+    for i in np.flatnonzero(use):
+        coef, _ = nnls(ends.T, norm[:, i])
+        if coef.sum() > 0:
+            shares[:, i] = coef / coef.sum()
+    ok = np.all(np.isfinite(shares), axis=0)
+    total = np.sum(w[ok] * shares[:, ok], axis=1)
+    fractions = total / total.sum() if total.sum() > 0 else np.full(k, np.nan)
+    return UnmixedFractions(ends, shares.reshape(k, *spatial), fractions)
 
 
 @dataclasses.dataclass(frozen=True)

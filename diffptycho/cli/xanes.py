@@ -268,6 +268,20 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             normalized = clustering.edge_normalized(res["mu_t"], res["params"][0], res["params"][1])
             norm, _ = clustering.cluster_mean_spectra(normalized, ca.labels, ca.k)
             new.update(cluster_mean_spectra_normalized=norm)
+            split = clustering.unmixed_fractions(  # mixed pixels shared between the species
+                res["mu_t"],
+                ca.labels,
+                ca.k,
+                res["params"][0],
+                res["params"][1],
+                np.ones(ca.labels.shape) if weights is None else weights,
+                snr=snr,
+            )
+            new.update(
+                cluster_unmixed_fractions=split.fractions,
+                cluster_shares=split.shares,
+                cluster_endmembers=split.endmembers,
+            )
         pcs = clustering.pca(res["mu_t"][:, ca.labels >= 0].T, min(5, res["mu_t"].shape[0]))
         new.update(
             {
@@ -276,7 +290,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             }
         )
     res.update(new)
-    units = {**units, "cluster_mean_spectra": "1 (optical density)"}
+    units = {
+        **units,
+        "cluster_mean_spectra": "1 (optical density)",
+        "cluster_endmembers": "1 (edge-normalised optical density)",
+    }
     units = {k: v for k, v in units.items() if k in res}
     config = {
         "previous": prov.get("config", {}),
