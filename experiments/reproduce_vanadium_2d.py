@@ -241,8 +241,7 @@ def analysed(
     true_frac = np.asarray(a["true_frac"])
     matched = matched_fractions(a["ca"].labels, a["ca"].fractions, masked["domain"], true_frac.size)
     # every pixel's V split between the species, against the true per-species V
-    inside = masked["domain"] >= 0
-    true_unmixed = np.asarray(truth["n_v_species"])[:, inside].sum(axis=1)
+    true_unmixed = np.asarray(truth["n_v_species"])[:, a["inside"]].sum(axis=1)
     true_unmixed = true_unmixed / true_unmixed.sum()
     unmixed = matched_fractions(
         a["ca"].labels, a["unmixed"].fractions, masked["domain"], true_frac.size

@@ -190,8 +190,7 @@ def unmixed_fractions(
 
     y = np.asarray(spectra, float)
     spatial = y.shape[1:]
-    maps = {"labels": labels, "background": background, "edge_jump": edge_jump}
-    maps["weights"] = weights
+    maps = {"labels": labels, "background": background, "edge_jump": edge_jump, "weights": weights}
     if snr is not None:
         maps["snr"] = snr
     for name, m in maps.items():

@@ -191,8 +191,8 @@ class NoiseAwareResult:
     n_iter: int
 
 
-def _variance_model(residual2, inv_snr2) -> np.ndarray:
-    """(d, 2) non-negative (a_f, b_f) of residual² ≈ a_f + b_f/SNR², per feature (NNLS)."""
+def _noise_model(residual2, inv_snr2) -> tuple[np.ndarray, np.ndarray]:
+    """Fit residual² ≈ a_f + b_f/SNR² per feature (NNLS): (a_f, b_f) (d, 2), variances (n, d)."""
     from scipy.optimize import nnls
 
     design = np.stack([np.ones_like(inv_snr2), inv_snr2], axis=1)
@@ -200,7 +200,7 @@ def _variance_model(residual2, inv_snr2) -> np.ndarray:
     coef = np.stack([nnls(design / scale, r2)[0] / scale for r2 in residual2.T])
     floor = 1e-6 * np.maximum(residual2.mean(axis=0), np.finfo(float).tiny)
     coef[:, 0] = np.maximum(coef[:, 0], floor)  # never a zero variance
-    return coef
+    return coef, coef[:, 0] + inv_snr2[:, None] * coef[:, 1]
 
 
 def noise_aware_assign(x, centers, snr, *, max_iter: int = 50) -> NoiseAwareResult:
@@ -242,8 +242,7 @@ def noise_aware_assign(x, centers, snr, *, max_iter: int = 50) -> NoiseAwareResu
     labels = _sq_dist(x, c).argmin(axis=1)
     n_iter = 0
     for n_iter in range(1, int(max_iter) + 1):  # noqa: B007 (n_iter is returned)
-        coef = _variance_model((x - c[labels]) ** 2, inv_snr2)
-        var = coef[:, 0] + inv_snr2[:, None] * coef[:, 1]
+        _, var = _noise_model((x - c[labels]) ** 2, inv_snr2)
         inv = 1.0 / var
         d = np.stack([np.sum((x - cj) ** 2 * inv, axis=1) for cj in c], axis=1)
         new = d.argmin(axis=1)
@@ -254,8 +253,7 @@ def noise_aware_assign(x, centers, snr, *, max_iter: int = 50) -> NoiseAwareResu
         if np.array_equal(new, labels):
             break
         labels = new
-    coef = _variance_model((x - c[labels]) ** 2, inv_snr2)
-    var = coef[:, 0] + inv_snr2[:, None] * coef[:, 1]
+    coef, var = _noise_model((x - c[labels]) ** 2, inv_snr2)
     return NoiseAwareResult(labels, c, var, coef, n_iter)
 
 
