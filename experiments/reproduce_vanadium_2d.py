@@ -422,6 +422,13 @@ def main(argv=None) -> int:
         help="descriptor maps, elbow curve, cluster maps and spectra of every run (PNGs)",
     )
     p.add_argument(
+        "--frame-px",
+        type=int,
+        default=None,
+        help="detector frame side in pixels (default the geometry's 16); with the object pixel "
+        "kept, a larger frame is a finer detector pixel and a larger window around the probe",
+    )
+    p.add_argument(
         "--scan-shape",
         type=int,
         nargs=2,
@@ -440,6 +447,10 @@ def main(argv=None) -> int:
         if args.scan_shape is not None:
             geometry = SPECTRO_GEOMETRY.__class__(
                 **{**geometry.__dict__, "scan_shape": tuple(args.scan_shape)}
+            )
+        if args.frame_px is not None:
+            geometry = SPECTRO_GEOMETRY.__class__(
+                **{**geometry.__dict__, "probe_shape": (args.frame_px, args.frame_px)}
             )
         refine = 2 * args.oversample  # the continuous phantom, 2× finer than the simulation
         field = vanadium_field(

@@ -263,6 +263,18 @@ def test_cli_writes_one_entry_per_energy_and_the_references(tmp_path, capsys):
     np.testing.assert_allclose(spec[:, 1], ref["VO2"], rtol=1e-6)
 
 
+def test_cli_frame_px_keeps_the_object_pixel_and_widens_the_window(tmp_path):
+    """A 24-px frame: the detector pixel shrinks by 16/24, the object pixel stays 20 nm."""
+    argv = ["simulate", "vanadium", "--size", "16", "--energies", "3", "--seed", "5"]
+    small, big = tmp_path / "s.cxi", tmp_path / "b.cxi"
+    assert cli.main([*argv, "-o", str(small)]) == 0
+    assert cli.main([*argv, "-o", str(big), "--frame-px", "24"]) == 0
+    a, b = read_cxi_entry(small, 1), read_cxi_entry(big, 1)
+    assert a.data.shape[-2:] == (16, 16) and b.data.shape[-2:] == (24, 24)
+    np.testing.assert_allclose(b.object_pixel_size_m, a.object_pixel_size_m, rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(b.pixel_size_m), np.asarray(a.pixel_size_m) * 16 / 24)
+
+
 def test_cli_fermat_scan(tmp_path):
     out = tmp_path / "f.cxi"
     argv = ["simulate", "vanadium", "-o", str(out), "--size", "16", "--energies", "3"]
@@ -281,6 +293,8 @@ def test_cli_fermat_scan(tmp_path):
         (["--size", "8"], "--size 8"),
         (["--photons", "0"], "--photons"),
         (["--energies", "0"], "--energies"),
+        (["--frame-px", "7"], "--frame-px 7"),
+        (["--frame-px", "4"], "--frame-px 4"),
     ],
 )
 def test_cli_refuses_bad_values_naming_the_option(tmp_path, capsys, option, match):

@@ -174,7 +174,9 @@ def default_windows(energies_ev, spectra) -> XanesWindows:
     grid step) that suppresses the narrow pre-edge peak, is largest. Then b2 ∈ E₀ ± 12 eV, the
     pre-edge peak lies in [E₀ − 20, E₀ − 6] eV (half width ≤ 2.5 eV, so that it
     cannot absorb the rise of the edge), the main peak in [E₀ − 5, E₀ + 25] eV, flat
-    pre-edge points below E₀ − 20 eV and post-edge points above E₀ + 25 eV.
+    pre-edge points below E₀ − 20 eV and post-edge points above E₀ + 25 eV. The fit of
+    :mod:`~diffptycho.recon.chem.xanes` also keeps the main peak at or above the edge energy
+    (c22 ≥ b2), so that it cannot take the rise either.
 
     Args:
         energies_ev: photon energies in eV, shape (E,).
