@@ -299,6 +299,7 @@ def run_one(
         probe_search=args.probe_search,
         object_refine=args.object_refine,
         kk_sigma=args.kk_sigma,
+        subpixel=args.subpixel,
         **MODES[mode],
     )
     refs = {s: truth_raw["spectra"][:, i] for i, s in enumerate(_strings(truth_raw["species"]))}
@@ -420,6 +421,12 @@ def main(argv=None) -> int:
         "--figures",
         action="store_true",
         help="descriptor maps, elbow curve, cluster maps and spectra of every run (PNGs)",
+    )
+    p.add_argument(
+        "--subpixel",
+        choices=("bilinear", "fourier"),
+        default="bilinear",
+        help="sub-pixel positions of the per-energy reconstructions (see SpectroPtychoSettings)",
     )
     p.add_argument(
         "--frame-px",

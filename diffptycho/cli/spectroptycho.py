@@ -114,6 +114,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="object grid this many times finer than the detector's λz/(N·dx); outputs "
         "are binned back to the detector pixel (1: the detector's grid)",
     )
+    p.add_argument(
+        "--subpixel",
+        choices=("bilinear", "fourier"),
+        default="bilinear",
+        help="sub-pixel scan positions: bilinear patches (default), or fourier: the patch at "
+        "the integer position and the probe moved by the rest (exact for a probe that fits "
+        "its frame; not with --engine lsqml)",
+    )
     p.add_argument("--element", default="V", help="absorber of the KK constraint (V)")
     p.add_argument("--edge", default="K", help="its edge (K)")
     p.add_argument(
@@ -145,6 +153,7 @@ def settings_from_args(args: argparse.Namespace):
         kk_iterations=args.kk_iterations,
         kk_final_iterations=args.kk_final_iterations,
         object_refine=args.object_refine,
+        subpixel=args.subpixel,
         probe_search=args.probe_search,
         element=args.element,
         edge=args.edge,

@@ -26,6 +26,7 @@ def scan_intensities(
     background: Float[Array, "py px"] | None = None,
     *,
     native: bool = False,
+    subpixel: str = "bilinear",
 ) -> Float[Array, "n py px"]:
     """Far-field (or near-field) intensities of a ptychographic scan.
 
@@ -37,12 +38,20 @@ def scan_intensities(
         background: incoherent background added to every frame (photons), or None.
         native: frames in the propagator's native layout (``propagator.to_native`` of the
             centred ones; the engines' fast path, see ``AbstractPropagator``).
+        subpixel: ``bilinear`` (the patch interpolated at sub-pixel positions) or
+            ``fourier`` (the patch at the integer position, the probe moved by the rest; see
+            :mod:`diffptycho.physics.scan`).
 
     Returns:
         Expected photon counts per detector pixel, one frame per position.
     """
+    if subpixel == "bilinear":
+        probes = probe[None]
+    else:
+        positions, frac = scan.split_positions(positions)
+        probes = scan.shift_probe(probe, frac)
     patches = scan.extract_patches(transmission, positions, probe.shape[-2:])
-    waves = probe[None, :, :, :] * patches[:, None, :, :]
+    waves = probes * patches[:, None, :, :]
     frames = propagation.intensity(
         propagator.native(waves) if native else propagator(waves), axis=1
     )
@@ -60,6 +69,10 @@ class Ptycho2D(eqx.Module):
         positions: scan positions (n, 2) as (y, x) in object pixels.
         background: incoherent background (py, px) in photons, or None.
         propagator: far field by default.
+        subpixel: how sub-pixel positions are modelled (static): ``bilinear`` interpolation
+            of the object patch, or ``fourier``: the patch at the integer position and the
+            probe moved by the rest (exact for a band-limited probe that fits its window; see
+            :mod:`diffptycho.physics.scan`).
     """
 
     object: Complex[Array, "H W"]
@@ -67,8 +80,10 @@ class Ptycho2D(eqx.Module):
     positions: Float[Array, "n 2"]
     background: Float[Array, "py px"] | None = None
     propagator: AbstractPropagator = FarField()
+    subpixel: str = eqx.field(static=True, default="bilinear")
 
     def __check_init__(self):
+        scan.check_subpixel(self.subpixel)
         if self.object.ndim != 2:
             raise ValueError(f"object: expected (H, W), got shape {self.object.shape}")
         if self.probe.ndim != 3:
@@ -79,7 +94,14 @@ class Ptycho2D(eqx.Module):
     def __call__(self, indices: Int[Array, " b"] | None = None) -> Float[Array, "b py px"]:
         """Expected intensities of the frames ``indices`` (all frames when None)."""
         pos = self.positions if indices is None else self.positions[indices]
-        return scan_intensities(self.object, self.probe, pos, self.propagator, self.background)
+        return scan_intensities(
+            self.object,
+            self.probe,
+            pos,
+            self.propagator,
+            self.background,
+            subpixel=self.subpixel,
+        )
 
 
 def spectral_transmission(

@@ -128,6 +128,14 @@ class SpectroPtychoSettings:
             and that model error differs with where the sample sits on each energy's grid
             (measured on the V K-edge simulation: 0.016 OD per pixel and energy, 0.0034 with
             2 at 10⁸ photons). Costs ≈ ``object_refine``² time and memory.
+        subpixel: sub-pixel positions of the per-energy reconstructions
+            (:data:`~diffptycho.physics.scan.SUBPIXEL`): ``bilinear`` patches, or
+            ``fourier``: the patch at the integer position and the probe moved by the rest,
+            exact for a band-limited probe that fits its frame. On the V K-edge simulation
+            with 32-pixel frames (seed 3, 10⁸ photons, KK) μt error 0.035 → 0.023; with
+            16-pixel frames, where 2 % of the probe's power reaches the frame's outer 2
+            pixels and wraps around, it is worse (0.042 → 0.058). Not with LSQML, position
+            refinement or the joint mode (which stays bilinear).
     """
 
     engine: str = "raar"
@@ -154,9 +162,20 @@ class SpectroPtychoSettings:
     joint_iterations: int = 20
     kk_sigma: float = 0.01
     object_refine: int = 2
+    subpixel: str = "bilinear"
 
     def __post_init__(self) -> None:
+        from diffptycho.physics.scan import SUBPIXEL
         from diffptycho.recon.ptycho import ENGINES
+
+        if self.subpixel not in SUBPIXEL:
+            raise ValueError(f"subpixel = {self.subpixel!r}: choose from {list(SUBPIXEL)}")
+        if self.subpixel != "bilinear" and (self.engine == "lsqml" or self.refine_positions):
+            raise ValueError(
+                f"subpixel = {self.subpixel!r} works with RAAR, DM, ePIE/rPIE/mPIE and the "
+                "gradient engines without position refinement; use subpixel='bilinear' with "
+                "engine='lsqml' or refine_positions=True"
+            )
 
         if self.engine not in ENGINES:
             raise ValueError(f"engine = {self.engine!r}: choose from {sorted(ENGINES)}")
@@ -517,7 +536,7 @@ def bin_to_detector_pixel(
 # --------------------------------------------------------------------------- per energy
 
 
-def _template(scan, positions: np.ndarray, probe_modes: int):
+def _template(scan, positions: np.ndarray, probe_modes: int, subpixel: str = "bilinear"):
     """A Ptycho2D of an energy's shapes (the object grid follows from its positions)."""
     from diffptycho.models import Ptycho2D
     from diffptycho.physics import scan as scan_ops
@@ -527,6 +546,7 @@ def _template(scan, positions: np.ndarray, probe_modes: int):
         jnp.ones(field, jnp.complex64),
         jnp.zeros((probe_modes, *scan.data.shape[-2:]), jnp.complex64),
         jnp.asarray(positions, jnp.float32),
+        subpixel=subpixel,
     )
 
 
@@ -559,7 +579,8 @@ def _reconstruct_energies(
     first_iterations = settings.probe_iterations or 3 * settings.iterations
     models, losses, probe = [], np.full(len(scans), np.nan), None
     templates = [
-        _template(s, p, settings.probe_modes) for s, p in zip(scans, positions, strict=True)
+        _template(s, p, settings.probe_modes, settings.subpixel)
+        for s, p in zip(scans, positions, strict=True)
     ]
     if resume and checkpoint is not None:
         trees, arrays, _, done = checkpoint.load({f"e{e:03d}": t for e, t in enumerate(templates)})

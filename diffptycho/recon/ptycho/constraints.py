@@ -283,6 +283,22 @@ def check_refinement(model, refinement: Refinement) -> None:
         )
 
 
+def check_bilinear_positions(model, refinement: Refinement, engine: str) -> None:
+    """Host-side: the classic engines' position update needs bilinear patches.
+
+    Raises:
+        ValueError: position refinement with ``subpixel="fourier"`` (the update differentiates
+            the interpolated patch).
+    """
+    sub = getattr(model, "subpixel", "bilinear")
+    if refinement.positions is not None and sub != "bilinear":
+        raise ValueError(
+            f"{engine}: position refinement needs subpixel='bilinear' (the model has "
+            f"subpixel={sub!r}): its update differentiates the interpolated patch; refine the "
+            "positions with bilinear patches first, or use a gradient engine (adam, lbfgs)"
+        )
+
+
 def fix_mean_positions(
     positions: Positions, reference: Positions, group_sizes: tuple[int, ...] | None
 ) -> Positions:

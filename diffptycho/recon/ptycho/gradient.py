@@ -34,6 +34,7 @@ from diffptycho.recon.ptycho.data import (
     frame_losses,
 )
 from diffptycho.recon.ptycho.projections import illumination
+from diffptycho.recon.ptycho.projections import subpixel_of as proj_subpixel
 from diffptycho.recon.sharding import over_positions, summed
 from diffptycho.recon.solve import AbstractSolver
 
@@ -114,6 +115,7 @@ def batch_loss(
         model.propagator,
         model.background,
         native=True,
+        subpixel=proj_subpixel(model),
     )
     per_frame = frame_losses(predicted, frames, mask, loss)
     norm = jnp.sum(weights) if total_weight is None else total_weight

@@ -270,8 +270,19 @@ class LSQML(NativeLayout, AbstractSolver):
     mesh: jax.sharding.Mesh | None = eqx.field(static=True, default=None)
 
     def init(self, model) -> LSQMLState:
-        """State for ``model``."""
+        """State for ``model``.
+
+        Raises:
+            ValueError: a model with ``subpixel="fourier"`` (the step products assume one
+                probe for all positions).
+        """
         check_refinement(model, self.refinement)
+        if proj.subpixel_of(model) != "bilinear":
+            raise ValueError(
+                "LSQML models sub-pixel positions with bilinear patches only; the model has "
+                f"subpixel={proj.subpixel_of(model)!r}: use RAAR, ePIE/rPIE/mPIE or a gradient "
+                "engine, or subpixel='bilinear'"
+            )
         return LSQMLState(jnp.asarray(0), jax.random.PRNGKey(self.seed), model.positions)
 
     def step(self, model, state: LSQMLState, data: PtychoData):

@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 
 from diffptycho._typing import Array, Complex, Int, Positions
+from diffptycho.physics import scan
 from diffptycho.recon.ptycho import projections as proj
 from diffptycho.recon.ptycho.constraints import (
     Refinement,
+    check_bilinear_positions,
     check_refinement,
     end_of_iteration,
     refine_positions,
@@ -94,6 +96,7 @@ class PIE(NativeLayout, AbstractSolver):
     def init(self, model) -> PIEState:
         """State for ``model`` (momentum buffers only when ``momentum > 0``)."""
         check_refinement(model, self.refinement)
+        check_bilinear_positions(model, self.refinement, "PIE")
         state = PIEState(jnp.asarray(0), jax.random.PRNGKey(self.seed), model.positions)
         if self.momentum > 0:
             state = eqx.tree_at(
@@ -149,18 +152,22 @@ class PIE(NativeLayout, AbstractSolver):
         shape = model.object.shape
         real = model.object.real.dtype
         prop, bg = model.propagator, native_background(model)
+        sub = proj.subpixel_of(model)
 
         def body(carry, xs):
             obj, probe, pos, ratio_sum, loss_sum = carry
             i, v = xs
             w = v.astype(real)
             frames, mask = data.take_native(i, prop)
-            r = proj.exit_wave_residual(obj, probe, pos[i], prop, bg, frames, mask, w, self.loss)
+            r = proj.exit_wave_residual(
+                obj, probe, pos[i], prop, bg, frames, mask, w, self.loss, sub
+            )
+            shifts = None if sub == "bilinear" else scan.split_positions(pos[i])[1]
             num, den, pnum, pden = psum(
                 (
-                    proj.object_numerator(r.chi, probe, pos[i], shape),
-                    proj.illumination(probe, pos[i], shape, w),
-                    proj.probe_numerator(r.chi, r.patches),
+                    proj.object_numerator(r.chi, probe, pos[i], shape, sub),
+                    proj.illumination(probe, pos[i], shape, w, sub),
+                    proj.probe_numerator(r.chi, r.patches, shifts),
                     proj.probe_denominator(r.patches, w),
                 ),
                 axis,

@@ -30,21 +30,50 @@ EPS = 1e-9
 """Floor (photons) under the model intensity in n / I, as in the losses."""
 
 
+def subpixel_of(model) -> str:
+    """The model's sub-pixel mode (:data:`~diffptycho.physics.scan.SUBPIXEL`).
+
+    Models without a ``subpixel`` field are bilinear.
+    """
+    return getattr(model, "subpixel", "bilinear")
+
+
+def position_probes(
+    probe: Complex[Array, "mode py px"], positions: Positions, subpixel: str = "bilinear"
+) -> tuple[Array, Complex[Array, "b mode py px"], Array | None]:
+    """Where to read the patches, the probe seen at each position, and the probe's shifts.
+
+    ``bilinear``: the positions, the probe itself (1, mode, py, px) and no shifts.
+    ``fourier``: the integer parts, the probe moved by the fractions
+    (:func:`~diffptycho.physics.scan.shift_probe`, (b, mode, py, px)) and the fractions (b, 2).
+    """
+    if subpixel == "bilinear":
+        return positions, probe[None], None
+    whole, frac = scan.split_positions(positions)
+    return whole, scan.shift_probe(probe, frac), frac
+
+
 def exit_waves(
-    obj: Complex[Array, "H W"], probe: Complex[Array, "mode py px"], positions: Positions
+    obj: Complex[Array, "H W"],
+    probe: Complex[Array, "mode py px"],
+    positions: Positions,
+    subpixel: str = "bilinear",
 ) -> tuple[Complex[Array, "b py px"], Complex[Array, "b mode py px"]]:
-    """Object patches O_j and exit waves ψ_jm = P_m · O_j at the given positions.
+    """Object patches O_j and exit waves ψ_jm = P_jm · O_j at the given positions.
 
     Args:
         obj: complex transmission ``(H, W)``.
         probe: probe modes ``(mode, py, px)``.
         positions: ``(b, 2)`` scan positions ``(y, x)`` in object pixels.
+        subpixel: ``bilinear`` (P_j = P, patch interpolated) or ``fourier`` (patch at the
+            integer position, P_j the probe moved by the fraction).
 
     Returns:
         ``patches (b, py, px)`` and ``waves (b, mode, py, px)``.
     """
-    patches = scan.extract_patches(obj, positions, probe.shape[-2:])
-    return patches, probe[None] * patches[:, None]
+    where, probes, _ = position_probes(probe, positions, subpixel)
+    patches = scan.extract_patches(obj, where, probe.shape[-2:])
+    return patches, probes * patches[:, None]
 
 
 def model_intensity(
@@ -124,6 +153,7 @@ def exit_wave_residual(
     mask: Array | None,
     weights: Float[Array, " b"],
     loss: str = "poisson",
+    subpixel: str = "bilinear",
 ) -> Residual:
     """Exit waves, their Fourier-projection change χ and the batch loss (two FFTs per mode).
 
@@ -140,11 +170,12 @@ def exit_wave_residual(
         mask: valid pixels or None.
         weights: ``(b,)`` 1 for real positions, 0 for padding.
         loss: name of the reported loss.
+        subpixel: see :func:`exit_waves`.
 
     Returns:
         A :class:`Residual`.
     """
-    patches, waves = exit_waves(obj, probe, positions)
+    patches, waves = exit_waves(obj, probe, positions, subpixel)
     detector = propagator.native(waves)
     if mask is not None and mask.ndim == 2:
         mask = jnp.broadcast_to(mask, frames.shape)
@@ -211,10 +242,12 @@ def object_numerator(
     probe: Complex[Array, "mode py px"],
     positions: Positions,
     obj_shape: tuple[int, int],
+    subpixel: str = "bilinear",
 ) -> Complex[Array, "H W"]:
-    """Σ_j Σ_m P_m* ψ_jm placed at the positions (adjoint of the patch extraction)."""
-    patches = jnp.sum(jnp.conj(probe)[None] * waves, axis=1)
-    return scan.insert_patches(patches, positions, obj_shape)
+    """Σ_j Σ_m P_jm* ψ_jm placed at the positions (adjoint of the patch extraction)."""
+    where, probes, _ = position_probes(probe, positions, subpixel)
+    patches = jnp.sum(jnp.conj(probes) * waves, axis=1)
+    return scan.insert_patches(patches, where, obj_shape)
 
 
 def illumination(
@@ -222,8 +255,15 @@ def illumination(
     positions: Positions,
     obj_shape: tuple[int, int],
     weights: Float[Array, " b"] | None = None,
+    subpixel: str = "bilinear",
 ) -> Float[Array, "H W"]:
-    """Σ_j w_j Σ_m |P_m|²(r − r_j): the object-update normalisation."""
+    """Σ_j w_j Σ_m |P_jm|²(r − r_j): the object-update normalisation."""
+    if subpixel != "bilinear":
+        where, probes, _ = position_probes(probe, positions, subpixel)
+        power = jnp.sum(jnp.real(probes) ** 2 + jnp.imag(probes) ** 2, axis=1)
+        if weights is not None:
+            power = weights[:, None, None] * power
+        return scan.insert_patches(power, where, obj_shape)
     power = jnp.sum(jnp.real(probe) ** 2 + jnp.imag(probe) ** 2, axis=0)
     if weights is None:
         return scan.illumination_map(power, positions, obj_shape)
@@ -231,10 +271,20 @@ def illumination(
 
 
 def probe_numerator(
-    waves: Complex[Array, "b mode py px"], patches: Complex[Array, "b py px"]
+    waves: Complex[Array, "b mode py px"],
+    patches: Complex[Array, "b py px"],
+    shifts: Float[Array, "b 2"] | None = None,
 ) -> Complex[Array, "mode py px"]:
-    """Σ_j O_j* ψ_jm for every mode."""
-    return jnp.sum(jnp.conj(patches)[:, None] * waves, axis=0)
+    """Σ_j O_j* ψ_jm for every mode.
+
+    With the probe's ``shifts`` (``fourier`` sub-pixel positions, :func:`position_probes`)
+    each term is moved back by its shift first: the adjoint of moving the probe.
+    """
+    terms = jnp.conj(patches)[:, None] * waves
+    if shifts is None:
+        return jnp.sum(terms, axis=0)
+    back = jax.vmap(lambda t, s: scan.shift_probe(t, -s[None])[0])(terms, shifts)
+    return jnp.sum(back, axis=0)
 
 
 def probe_denominator(

@@ -51,6 +51,7 @@ from diffptycho.physics import scan
 from diffptycho.recon.ptycho import projections as proj
 from diffptycho.recon.ptycho.constraints import (
     Refinement,
+    check_bilinear_positions,
     check_refinement,
     end_of_iteration,
     refine_positions,
@@ -143,10 +144,13 @@ class RAAR(NativeLayout, AbstractSolver):
     def init(self, model) -> RAARState:
         """Waves = the model's own exit waves (already consistent with the overlap)."""
         check_refinement(model, self.refinement)
+        check_bilinear_positions(model, self.refinement, "RAAR")
         idx, _ = batch_indices(model.positions.shape[0], self.batch_size)
 
+        sub = proj.subpixel_of(model)
+
         def one(i):
-            _, z = proj.exit_waves(model.object, model.probe, model.positions[i])
+            _, z = proj.exit_waves(model.object, model.probe, model.positions[i], sub)
             return model.propagator.native(z)
 
         waves = jax.lax.map(one, idx)
@@ -174,11 +178,12 @@ class RAAR(NativeLayout, AbstractSolver):
             slots=state.waves,
         )
         obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = sums
-        obj_den = proj.illumination(probe, model.positions, shape)
+        sub = proj.subpixel_of(model)
+        obj_den = proj.illumination(probe, model.positions, shape, subpixel=sub)
         d_obj = proj.regularized_step(obj_num, obj_den, self.regularization)
         new_probe = probe
         if ref.probe:
-            explained = probe * _object_overlap(obj, d_obj, model.positions, idx, valid, probe)
+            explained = _explained(obj, d_obj, model.positions, idx, valid, probe, sub)
             d_probe = proj.regularized_step(
                 probe_num - explained, probe_den[None], self.regularization
             )
@@ -206,13 +211,15 @@ class RAAR(NativeLayout, AbstractSolver):
         obj, probe, prop = model.object, model.probe, model.propagator
         bg = native_background(model)
         shape, real = obj.shape, obj.real.dtype
+        sub = proj.subpixel_of(model)
 
         def body(carry, xs):
             waves, obj_num, probe_num, probe_den, pos, ratio_sum, loss_sum = carry
             i, v, slot = xs
             w = v.astype(real)
             frames, mask = data.take_native(i, prop)
-            patches, z = proj.exit_waves(obj, probe, model.positions[i])
+            shifts = None if sub == "bilinear" else scan.split_positions(model.positions[i])[1]
+            patches, z = proj.exit_waves(obj, probe, model.positions[i], sub)
             fz = prop.native(z)
             psi = slot if slotted else waves[i]
             intensity = proj.model_intensity(fz, bg)
@@ -227,8 +234,8 @@ class RAAR(NativeLayout, AbstractSolver):
             if not slotted:
                 waves = waves.at[i].set(kept)
             chi = prop.native_adjoint(new - fz) * w[:, None, None, None]
-            obj_num = obj_num + proj.object_numerator(chi, probe, model.positions[i], shape)
-            probe_num = probe_num + proj.probe_numerator(chi, patches)
+            obj_num = obj_num + proj.object_numerator(chi, probe, model.positions[i], shape, sub)
+            probe_num = probe_num + proj.probe_numerator(chi, patches, shifts)
             probe_den = probe_den + proj.probe_denominator(patches, w)
             if ref.positions is not None:
                 new_pos = refine_positions(obj, probe, pos[i], chi, w, ref.positions, it, axis)
@@ -256,17 +263,26 @@ class RAAR(NativeLayout, AbstractSolver):
         return sums, (slots if slotted else rows)
 
 
-def _object_overlap(obj, d_obj, positions, idx, valid, probe) -> Complex[Array, "py px"]:
-    """Σ_j O_j* ΔO_j over all positions (patches of the object and of its update)."""
+def _explained(
+    obj, d_obj, positions, idx, valid, probe, subpixel: str
+) -> Complex[Array, "mode py px"]:
+    """Σ_j O_j* P_jm ΔO_j over all positions: what the object update explains of the probe's.
+
+    Bilinear: P_m · Σ_j O_j* ΔO_j. Fourier: each term moved back by its probe's shift.
+    """
     shape = probe.shape[-2:]
 
     def body(acc, xs):
         i, v = xs
-        o = scan.extract_patches(obj, positions[i], shape)
-        d = scan.extract_patches(d_obj, positions[i], shape)
-        return acc + jnp.sum(v[:, None, None] * jnp.conj(o) * d, axis=0), None
+        where, probes, shifts = proj.position_probes(probe, positions[i], subpixel)
+        o = scan.extract_patches(obj, where, shape)
+        d = scan.extract_patches(d_obj, where, shape)
+        od = v[:, None, None] * jnp.conj(o) * d
+        if shifts is None:
+            return acc + probe * jnp.sum(od, axis=0)[None], None
+        return acc + proj.probe_numerator(probes, jnp.conj(od), shifts), None
 
-    acc, _ = jax.lax.scan(body, jnp.zeros(shape, obj.dtype), (idx, valid))
+    acc, _ = jax.lax.scan(body, jnp.zeros(probe.shape, obj.dtype), (idx, valid))
     return acc
 
 
