@@ -115,6 +115,32 @@ def test_settings_reject_bad_values():
         sp.SpectroPtychoSettings(object_refine=0)
     with pytest.raises(ValueError, match="kk_final_iterations"):
         sp.SpectroPtychoSettings(kk_final_iterations=-1)
+    with pytest.raises(ValueError, match="subpixel = 'cubic'"):
+        sp.SpectroPtychoSettings(subpixel="cubic")
+    with pytest.raises(ValueError, match="engine='lsqml'"):
+        sp.SpectroPtychoSettings(subpixel="fourier", engine="lsqml")
+    with pytest.raises(ValueError, match="refine_positions"):
+        sp.SpectroPtychoSettings(subpixel="fourier", refine_positions=True)
+
+
+def test_fourier_subpixel_reaches_every_energy(small_vanadium, monkeypatch):
+    """``subpixel`` is the model's: every energy's engine sees it (and the run completes)."""
+    from diffptycho.pipeline import stages
+
+    seen = []
+    solve = stages._solve
+
+    def recording_solve(model, *args, **kwargs):
+        seen.append(model.subpixel)
+        return solve(model, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "_solve", recording_solve)
+    settings = sp.SpectroPtychoSettings(
+        iterations=2, probe_iterations=2, refine_probe=False, object_refine=1, subpixel="fourier"
+    )
+    r = sp.run_spectroptycho(small_vanadium, settings, log=lambda m: None)
+    assert seen and set(seen) == {"fourier"}
+    assert np.isfinite(r.optical_density[:, r.valid_mask]).all()
 
 
 @pytest.mark.parametrize("value", [0, -2, 1.5, 2.0, "2", None, True])
