@@ -37,6 +37,9 @@ updating both from the same χ would apply common components, such as a global s
 At integer positions the object line is the exact projection (Σ P*ψ + δ O)/(Σ|P|² + δ); at
 sub-pixel positions the bilinear extraction couples neighbouring pixels and the line is one step
 of a convergent preconditioned iteration towards it, which keeps consistent waves a fixed point.
+With ``subpixel="fourier"`` (the model's) the patches are read at integer positions and each
+position has its own shifted probe P_j, so the object line is exact again, and the probe line
+moves each term back by its shift.
 The probe line needs Σ_j O_j* ΔO_j: a second pass over the positions without propagation.
 """
 
