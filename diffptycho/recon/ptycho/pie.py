@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 
 from diffptycho._typing import Array, Complex, Int, Positions
-from diffptycho.physics import scan
 from diffptycho.recon.ptycho import projections as proj
 from diffptycho.recon.ptycho.constraints import (
     Refinement,
@@ -159,15 +158,15 @@ class PIE(NativeLayout, AbstractSolver):
             i, v = xs
             w = v.astype(real)
             frames, mask = data.take_native(i, prop)
+            at = proj.position_probes(probe, pos[i], sub)  # the shifted probes, once
             r = proj.exit_wave_residual(
-                obj, probe, pos[i], prop, bg, frames, mask, w, self.loss, sub
+                obj, probe, pos[i], prop, bg, frames, mask, w, self.loss, sub, at
             )
-            shifts = None if sub == "bilinear" else scan.split_positions(pos[i])[1]
             num, den, pnum, pden = psum(
                 (
-                    proj.object_numerator(r.chi, probe, pos[i], shape, sub),
-                    proj.illumination(probe, pos[i], shape, w, sub),
-                    proj.probe_numerator(r.chi, r.patches, shifts),
+                    proj.object_numerator(r.chi, probe, pos[i], shape, sub, at),
+                    proj.illumination(probe, pos[i], shape, w, sub, at),
+                    proj.probe_numerator(r.chi, r.patches, at[2]),
                     proj.probe_denominator(r.patches, w),
                 ),
                 axis,

@@ -58,6 +58,7 @@ def exit_waves(
     probe: Complex[Array, "mode py px"],
     positions: Positions,
     subpixel: str = "bilinear",
+    at: tuple | None = None,
 ) -> tuple[Complex[Array, "b py px"], Complex[Array, "b mode py px"]]:
     """Object patches O_j and exit waves ψ_jm = P_jm · O_j at the given positions.
 
@@ -67,11 +68,13 @@ def exit_waves(
         positions: ``(b, 2)`` scan positions ``(y, x)`` in object pixels.
         subpixel: ``bilinear`` (P_j = P, patch interpolated) or ``fourier`` (patch at the
             integer position, P_j the probe moved by the fraction).
+        at: :func:`position_probes` of these positions, when the caller has it already (the
+            shifted probes cost an FFT pair each).
 
     Returns:
         ``patches (b, py, px)`` and ``waves (b, mode, py, px)``.
     """
-    where, probes, _ = position_probes(probe, positions, subpixel)
+    where, probes, _ = position_probes(probe, positions, subpixel) if at is None else at
     patches = scan.extract_patches(obj, where, probe.shape[-2:])
     return patches, probes * patches[:, None]
 
@@ -154,6 +157,7 @@ def exit_wave_residual(
     weights: Float[Array, " b"],
     loss: str = "poisson",
     subpixel: str = "bilinear",
+    at: tuple | None = None,
 ) -> Residual:
     """Exit waves, their Fourier-projection change χ and the batch loss (two FFTs per mode).
 
@@ -171,11 +175,12 @@ def exit_wave_residual(
         weights: ``(b,)`` 1 for real positions, 0 for padding.
         loss: name of the reported loss.
         subpixel: see :func:`exit_waves`.
+        at: see :func:`exit_waves`.
 
     Returns:
         A :class:`Residual`.
     """
-    patches, waves = exit_waves(obj, probe, positions, subpixel)
+    patches, waves = exit_waves(obj, probe, positions, subpixel, at)
     detector = propagator.native(waves)
     if mask is not None and mask.ndim == 2:
         mask = jnp.broadcast_to(mask, frames.shape)
@@ -243,9 +248,13 @@ def object_numerator(
     positions: Positions,
     obj_shape: tuple[int, int],
     subpixel: str = "bilinear",
+    at: tuple | None = None,
 ) -> Complex[Array, "H W"]:
-    """Σ_j Σ_m P_jm* ψ_jm placed at the positions (adjoint of the patch extraction)."""
-    where, probes, _ = position_probes(probe, positions, subpixel)
+    """Σ_j Σ_m P_jm* ψ_jm placed at the positions (adjoint of the patch extraction).
+
+    ``at``: see :func:`exit_waves`.
+    """
+    where, probes, _ = position_probes(probe, positions, subpixel) if at is None else at
     patches = jnp.sum(jnp.conj(probes) * waves, axis=1)
     return scan.insert_patches(patches, where, obj_shape)
 
@@ -256,10 +265,14 @@ def illumination(
     obj_shape: tuple[int, int],
     weights: Float[Array, " b"] | None = None,
     subpixel: str = "bilinear",
+    at: tuple | None = None,
 ) -> Float[Array, "H W"]:
-    """Σ_j w_j Σ_m |P_jm|²(r − r_j): the object-update normalisation."""
+    """Σ_j w_j Σ_m |P_jm|²(r − r_j): the object-update normalisation.
+
+    ``at``: see :func:`exit_waves`.
+    """
     if subpixel != "bilinear":
-        where, probes, _ = position_probes(probe, positions, subpixel)
+        where, probes, _ = position_probes(probe, positions, subpixel) if at is None else at
         power = jnp.sum(jnp.real(probes) ** 2 + jnp.imag(probes) ** 2, axis=1)
         if weights is not None:
             power = weights[:, None, None] * power

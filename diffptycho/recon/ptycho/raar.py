@@ -221,8 +221,9 @@ class RAAR(NativeLayout, AbstractSolver):
             i, v, slot = xs
             w = v.astype(real)
             frames, mask = data.take_native(i, prop)
-            shifts = None if sub == "bilinear" else scan.split_positions(model.positions[i])[1]
-            patches, z = proj.exit_waves(obj, probe, model.positions[i], sub)
+            at = proj.position_probes(probe, model.positions[i], sub)  # shifted once
+            shifts = at[2]
+            patches, z = proj.exit_waves(obj, probe, model.positions[i], sub, at)
             fz = prop.native(z)
             psi = slot if slotted else waves[i]
             intensity = proj.model_intensity(fz, bg)
@@ -237,7 +238,9 @@ class RAAR(NativeLayout, AbstractSolver):
             if not slotted:
                 waves = waves.at[i].set(kept)
             chi = prop.native_adjoint(new - fz) * w[:, None, None, None]
-            obj_num = obj_num + proj.object_numerator(chi, probe, model.positions[i], shape, sub)
+            obj_num = obj_num + proj.object_numerator(
+                chi, probe, model.positions[i], shape, sub, at
+            )
             probe_num = probe_num + proj.probe_numerator(chi, patches, shifts)
             probe_den = probe_den + proj.probe_denominator(patches, w)
             if ref.positions is not None:
@@ -271,9 +274,11 @@ def _explained(
 ) -> Complex[Array, "mode py px"]:
     """Σ_j O_j* P_jm ΔO_j over all positions: what the object update explains of the probe's.
 
-    Bilinear: P_m · Σ_j O_j* ΔO_j. Fourier: each term moved back by its probe's shift.
+    Bilinear: P_m · Σ_j O_j* ΔO_j (one product after the sum). Fourier: each term moved back
+    by its probe's shift.
     """
     shape = probe.shape[-2:]
+    fourier = subpixel != "bilinear"
 
     def body(acc, xs):
         i, v = xs
@@ -281,12 +286,13 @@ def _explained(
         o = scan.extract_patches(obj, where, shape)
         d = scan.extract_patches(d_obj, where, shape)
         od = v[:, None, None] * jnp.conj(o) * d
-        if shifts is None:
-            return acc + probe * jnp.sum(od, axis=0)[None], None
-        return acc + proj.probe_numerator(probes, jnp.conj(od), shifts), None
+        if fourier:
+            return acc + proj.probe_numerator(probes, jnp.conj(od), shifts), None
+        return acc + jnp.sum(od, axis=0), None
 
-    acc, _ = jax.lax.scan(body, jnp.zeros(probe.shape, obj.dtype), (idx, valid))
-    return acc
+    zero = jnp.zeros(probe.shape if fourier else shape, obj.dtype)
+    acc, _ = jax.lax.scan(body, zero, (idx, valid))
+    return acc if fourier else probe * acc
 
 
 def raar(
