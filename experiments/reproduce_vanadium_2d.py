@@ -296,6 +296,7 @@ def run_one(
         kk_final_iterations=args.kk_final_iterations,
         joint_iterations=args.joint_iterations,
         refine_probe=not args.fixed_probe,
+        probe_revisit=args.probe_revisit,
         probe_search=args.probe_search,
         object_refine=args.object_refine,
         kk_sigma=args.kk_sigma,
@@ -396,6 +397,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--known-probe", action="store_true", help="the file holds the true probe")
     p.add_argument("--fixed-probe", action="store_true", help="keep the file's probe")
+    p.add_argument(
+        "--probe-revisit", type=int, default=4, help="first energies run again backwards"
+    )
     p.add_argument(
         "--probe-search",
         action="store_true",

@@ -281,6 +281,39 @@ def test_kk_final_iterations_run_after_the_last_projection(small_vanadium, monke
     assert after == [("ptycho", final, final)] * (4 if final else 0)
 
 
+@pytest.mark.parametrize("revisit", [0, 2, 9])
+def test_probe_revisit_reruns_the_first_energies_backwards_from_the_next_probe(
+    small_vanadium, monkeypatch, revisit
+):
+    from diffptycho.pipeline import stages
+
+    calls = []
+    solve = stages._solve
+
+    def recording_solve(model, engine, frames, mask, iterations, progress, description, *a):
+        out = solve(model, engine, frames, mask, iterations, progress, description, *a)
+        calls.append((description, np.asarray(model.probe), np.asarray(out[0].probe)))
+        return out
+
+    monkeypatch.setattr(stages, "_solve", recording_solve)
+    settings = sp.SpectroPtychoSettings(
+        iterations=2, probe_iterations=3, probe_revisit=revisit, object_refine=1, register=False
+    )
+    r = sp.run_spectroptycho(small_vanadium, settings, log=lambda m: None)
+    n = min(revisit, 3)  # 4 energies: at most the first 3 have a successor
+    assert len(calls) == 4 + n
+    forward, back = calls[:4], calls[4:]
+    assert [c[0] for c in back] == [forward[e][0] + " (revisit)" for e in range(n - 1, -1, -1)]
+    for k, (_, start, end) in enumerate(back):
+        e = n - 1 - k
+        successor = back[k - 1][2] if k else forward[e + 1][2]  # its final probe, rescaled
+        scale = np.sqrt(np.sum(np.abs(forward[e][2]) ** 2) / np.sum(np.abs(successor) ** 2))
+        np.testing.assert_allclose(start, successor * scale, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(r.probes[e], end, rtol=1e-6)  # the revisit's model is kept
+    with pytest.raises(ValueError, match="probe_revisit"):
+        sp.SpectroPtychoSettings(probe_revisit=-1)
+
+
 def test_fourier_upsample_samples_a_band_limited_image_finer_and_keeps_its_power():
     n, f = 16, 2
     ky, kx = 3, -5  # cycles per image, inside the band

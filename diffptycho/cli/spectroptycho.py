@@ -85,6 +85,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="iterations of the first energy, which retrieves the probe (default 3×)",
     )
+    p.add_argument(
+        "--probe-revisit",
+        type=nonnegative_int,
+        default=4,
+        help="with a refined probe, run the first N energies again backwards from their "
+        "successor's probe after the sweep (default 4; 0: no revisit)",
+    )
     p.add_argument("--probe-modes", type=positive_int, default=1)
     p.add_argument(
         "--fixed-probe",
@@ -146,6 +153,7 @@ def settings_from_args(args: argparse.Namespace):
         engine=args.engine,
         iterations=args.iterations,
         probe_iterations=args.probe_iterations,
+        probe_revisit=args.probe_revisit,
         probe_modes=args.probe_modes,
         refine_probe=not args.fixed_probe,
         kk=args.kk,

@@ -76,6 +76,15 @@ class SpectroPtychoSettings:
             0.28 → 0.19 eV; more gain little).
         probe_iterations: iterations of the first energy, which retrieves the probe from the
             data-derived start (default: 3 × ``iterations``).
+        probe_revisit: with a refined probe, after the sweep in energy order the first
+            ``probe_revisit`` energies are run again in reverse order, each from its own
+            object and its successor's final probe (scaled to its own probe's power) for
+            ``iterations`` more iterations (0: no revisit). The probe retrieved at the first
+            energies is the least converged one of the sweep; the μt error of the first
+            energies was 4.4, 3.1, 2.0 and 1.4 times that of the run with the probe known
+            (V K-edge, 32-pixel frames, probe search, seed 0), and the error of the first
+            energy alone biases every pixel's pre-edge line (edge vs truth 0.55 → 0.26 eV
+            with only that energy's error replaced).
         probe_modes: incoherent probe modes.
         refine_positions: refine the scan positions.
         batch_size: positions per minibatch (engine default when None).
@@ -141,6 +150,7 @@ class SpectroPtychoSettings:
     engine: str = "raar"
     iterations: int = 180
     probe_iterations: int | None = None
+    probe_revisit: int = 4
     probe_modes: int = 1
     refine_positions: bool = False
     batch_size: int | None = None
@@ -194,10 +204,9 @@ class SpectroPtychoSettings:
         ):
             if not _is_integer(getattr(self, name), 1):
                 raise ValueError(f"{name} = {getattr(self, name)!r}: expected an integer ≥ 1")
-        if not _is_integer(self.kk_final_iterations, 0):
-            raise ValueError(
-                f"kk_final_iterations = {self.kk_final_iterations!r}: expected an integer ≥ 0"
-            )
+        for name in ("kk_final_iterations", "probe_revisit"):
+            if not _is_integer(getattr(self, name), 0):
+                raise ValueError(f"{name} = {getattr(self, name)!r}: expected an integer ≥ 0")
         if self.probe_iterations is not None and not _is_integer(self.probe_iterations, 1):
             raise ValueError(
                 f"probe_iterations = {self.probe_iterations!r}: expected an integer ≥ 1 or None"
@@ -567,6 +576,9 @@ def _reconstruct_energies(
 ) -> tuple[list, np.ndarray]:
     """First pass: every energy from its neighbour's probe; returns models and final losses.
 
+    With a refined probe, the first ``settings.probe_revisit`` energies are then run again
+    backwards from their successor's probe (see :class:`SpectroPtychoSettings`).
+
     With a :class:`~diffptycho.io.checkpoint.Checkpoint`, the energies done so far are
     written every ``checkpoint.every`` energies and when a stop is requested (SIGINT/SIGTERM,
     see :mod:`diffptycho.recon.interrupt`); ``resume`` continues after the last one saved.
@@ -582,8 +594,12 @@ def _reconstruct_energies(
         _template(s, p, settings.probe_modes, settings.subpixel)
         for s, p in zip(scans, positions, strict=True)
     ]
+    revisited = False
     if resume and checkpoint is not None:
-        trees, arrays, _, done = checkpoint.load({f"e{e:03d}": t for e, t in enumerate(templates)})
+        trees, arrays, meta, done = checkpoint.load(
+            {f"e{e:03d}": t for e, t in enumerate(templates)}
+        )
+        revisited = bool(meta.get("revisited", False))
         models = [trees[f"e{e:03d}"] for e in range(done)]
         losses[:done] = arrays["losses"][:done]
         probe = np.asarray(models[-1].probe) if models else None
@@ -593,7 +609,7 @@ def _reconstruct_energies(
         if checkpoint is not None:
             checkpoint.save(
                 {f"e{e:03d}": m for e, m in enumerate(models)},
-                {"energies_done": len(models)},
+                {"energies_done": len(models), "revisited": revisited},
                 iteration=len(models),
                 arrays={"losses": losses},
             )
@@ -658,6 +674,30 @@ def _reconstruct_energies(
                 iteration=len(models),
                 checkpoint=checkpoint.path if checkpoint else None,
             )
+    revisit = min(settings.probe_revisit, len(scans) - 1) if settings.refine_probe else 0
+    if revisit and not revisited:
+        for e in range(revisit - 1, -1, -1):
+            s, old, new = scans[e], models[e].probe, models[e + 1].probe
+            scale = jnp.sqrt(jnp.sum(jnp.abs(old) ** 2) / jnp.sum(jnp.abs(new) ** 2))
+            model, loss, ok = _solve(
+                eqx.tree_at(lambda m: m.probe, models[e], (new * scale).astype(old.dtype)),
+                _energy_engine(settings),
+                s.data,
+                s.mask,
+                settings.iterations,
+                progress,
+                f"ptycho {s.energy_ev:.1f} eV (revisit)",
+                flagged,
+            )
+            if ok:
+                models[e] = model
+                losses[e] = loss[-1] if loss.size else np.nan
+            else:
+                log(f"revisit at {s.energy_ev:.2f} eV diverged; kept the first pass's model")
+        revisited = True
+        log(f"ptychography: revisited the first {revisit} energies from their successor's probe")
+        if checkpoint is not None and checkpoint.every:
+            save()
     if flagged:
         log(f"ptychography: the loss watch flagged {len(flagged)} energies, e.g. {flagged[0]}")
     return models, losses
