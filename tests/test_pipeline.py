@@ -368,6 +368,27 @@ def test_normalise_transmission_of_an_analytic_object():
     np.testing.assert_allclose(-np.angle(t[disc]), phase_disc, atol=1e-9)
 
 
+def test_normalise_transmission_takes_the_lowest_peak_when_a_thin_plate_outnumbers_vacuum():
+    # matter only adds OD: an even plate over most of the field makes the histogram's largest
+    # peak, but vacuum is the lowest one
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:64, :64] - 32.0
+    lit = y**2 + x**2 < 30.0**2
+    plate = np.abs(x) < 18.0
+    disc = y**2 + (x - 4.0) ** 2 < 8.0**2
+    od = 0.2 * plate + 0.8 * disc + rng.normal(0.0, 0.01, lit.shape)
+    obj = 2.0 * np.exp(-od / 2 + 1j * (0.3 + 0.02 * y))
+    assert (lit & plate).sum() > 2 * (lit & ~plate).sum()
+    # the largest peak is the plate's
+    assert stages_module._vacuum_threshold(od[lit], min_peak_fraction=1.0) > 0.15
+    t, vacuum = stages_module.normalise_transmission(obj, lit, erosion_px=1)
+    assert not (vacuum & plate).any()
+    assert vacuum.sum() > 0.5 * (lit & ~plate).sum()
+    only_plate = lit & plate & ~disc
+    assert abs(np.median(-2 * np.log(np.abs(t[only_plate]))) - 0.2) < 0.005
+    assert abs(np.median(np.angle(t[only_plate]))) < 0.005  # offset and ramp fitted on vacuum
+
+
 def test_normalise_transmission_without_vacuum_says_why():
     lit = np.zeros((16, 16), bool)
     lit[:3, :5] = True

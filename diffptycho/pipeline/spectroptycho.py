@@ -10,8 +10,8 @@ The published V K-edge workflow (40 energies across the edge) as one function,
    object, has twice the detector's bandwidth, and on the detector's own grid it aliases
    into an error that depends on where the sample sits on each energy's grid. The stacks
    are box-averaged back to the detector's pixel (:func:`bin_to_detector_pixel`).
-2. **Projections**: each transmission is vacuum-normalised (histogram vacuum, phase offset and
-   ramp removed) into an optical density μt = −ln|T|² and a phase φ = arg T (rad, unwrapped;
+2. **Projections**: each transmission is vacuum-normalised (one vacuum for all energies: the
+   lowest peak of the OD averaged over energies; phase offset and ramp removed) into an optical density μt = −ln|T|² and a phase φ = arg T (rad, unwrapped;
    negative for matter, zero in vacuum: the convention of ``chem xanes-fit``).
 3. **One grid for all energies**: a fixed detector makes the object pixel λz/(N·dx) follow the
    wavelength (2.2 % across 5420–5540 eV); every energy's μt and φ are resampled to the
@@ -824,20 +824,36 @@ def _lit(model, threshold: float = 0.1) -> np.ndarray:
     return np.asarray(illuminated_region(model.probe, model.positions, shape, threshold))
 
 
-def _common_vacuum(models, grid: _Grid, erosion_px: int = 2) -> np.ndarray:
-    """The vacuum found at the energy of highest OD contrast, on the common grid.
+def _common_vacuum(models, grid: _Grid, erosion_px: int = 2) -> np.ndarray | None:
+    """The vacuum of all energies at once, on the common grid (None if too few pixels are lit).
 
-    Below an edge the sample's OD can sit within the noise, so the OD histogram cannot tell
-    sample from vacuum there and the phase offset would be taken on sample pixels; the
-    energy whose lit OD spreads most decides for all.
+    Vacuum has OD 0 at every energy while matter has OD > 0 at all of them, so the OD
+    averaged over the E energies (each relative to its brightest lit amplitude, on the pixels
+    lit at every energy) keeps the sample's contrast and shrinks the noise by up to √E. At one
+    energy a thin sample sits within the noise of vacuum (below an edge always; with the
+    probe retrieved from the data, at every energy when the sample fills most of the field)
+    and the phase offset and ramp would be taken on sample pixels. The lowest strong peak of
+    the mean's histogram (:func:`~diffptycho.pipeline.stages.normalise_transmission`'s rule)
+    is the vacuum.
     """
     from scipy import ndimage
 
-    per = [_projections(m) for m in models]
-    spread = [np.percentile(p[0][p[2]], 99) - np.percentile(p[0][p[2]], 50) for p in per]
-    e = int(np.argmax(spread))
-    one = _Grid(grid.pixel_sizes[e : e + 1], grid.target_pixel, grid.shape, grid.offsets[e : e + 1])
-    vac = _to_common([per[e][3].astype(np.float64)], one, order=1)[0] > 0.99
+    from diffptycho.pipeline.stages import _vacuum_threshold
+
+    ods, lits = [], []
+    for m in models:
+        region = _lit(m)
+        amp = np.abs(np.asarray(m.object))
+        bright = np.percentile(amp[region], 95)
+        ods.append(np.where(region, -2.0 * np.log(np.maximum(amp, 1e-12) / bright), 0.0))
+        lits.append(region.astype(np.float64))
+    lit = np.all(_to_common(lits, grid, order=1) > 0.99, axis=0)
+    lit = ndimage.binary_erosion(lit, iterations=1)  # off the interpolated lit edge
+    if lit.sum() < 16:
+        return None  # every energy finds its own vacuum
+    mean = _to_common(ods, grid, order=1)[:, lit].mean(axis=0)
+    vac = np.zeros(lit.shape, bool)
+    vac[lit] = mean <= _vacuum_threshold(mean)
     eroded = ndimage.binary_erosion(vac, iterations=erosion_px) if erosion_px else vac
     return eroded if eroded.sum() >= 16 else vac
 

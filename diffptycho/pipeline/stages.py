@@ -537,11 +537,12 @@ def normalise_transmission(
 
     A ptychographic object is known up to a complex factor (traded against the probe) and a
     linear phase ramp. The vacuum (empty) region is found from the histogram of the optical
-    density relative to the brightest illuminated amplitude: vacuum is its dominant peak at
-    the low end, and every pixel within three noise widths of it (the width measured on the
-    peak's low side, which sample pixels do not reach) counts as vacuum. The region is eroded
-    by ``erosion_px`` so that sample edges stay out. The phase offset and ramp are fitted on
-    it and removed, and the amplitude divided by its mean there, so vacuum has T = 1.
+    density relative to the brightest illuminated amplitude: vacuum is its lowest strong peak
+    (matter only adds OD), and every pixel within three noise widths of it (the width
+    measured on the peak's low side, which sample pixels do not reach) counts as vacuum. The
+    region is eroded by ``erosion_px`` so that sample edges stay out. The phase offset and
+    ramp are fitted on it and removed, and the amplitude divided by its mean there, so vacuum
+    has T = 1.
 
     Args:
         obj: (H, W) complex transmission.
@@ -588,14 +589,25 @@ def normalise_transmission(
     return flat, vacuum
 
 
-def _vacuum_threshold(values: np.ndarray) -> float:
-    """Upper OD of vacuum: the histogram's dominant low peak plus three one-sided widths."""
+def _vacuum_threshold(values: np.ndarray, min_peak_fraction: float = 0.3) -> float:
+    """Upper OD of vacuum: the histogram's lowest strong peak plus three one-sided widths.
+
+    Vacuum is the lowest-OD population (matter only adds OD), not necessarily the largest: a
+    thin, even sample that covers more of the field than the empty space around it makes the
+    dominant peak. The lowest local maximum of the smoothed histogram holding at least
+    ``min_peak_fraction`` of the highest one is taken; lower, weaker maxima are noise in the
+    tail.
+    """
     lo, hi = np.percentile(values, [0.5, 99.5])
     if hi - lo < 1e-9:
         return float(hi)
     counts, edges = np.histogram(values, bins=64, range=(lo, hi))
     counts = np.convolve(counts, np.ones(3) / 3, mode="same")
-    peak = 0.5 * (edges[np.argmax(counts)] + edges[np.argmax(counts) + 1])
+    padded = np.concatenate([[-1.0], counts, [-1.0]])
+    maxima = (counts >= padded[:-2]) & (counts >= padded[2:])
+    strong = np.flatnonzero(maxima & (counts >= min_peak_fraction * counts.max()))
+    top = int(strong[0])
+    peak = 0.5 * (edges[top] + edges[top + 1])
     below = values[values <= peak]
     width = np.sqrt(np.mean((below - peak) ** 2)) if below.size > 8 else (hi - lo) / 64
     return float(peak + 3.0 * max(width, (hi - lo) / 256))
