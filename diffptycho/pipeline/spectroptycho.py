@@ -11,8 +11,9 @@ The published V K-edge workflow (40 energies across the edge) as one function,
    into an error that depends on where the sample sits on each energy's grid. The stacks
    are box-averaged back to the detector's pixel (:func:`bin_to_detector_pixel`).
 2. **Projections**: each transmission is vacuum-normalised (one vacuum for all energies: the
-   lowest peak of the OD averaged over energies; phase offset and ramp removed) into an optical density μt = −ln|T|² and a phase φ = arg T (rad, unwrapped;
-   negative for matter, zero in vacuum: the convention of ``chem xanes-fit``).
+   lowest peak of the OD averaged over energies; phase offset and ramp removed) into an
+   optical density μt = −ln|T|² and a phase φ = arg T (rad, unwrapped; negative for matter,
+   zero in vacuum: the convention of ``chem xanes-fit``).
 3. **One grid for all energies**: a fixed detector makes the object pixel λz/(N·dx) follow the
    wavelength (2.2 % across 5420–5540 eV); every energy's μt and φ are resampled to the
    reference energy's pixel (cubic splines, array centre = scan centre at every energy).
