@@ -297,6 +297,7 @@ def run_one(
         joint_iterations=args.joint_iterations,
         refine_probe=not args.fixed_probe,
         probe_revisit=args.probe_revisit,
+        probe_band=not args.no_probe_band,
         probe_search=args.probe_search,
         object_refine=args.object_refine,
         kk_sigma=args.kk_sigma,
@@ -337,6 +338,7 @@ def run_one(
             optical_density=r.optical_density,
             phase=r.phase,
             valid=valid,
+            probes=np.asarray(r.probes),
             energies_ev=r.energies_ev,
             **{f"true_{k}": np.asarray(v) for k, v in truth.items() if k != "species"},
         )
@@ -399,6 +401,16 @@ def main(argv=None) -> int:
     p.add_argument("--fixed-probe", action="store_true", help="keep the file's probe")
     p.add_argument(
         "--probe-revisit", type=int, default=4, help="first energies run again backwards"
+    )
+    p.add_argument(
+        "--no-probe-band",
+        action="store_true",
+        help="let the refined probe's far field leave the detector (object grid finer)",
+    )
+    p.add_argument(
+        "--no-probe-band",
+        action="store_true",
+        help="let the refined probe's far field leave the detector (object grid finer)",
     )
     p.add_argument(
         "--probe-search",

@@ -72,6 +72,8 @@ def test_spectrotomo_defaults_are_the_pipeline_defaults():
 def test_spectroptycho_defaults_are_the_settings_defaults():
     args = build_parser().parse_args(["spectroptycho", "a.cxi", "-o", "out.h5"])
     assert settings_from_args(args) == SpectroPtychoSettings()
+    args = build_parser().parse_args(["spectroptycho", "a.cxi", "-o", "o.h5", "--no-probe-band"])
+    assert settings_from_args(args).probe_band is False
 
 
 def test_building_the_parser_imports_no_jax():

@@ -326,3 +326,36 @@ def test_lsqml_partial_last_batch_is_a_pass_over_its_positions():
     np.testing.assert_allclose(model.object, last.object, rtol=0, atol=1e-10)
     np.testing.assert_allclose(model.probe, last.probe, rtol=0, atol=1e-10)
     np.testing.assert_allclose(loss, (8 * loss_first + 2 * loss_last) / 10, rtol=1e-10)
+
+
+def test_probe_band_keeps_the_far_field_on_the_detector(rng):
+    from diffptycho.pipeline.spectroptycho import fourier_upsample
+    from diffptycho.recon.ptycho.constraints import (
+        band_limit,
+        check_refinement,
+        constrain_probe,
+        detector_band,
+    )
+
+    # a probe sampled on the detector's grid, Fourier interpolated onto a 2x finer one, is
+    # band-limited to the detector: the band leaves it alone
+    inside = fourier_upsample(_complex(rng, (2, 8, 8)), 2)
+    band = detector_band((16, 16), (8, 8))
+    assert float(band.sum()) == 64.0
+    np.testing.assert_allclose(band_limit(jnp.asarray(inside), band), inside, atol=1e-12)
+    # a plane wave at the highest frequency of the finer grid lies outside: removed
+    y = np.arange(16)[:, None] - 8
+    outside = np.broadcast_to(np.exp(1j * np.pi * y) * np.ones((1, 16)), (2, 16, 16))
+    out = constrain_probe(jnp.asarray(inside + 0.3 * outside), Refinement(probe_band=band))
+    np.testing.assert_allclose(out, inside, atol=1e-12)
+    # one pixel inside the edge of the band on each side is kept, one outside is not
+    x = np.arange(16)[None, :] - 8
+    for k, kept in ((-4, True), (3, True), (4, False), (-5, False)):
+        wave = jnp.asarray(np.exp(2j * np.pi * k * x / 16) * np.ones((16, 1)))[None]
+        same = bool(np.allclose(band_limit(wave, band), wave, atol=1e-12))
+        assert same == kept, k
+    model = Ptycho2D(jnp.ones((20, 20), complex), jnp.asarray(inside), jnp.zeros((1, 2)))
+    with pytest.raises(ValueError, match="probe_band"):
+        check_refinement(model, Refinement(probe_band=jnp.ones((4, 4))))
+    with pytest.raises(ValueError, match="fit in the frame"):
+        detector_band((8, 8), (16, 16))

@@ -706,3 +706,21 @@ def test_common_vacuum_separates_a_thin_plate_that_one_energy_cannot():
     od, _, _ = sp._stacks(models, dataclasses.replace(grid, vacuum=vacuum))
     inner = lit & plate
     np.testing.assert_allclose(np.median(od[:, inner], axis=1), 0.05, atol=0.01)
+
+
+@pytest.mark.parametrize("band", [True, False])
+def test_probe_band_keeps_every_energy_probe_on_the_detector(small_vanadium, band):
+    settings = sp.SpectroPtychoSettings(
+        iterations=3, probe_iterations=4, probe_revisit=1, register=False, probe_band=band
+    )
+    r = sp.run_spectroptycho(small_vanadium, settings, log=lambda m: None)
+    probes = np.asarray(r.probes)
+    n = probes.shape[-1] // 2  # object_refine 2: the detector is the centre half
+    spectrum = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(probes, axes=(-2, -1))), axes=(-2, -1))
+    measured = np.zeros(probes.shape[-2:], bool)
+    measured[n // 2 : n // 2 + n, n // 2 : n // 2 + n] = True
+    outside = np.sum(np.abs(spectrum[..., ~measured]) ** 2) / np.sum(np.abs(spectrum) ** 2)
+    if band:
+        assert outside < 1e-10
+    else:  # the refinement fills the unmeasured far field
+        assert outside > 1e-5

@@ -92,6 +92,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="with a refined probe, run the first N energies again backwards from their "
         "successor's probe after the sweep (default 4; 0: no revisit)",
     )
+    p.add_argument(
+        "--no-probe-band",
+        action="store_true",
+        help="with --object-refine > 1, let the refined probe's far field leave the detector "
+        "(by default it is kept on the measured pixels after every iteration)",
+    )
     p.add_argument("--probe-modes", type=positive_int, default=1)
     p.add_argument(
         "--fixed-probe",
@@ -154,6 +160,7 @@ def settings_from_args(args: argparse.Namespace):
         iterations=args.iterations,
         probe_iterations=args.probe_iterations,
         probe_revisit=args.probe_revisit,
+        probe_band=not args.no_probe_band,
         probe_modes=args.probe_modes,
         refine_probe=not args.fixed_probe,
         kk=args.kk,

@@ -86,6 +86,14 @@ class SpectroPtychoSettings:
             (V K-edge, 32-pixel frames, probe search, seed 0), and the error of the first
             energy alone biases every pixel's pre-edge line (edge vs truth 0.55 → 0.26 eV
             with only that energy's error replaced).
+        probe_band: with ``object_refine`` > 1, keep the refined probe's far field on the
+            detector (the measured N × N centre of the refined frames) after every
+            iteration: the probe's far field is the bright field the detector records, and
+            outside it nothing measures the probe directly. Without it the refinement puts
+            power there that grows along the sweep as each energy hands its probe on (V
+            K-edge, 32-pixel frames, probe search, seed 0: 0.1 % of the power at the first
+            energy, 1.3 % at the last; probe error vs truth 4.5 → 14 %, with it 2.8 → 7.6 %,
+            2.5 % after removing a harmless 0.1 px drift; edge vs truth 0.217 → 0.193 eV).
         probe_modes: incoherent probe modes.
         refine_positions: refine the scan positions.
         batch_size: positions per minibatch (engine default when None).
@@ -152,6 +160,7 @@ class SpectroPtychoSettings:
     iterations: int = 180
     probe_iterations: int | None = None
     probe_revisit: int = 4
+    probe_band: bool = True
     probe_modes: int = 1
     refine_positions: bool = False
     batch_size: int | None = None
@@ -486,7 +495,7 @@ def _searched_probe(
         start = eqx.tree_at(lambda t: t.probe, template, jnp.asarray(probe))
         model, loss, ok = _solve(
             start,
-            _energy_engine(settings),
+            _energy_engine(settings, scan),
             scan.data,
             scan.mask,
             settings.probe_search_iterations,
@@ -560,12 +569,22 @@ def _template(scan, positions: np.ndarray, probe_modes: int, subpixel: str = "bi
     )
 
 
-def _energy_engine(settings: SpectroPtychoSettings):
-    """The ptychography engine of every energy (probe refined or kept)."""
-    from diffptycho.pipeline.stages import engine_for
+def _energy_engine(settings: SpectroPtychoSettings, scan):
+    """The ptychography engine of an energy's (refined) scan, probe refined or kept.
 
+    With ``settings.probe_band`` and ``object_refine`` > 1 the probe's far field is kept on the
+    detector (:func:`~diffptycho.recon.ptycho.constraints.detector_band`).
+    """
+    from diffptycho.pipeline.stages import engine_for
+    from diffptycho.recon.ptycho.constraints import detector_band
+
+    band, factor = None, settings.object_refine
+    if settings.probe_band and factor > 1:
+        frame = tuple(int(n) for n in np.asarray(scan.data).shape[-2:])
+        band = detector_band(frame, (frame[0] // factor, frame[1] // factor))
     return engine_for(
         settings.engine,
+        probe_band=band,
         refine_probe=settings.refine_probe,
         refine_positions=settings.refine_positions,
         batch_size=settings.batch_size,
@@ -646,7 +665,7 @@ def _reconstruct_energies(
         try:
             model, loss, ok = _solve(
                 start,
-                _energy_engine(settings),
+                _energy_engine(settings, s),
                 s.data,
                 s.mask,
                 first_iterations if first else settings.iterations,
@@ -682,7 +701,7 @@ def _reconstruct_energies(
             scale = jnp.sqrt(jnp.sum(jnp.abs(old) ** 2) / jnp.sum(jnp.abs(new) ** 2))
             model, loss, ok = _solve(
                 eqx.tree_at(lambda m: m.probe, models[e], (new * scale).astype(old.dtype)),
-                _energy_engine(settings),
+                _energy_engine(settings, s),
                 s.data,
                 s.mask,
                 settings.iterations,
@@ -712,7 +731,7 @@ def _continue(models, scans, settings, iterations: int, progress: bool) -> np.nd
     for e, s in enumerate(scans):
         model, loss, _ = _solve(
             models[e],
-            _energy_engine(settings),
+            _energy_engine(settings, s),
             s.data,
             s.mask,
             iterations,

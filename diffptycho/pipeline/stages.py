@@ -155,6 +155,7 @@ def engine_for(
     loss: str | None = None,
     group_sizes=None,
     devices: int | None = None,
+    probe_band=None,
 ):
     """A ptychography engine of the pipelines (engine defaults where an option is None).
 
@@ -167,12 +168,15 @@ def engine_for(
         group_sizes: scans of a multiscan canvas (position refinement per scan).
         devices: split each minibatch's positions over this many local devices (None or 1:
             one device).
+        probe_band: far-field window of the probe
+            (:attr:`~diffptycho.recon.ptycho.Refinement.probe_band`), or None.
     """
     from diffptycho.recon.ptycho import PositionRefinement, Refinement
     from diffptycho.recon.ptycho.start import make_engine
 
     positions = PositionRefinement(group_sizes=group_sizes) if refine_positions else None
-    options: dict[str, Any] = {"refinement": Refinement(probe=refine_probe, positions=positions)}
+    refinement = Refinement(probe=refine_probe, positions=positions, probe_band=probe_band)
+    options: dict[str, Any] = {"refinement": refinement}
     if batch_size is not None:
         options["batch_size"] = batch_size
     if loss is not None:

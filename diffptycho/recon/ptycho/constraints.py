@@ -54,6 +54,13 @@ class Refinement(eqx.Module):
         probe_start: first iteration at which the probe is updated.
         probe_support: real window ``(py, px)`` multiplied onto every mode after each
             iteration (e.g. :func:`circular_support`), or None.
+        probe_band: real window ``(py, px)`` on the probe's far field, in the centred layout
+            of the frames (zero frequency at pixel ``(py // 2, px // 2)``), multiplied onto
+            the spectrum of every mode after each iteration (e.g. :func:`detector_band`), or
+            None. The probe's far field is the bright field the detector records in vacuum:
+            on an object grid finer than the detector's (frames embedded in a larger array
+            whose outer pixels are unmeasured) the probe's spectrum outside the detector is
+            otherwise free, and its refinement fills it.
         probe_power: total probe power Σ_m Σ|P_m|² in photons per frame imposed after each
             iteration (e.g. :func:`probe_power_from_frames`), or None to leave it free.
         orthogonalize_every: orthogonalise the probe modes every k iterations (0: never).
@@ -67,6 +74,7 @@ class Refinement(eqx.Module):
     probe: bool = eqx.field(static=True, default=True)
     probe_start: int = eqx.field(static=True, default=0)
     probe_support: Float[Array, "py px"] | None = None
+    probe_band: Float[Array, "py px"] | None = None
     probe_power: float | None = eqx.field(static=True, default=None)
     orthogonalize_every: int = eqx.field(static=True, default=1)
     background: bool = eqx.field(static=True, default=False)
@@ -95,6 +103,41 @@ def circular_support(shape: tuple[int, int], radius_px: float, edge_px: float = 
     r = np.hypot(y[:, None], x[None, :])
     t = np.clip((r - radius_px) / max(edge_px, 1e-12), 0.0, 1.0)
     return jnp.asarray(0.5 * (1 + np.cos(np.pi * t)))
+
+
+def detector_band(shape: tuple[int, int], measured: tuple[int, int]) -> Array:
+    """The far-field window of a detector of ``measured`` pixels centred in ``shape`` frames.
+
+    Args:
+        shape: ``(py, px)`` of the (refined) frames and probe.
+        measured: ``(ny, nx)`` measured pixels of the detector, centred like the frames
+            (its zero frequency at ``(py // 2, px // 2)``, its first pixel at
+            ``py // 2 − ny // 2``).
+
+    Returns:
+        ``(py, px)`` window: 1 on the detector, 0 outside (centred layout).
+
+    Examples:
+        >>> w = detector_band((8, 8), (4, 4))
+        >>> float(w.sum()), float(w[4, 4]), float(w[1, 4])
+        (16.0, 1.0, 0.0)
+    """
+    (py, px), (ny, nx) = shape, measured
+    if not (0 < ny <= py and 0 < nx <= px):
+        raise ValueError(f"detector_band: measured {measured} must fit in the frame {shape}")
+    w = np.zeros((py, px), np.float32)
+    cy, cx = py // 2 - ny // 2, px // 2 - nx // 2
+    w[cy : cy + ny, cx : cx + nx] = 1.0
+    return jnp.asarray(w)
+
+
+def band_limit(probe: ProbeModes, band: Float[Array, "py px"]) -> ProbeModes:
+    """Every mode's far field (centred layout, see :func:`detector_band`) times ``band``."""
+    axes = (-2, -1)
+    spectrum = jnp.fft.fftshift(jnp.fft.fft2(jnp.fft.ifftshift(probe, axes=axes)), axes=axes)
+    spectrum = spectrum * band.astype(probe.real.dtype)
+    out = jnp.fft.fftshift(jnp.fft.ifft2(jnp.fft.ifftshift(spectrum, axes=axes)), axes=axes)
+    return out.astype(probe.dtype)
 
 
 def probe_power_from_frames(frames, mask=None) -> float:
@@ -275,12 +318,12 @@ def check_refinement(model, refinement: Refinement) -> None:
             "Refinement(background=True) needs a model with a background array: start it "
             "positive, e.g. Ptycho2D(..., background=jnp.full(frame_shape, 0.1))"
         )
-    support = refinement.probe_support
-    if support is not None and support.shape != model.probe.shape[-2:]:
-        raise ValueError(
-            f"probe_support: shape {support.shape} differs from the probe's "
-            f"{model.probe.shape[-2:]}"
-        )
+    for name in ("probe_support", "probe_band"):
+        window = getattr(refinement, name)
+        if window is not None and window.shape != model.probe.shape[-2:]:
+            raise ValueError(
+                f"{name}: shape {window.shape} differs from the probe's {model.probe.shape[-2:]}"
+            )
 
 
 def check_bilinear_positions(model, refinement: Refinement, engine: str) -> None:
@@ -314,9 +357,11 @@ def fix_mean_positions(
 
 
 def constrain_probe(probe: ProbeModes, refinement: Refinement) -> ProbeModes:
-    """Support window and total power of the probe (no orthogonalisation)."""
+    """Support window, far-field band and total power of the probe (no orthogonalisation)."""
     if refinement.probe_support is not None:
         probe = probe * refinement.probe_support.astype(probe.real.dtype)
+    if refinement.probe_band is not None:
+        probe = band_limit(probe, refinement.probe_band)
     if refinement.probe_power is not None:
         power = jnp.sum(jnp.real(probe) ** 2 + jnp.imag(probe) ** 2)
         probe = probe * jnp.sqrt(refinement.probe_power / jnp.maximum(power, 1e-30))
@@ -387,6 +432,8 @@ def end_of_iteration(
 __all__ = [
     "PositionRefinement",
     "Refinement",
+    "band_limit",
+    "detector_band",
     "check_refinement",
     "circular_support",
     "clip_positions",
