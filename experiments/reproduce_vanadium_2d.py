@@ -408,11 +408,6 @@ def main(argv=None) -> int:
         help="let the refined probe's far field leave the detector (object grid finer)",
     )
     p.add_argument(
-        "--no-probe-band",
-        action="store_true",
-        help="let the refined probe's far field leave the detector (object grid finer)",
-    )
-    p.add_argument(
         "--probe-search",
         action="store_true",
         help="without --known-probe: start from the data's guess at the best-fitting defocus",
