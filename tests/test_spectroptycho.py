@@ -714,13 +714,31 @@ def test_probe_band_keeps_every_energy_probe_on_the_detector(small_vanadium, ban
         iterations=3, probe_iterations=4, probe_revisit=1, register=False, probe_band=band
     )
     r = sp.run_spectroptycho(small_vanadium, settings, log=lambda m: None)
-    probes = np.asarray(r.probes)
-    n = probes.shape[-1] // 2  # object_refine 2: the detector is the centre half
+    outside = _outside_detector(np.asarray(r.probes), 2)
+    assert outside < 1e-10 if band else outside > 1e-5  # refinement fills the unmeasured part
+
+
+def _outside_detector(probes: np.ndarray, factor: int) -> float:
+    """Share of the probes' power outside the detector's centre of the refined far field."""
+    n = probes.shape[-1] // factor
     spectrum = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(probes, axes=(-2, -1))), axes=(-2, -1))
+    lo = probes.shape[-1] // 2 - n // 2
     measured = np.zeros(probes.shape[-2:], bool)
-    measured[n // 2 : n // 2 + n, n // 2 : n // 2 + n] = True
-    outside = np.sum(np.abs(spectrum[..., ~measured]) ** 2) / np.sum(np.abs(spectrum) ** 2)
-    if band:
-        assert outside < 1e-10
-    else:  # the refinement fills the unmeasured far field
-        assert outside > 1e-5
+    measured[lo : lo + n, lo : lo + n] = True
+    return float(np.sum(np.abs(spectrum[..., ~measured]) ** 2) / np.sum(np.abs(spectrum) ** 2))
+
+
+@pytest.mark.parametrize("band", [True, False])
+def test_joint_mode_keeps_the_refined_probes_on_the_detector(small_vanadium, band):
+    settings = sp.SpectroPtychoSettings(
+        iterations=3,
+        probe_iterations=4,
+        probe_revisit=0,
+        register=False,
+        mode="joint",
+        joint_iterations=2,
+        probe_band=band,
+    )
+    r = sp.run_spectroptycho(small_vanadium, settings, log=lambda m: None)
+    outside = _outside_detector(np.asarray(r.probes), 2)
+    assert outside < 1e-10 if band else outside > 1e-5
