@@ -19,6 +19,7 @@ import numpy as np
 
 from diffptycho._typing import Array, Complex, Float, Int, Positions, ProbeModes
 from diffptycho.physics import scan
+from diffptycho.physics.propagation import far_field, far_field_adjoint
 
 
 class PositionRefinement(eqx.Module):
@@ -133,11 +134,8 @@ def detector_band(shape: tuple[int, int], measured: tuple[int, int]) -> Array:
 
 def band_limit(probe: ProbeModes, band: Float[Array, "py px"]) -> ProbeModes:
     """Every mode's far field (centred layout, see :func:`detector_band`) times ``band``."""
-    axes = (-2, -1)
-    spectrum = jnp.fft.fftshift(jnp.fft.fft2(jnp.fft.ifftshift(probe, axes=axes)), axes=axes)
-    spectrum = spectrum * band.astype(probe.real.dtype)
-    out = jnp.fft.fftshift(jnp.fft.ifft2(jnp.fft.ifftshift(spectrum, axes=axes)), axes=axes)
-    return out.astype(probe.dtype)
+    spectrum = far_field(probe) * band.astype(probe.real.dtype)
+    return far_field_adjoint(spectrum).astype(probe.dtype)
 
 
 def probe_power_from_frames(frames, mask=None) -> float:
