@@ -123,6 +123,17 @@ def test_settings_reject_bad_values():
         sp.SpectroPtychoSettings(subpixel="fourier", refine_positions=True)
 
 
+@pytest.mark.parametrize(
+    "name", ["probe_band", "refine_positions", "refine_probe", "probe_search", "kk", "register"]
+)
+@pytest.mark.parametrize("value", ["false", 0, 1, None])
+def test_settings_flags_refuse_anything_but_a_bool(name, value):
+    # "false" from a config file is truthy; 0/1 would pass silently as well
+    with pytest.raises(ValueError, match=f"{name} = .*expected True or False"):
+        sp.SpectroPtychoSettings(**{name: value})
+    assert getattr(sp.SpectroPtychoSettings(**{name: False}), name) is False
+
+
 def test_fourier_subpixel_reaches_every_energy(small_vanadium, monkeypatch):
     """``subpixel`` is the model's: every energy's engine sees it (and the run completes)."""
     from diffptycho.pipeline import stages
@@ -640,17 +651,21 @@ def test_joint_thickness_with_a_kept_probe_starts_from_the_per_energy_fit(tmp_pa
     assert r.thickness.shape == (3, *r.valid_mask.shape) and np.all(r.thickness >= 0)
     assert r.joint_loss[-1] < r.joint_loss[0]
     # without the vacuum level on the kept probes the start misfits the frames far more
-    levels = sp._vacuum_levels
+    factors = sp._vacuum_factors
     try:
-        sp._vacuum_levels = lambda models, grid: np.ones(len(models))
+        sp._vacuum_factors = lambda models, grid, shape: np.ones((len(models), *shape))
         unscaled = sp.run_spectroptycho(path, settings, references=refs, log=lambda m: None)
     finally:
-        sp._vacuum_levels = levels
+        sp._vacuum_factors = factors
     assert r.joint_loss[0] < unscaled.joint_loss[0]
 
 
-def test_vacuum_levels_are_the_amplitude_the_normalisation_divides():
+def test_vacuum_factors_move_the_level_and_ramp_to_the_probes():
+    # each object carries a vacuum level, a phase offset and a phase ramp that the
+    # normalisation divides out; on the probes, the normalised objects give back the frames
+    # (a refined probe and its object share a ramp: the probe must take it)
     from diffptycho.models import Ptycho2D
+    from diffptycho.pipeline.stages import normalise_transmission
 
     n = 48
     y, x = np.meshgrid(np.arange(n) - n // 2, np.arange(n) - n // 2, indexing="ij")
@@ -660,17 +675,35 @@ def test_vacuum_levels_are_the_amplitude_the_normalisation_divides():
     probe = np.exp(-(u[:, None] ** 2 + u[None, :] ** 2) / 20.0).astype(np.complex64)
     g = np.arange(-12.0, 13.0, 4.0)
     positions = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    setups = ((1.3, 0.4, 0.0, 0.0), (0.8, -1.0, 0.15, -0.1))  # level, offset, g_y, g_x
     models = [
         Ptycho2D(
-            jnp.asarray(level * np.exp(1j * ph) * t, jnp.complex64),
+            jnp.asarray(level * np.exp(1j * (ph + gy * y + gx * x)) * t, jnp.complex64),
             jnp.asarray(probe[None]),
             jnp.asarray(positions, jnp.float32),
         )  # fmt: skip
-        for level, ph in ((1.3, 0.4), (0.8, -1.0))
+        for level, ph, gy, gx in setups
     ]
     grid = sp._Grid(np.full(2, 20e-9), 20e-9, (n, n), np.zeros((2, 2)))
+    factors = sp._vacuum_factors(models, grid, probe.shape)
     # (the blob's faint tail in the vacuum lowers the mean a little)
-    np.testing.assert_allclose(sp._vacuum_levels(models, grid), [1.3, 0.8], rtol=3e-3)
+    np.testing.assert_allclose(np.abs(factors[:, 0, 0]), [1.3, 0.8], rtol=3e-3)
+    for m, f, (*_, gy, gx) in zip(models, factors, setups, strict=True):
+        flat, _ = normalise_transmission(np.asarray(m.object), np.asarray(sp._lit(m)))
+        moved = Ptycho2D(
+            jnp.asarray(flat, jnp.complex64),
+            jnp.asarray((probe * f)[None], jnp.complex64),
+            m.positions,
+        )
+        frames = np.asarray(m())
+        np.testing.assert_allclose(np.asarray(moved()), frames, atol=3e-3 * frames.max())
+        kept = Ptycho2D(  # the level alone leaves the ramp's shift of the far field
+            jnp.asarray(flat, jnp.complex64),
+            jnp.asarray((probe * np.abs(f))[None], jnp.complex64),
+            m.positions,
+        )
+        if gy or gx:
+            assert np.abs(np.asarray(kept()) - frames).max() > 0.1 * frames.max()
 
 
 def test_common_vacuum_separates_a_thin_plate_that_one_energy_cannot():

@@ -215,6 +215,16 @@ class SpectroPtychoSettings:
         ):
             if not _is_integer(getattr(self, name), 1):
                 raise ValueError(f"{name} = {getattr(self, name)!r}: expected an integer ≥ 1")
+        for name in (
+            "probe_band",
+            "refine_positions",
+            "refine_probe",
+            "probe_search",
+            "kk",
+            "register",
+        ):  # a string such as "false" is truthy: refuse anything but a bool
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise ValueError(f"{name} = {getattr(self, name)!r}: expected True or False")
         for name in ("kk_final_iterations", "probe_revisit"):
             if not _is_integer(getattr(self, name), 0):
                 raise ValueError(f"{name} = {getattr(self, name)!r}: expected an integer ≥ 0")
@@ -1088,10 +1098,12 @@ def _joint_fit(model, scans, unknowns, settings, progress, penalty=None, constra
 def _joint_inputs(models, scans, grid: _Grid) -> tuple[tuple[int, int], dict]:
     """Shape of the joint model's common grid and its per-energy leaves.
 
-    Each energy's probe is multiplied by the vacuum level |c| of its object
-    (:func:`_vacuum_levels`): the joint models' transmissions are 1 in vacuum, so that with
-    these probes the start predicts the frames as the per-energy models did (a kept probe
-    could not take the level up otherwise).
+    Each energy's probe takes the complex factor its object's normalisation divided out
+    (:func:`_vacuum_factors`: the vacuum level and phase ramp): the joint models'
+    transmissions are 1 in vacuum and flat in phase there, so that with these probes the
+    start predicts the frames as the per-energy models did. A refined probe and its object
+    share a phase ramp (shifting the far field); left on the object only, the fit would
+    have to put it back into φ.
     """
     counts = {len(s.data) for s in scans}
     if len(counts) != 1:
@@ -1099,12 +1111,12 @@ def _joint_inputs(models, scans, grid: _Grid) -> tuple[tuple[int, int], dict]:
             f"joint mode needs the same number of positions at every energy, got {sorted(counts)}"
         )
     shape = tuple(int(max(m.object.shape[i] for m in models)) for i in (0, 1))
+    probes = np.stack([np.asarray(m.probe) for m in models])
     leaves = {
         "energies_ev": jnp.asarray([s.energy_ev for s in scans], jnp.float32),
-        "probe": (
-            jnp.stack([m.probe for m in models])
-            * jnp.asarray(_vacuum_levels(models, grid))[:, None, None, None]
-        ).astype(jnp.complex64),
+        "probe": jnp.asarray(
+            probes * _vacuum_factors(models, grid, probes.shape[-2:])[:, None], jnp.complex64
+        ),
         "positions": jnp.stack([m.positions for m in models]).astype(jnp.float32),
         "grid": jnp.asarray(
             grid_parameters(grid.pixel_sizes, grid.target_pixel, grid.offsets), jnp.float32
@@ -1137,21 +1149,30 @@ def _joint(models, scans, grid: _Grid, spectra, start, settings, progress) -> tu
     )
 
 
-def _vacuum_levels(models, grid: _Grid) -> np.ndarray:
-    """(E,) vacuum level |c| of every energy's object: the amplitude the normalisation divided.
+def _vacuum_factors(
+    models, grid: _Grid, probe_shape: tuple[int, int]
+) -> Complex[np.ndarray, "energy py px"]:
+    """(E, py, px) factor |c|·exp(i g·r) the normalisation divided out of each object.
 
-    The phase of c and the phase ramp the normalisation also removes are left out: a global
-    phase does not change far-field intensities, and a refined probe takes up a ramp.
+    ``normalise_transmission`` divides every object by c·exp(i(a + g·r)) fitted on vacuum;
+    the object pixel r + p under the probe pixel r at position p carries the ramp
+    exp(i g·r)·exp(i g·p), whose second factor is one phase per frame (no change of the
+    intensities). The factor is the level |c| times the ramp on the probe's pixels (rad/px
+    of each energy's own grid); the offset a is a global phase and left out.
     """
+    from diffptycho.analysis.phase import fit_phase_ramp
     from diffptycho.pipeline.stages import normalise_transmission
 
-    out = np.ones(len(models))
+    y = np.arange(probe_shape[0], dtype=np.float64)[:, None]
+    x = np.arange(probe_shape[1], dtype=np.float64)[None, :]
+    out = np.ones((len(models), *probe_shape), np.complex128)
     for e, m in enumerate(models):
         obj, region = np.asarray(m.object), _lit(m)
         t, vac = normalise_transmission(
             obj, region, vacuum=_own_vacuum(grid.vacuum, e, m, grid, region)
         )
-        out[e] = np.mean(np.abs(obj[vac] / t[vac]))
+        _, gy, gx = fit_phase_ramp(obj, vac)
+        out[e] = np.mean(np.abs(obj[vac] / t[vac])) * np.exp(1j * (gy * y + gx * x))
     return out
 
 
