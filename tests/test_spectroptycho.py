@@ -863,3 +863,24 @@ def test_refined_grid_model_reproduces_frames_simulated_four_times_finer(tmp_pat
             errors[factor, e] = np.linalg.norm(frames - expected) / np.linalg.norm(expected)
     assert all(errors[2, e] < 1e-5 for e in range(2)), errors
     assert all(errors[1, e] > 2e-3 for e in range(2)), errors  # the 1× grid aliases
+
+
+def test_joint_spectra_output_is_flat_in_phase_on_vacuum(small_vanadium, monkeypatch):
+    # with refined probes, a phase ramp moves freely between the objects and the probes
+    # (the frames do not change): the joint output removes it on vacuum, as the per-energy
+    # normalisation does, so a ramp the fit leaves in φ does not reach the stacks
+    settings = sp.SpectroPtychoSettings(
+        iterations=3, probe_iterations=3, register=False, mode="joint", joint_iterations=1
+    )
+    plain = sp.run_spectroptycho(small_vanadium, settings, log=lambda m: None)
+    inner = sp._joint_spectra
+
+    def ramped(*args, **kwargs):
+        model, history = inner(*args, **kwargs)
+        h, w = model.phase.shape[-2:]
+        ramp = 0.05 * np.arange(h)[:, None] - 0.03 * np.arange(w)[None, :] + 0.7
+        return eqx.tree_at(lambda m: m.phase, model, model.phase + jnp.asarray(ramp)), history
+
+    monkeypatch.setattr(sp, "_joint_spectra", ramped)
+    moved = sp.run_spectroptycho(small_vanadium, settings, log=lambda m: None)
+    np.testing.assert_allclose(moved.phase, plain.phase, atol=1e-4)

@@ -1353,9 +1353,11 @@ def run_spectroptycho(
             od = _centre_pad(np.asarray(model.optical_density, np.float64), grid.shape)
             phase = _centre_pad(np.asarray(model.phase, np.float64), grid.shape)
             vac = valid if grid.vacuum is None else grid.vacuum & valid
-            if vac.sum() >= 16:  # vacuum at 0, as per energy
+            if vac.sum() >= 16:  # vacuum at 0 and flat in phase, as per energy
+                from diffptycho.analysis.phase import remove_phase_ramp
+
                 od = od - od[:, vac].mean(axis=1)[:, None, None]
-                phase = phase - phase[:, vac].mean(axis=1)[:, None, None]
+                phase = np.stack([remove_phase_ramp(p, vac) for p in phase])
             what = "per-pixel spectra" + (" with the KK penalty" if settings.kk else "")
         result.optical_density = coarse(od * valid) * valid_out
         result.phase = coarse(phase * valid) * valid_out
