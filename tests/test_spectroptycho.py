@@ -884,3 +884,34 @@ def test_joint_spectra_output_is_flat_in_phase_on_vacuum(small_vanadium, monkeyp
     monkeypatch.setattr(sp, "_joint_spectra", ramped)
     moved = sp.run_spectroptycho(small_vanadium, settings, log=lambda m: None)
     np.testing.assert_allclose(moved.phase, plain.phase, atol=1e-4)
+
+
+def test_beam_shifts_take_a_probe_drift_out_of_the_registration_offsets():
+    # energy 1's object and probe both moved by d (the frames do not change): the registration
+    # sees d, the probe's centroid moved by d, the sample did not move relative to the beam
+    from scipy import ndimage
+
+    from diffptycho.models import Ptycho2D
+
+    n, d = 64, np.array([0.6, -0.35])
+    models = _registration_models(np.zeros((2, 2)))
+    u = np.arange(32) - 16.0
+    beam = np.exp(-(u[:, None] ** 2 + u[None, :] ** 2) / (2 * 4.0**2))
+    obj = np.asarray(models[0].object)
+    moved_obj = ndimage.shift(obj.real, d, order=3) + 1j * ndimage.shift(obj.imag, d, order=3)
+    moved_beam = ndimage.shift(beam, d, order=3)
+    models = [
+        Ptycho2D(jnp.asarray(o, jnp.complex64), jnp.asarray(p[None], jnp.complex64), m.positions)
+        for o, p, m in ((obj, beam, models[0]), (moved_obj, moved_beam, models[1]))
+    ]
+    grid = sp._Grid(np.full(2, 20e-9), 20e-9, (n, n), np.zeros((2, 2)))
+    found = sp._register(models, grid, 0, 100)
+    beams = sp.beam_shifts([np.asarray(m.probe) for m in models], grid.pixel_sizes, 0)
+    np.testing.assert_allclose(found[1], d, atol=0.05)
+    np.testing.assert_allclose(beams[1], d, atol=0.01)
+    np.testing.assert_allclose((found - beams)[1], 0.0, atol=0.05)
+    # each probe's centroid (here 16 + d px on its own grid) in the reference energy's pixels
+    scaled = sp.beam_shifts([np.asarray(m.probe) for m in models], np.array([20e-9, 10e-9]), 0)
+    np.testing.assert_allclose(scaled[1], 0.5 * (16.0 + d) - 16.0, atol=0.01)
+    with pytest.raises(ValueError, match="no intensity"):
+        sp.beam_shifts([np.zeros((1, 4, 4))], np.array([1.0]), 0)

@@ -265,8 +265,13 @@ class SpectroPtychoResult:
         pixel_sizes_m: (energy,) object pixel of each energy's reconstruction in m
             (``object_refine`` times finer than the detector's).
         valid_mask: (y, x) pixels lit at every energy.
-        offsets_px: (energy, 2) (y, x) sample offset of each energy from the reference energy
-            in common-grid pixels, as found by the registration.
+        offsets_px: (energy, 2) (y, x) offset of the sample relative to the beam at each
+            energy, from the reference energy, in common-grid pixels: the registration's
+            displacement of the object minus that of the probe's intensity centroid
+            (:func:`beam_shifts`). A refined probe and its object can move together without
+            changing a frame; with the probe kept the two offsets agree.
+        registration_offsets_px: (energy, 2) the object displacements the registration
+            found, the shifts that put the stacks on the common grid (same units).
         objects: per-energy complex transmissions on their own grids (joint mode: the
             joint model's, paired with its probes).
         probes: per-energy probes (mode, py, px).
@@ -285,6 +290,7 @@ class SpectroPtychoResult:
     pixel_sizes_m: Float[np.ndarray, " energy"]
     valid_mask: Bool[np.ndarray, "y x"]
     offsets_px: Float[np.ndarray, "energy 2"]
+    registration_offsets_px: Float[np.ndarray, "energy 2"]
     objects: list[Complex[np.ndarray, "h w"]]
     probes: list[Complex[np.ndarray, "mode py px"]]
     final_loss: Float[np.ndarray, " energy"]
@@ -303,6 +309,7 @@ class SpectroPtychoResult:
             "pixel_sizes_m": self.pixel_sizes_m,
             "valid_mask": self.valid_mask,
             "offsets_px": self.offsets_px,
+            "registration_offsets_px": self.registration_offsets_px,
             "final_loss": self.final_loss,
         }
         for e, (obj, probe) in enumerate(zip(self.objects, self.probes, strict=True)):
@@ -315,6 +322,7 @@ class SpectroPtychoResult:
             "pixel_size_m": "m",
             "pixel_sizes_m": "m",
             "offsets_px": "pixel",
+            "registration_offsets_px": "pixel",
         }
         if self.thickness is not None:
             data["thickness"] = self.thickness.astype(np.float32)
@@ -931,6 +939,42 @@ def _register(
     return offsets
 
 
+def beam_shifts(
+    probes: list[Complex[np.ndarray, "mode py px"]],
+    pixel_sizes_m: Float[np.ndarray, " energy"],
+    reference: int,
+) -> Float[np.ndarray, "energy 2"]:
+    """(E, 2) displacement of each probe's intensity centroid from the reference energy's.
+
+    A probe moved by d with its object moved by d predicts the same frames (the exit wave
+    moves, its far-field intensity does not), so with refined probes the registration of
+    the objects measures the sample's offset plus the probe's drift; the centroid of
+    Σ_modes |P|² (a symmetric beam's axis) takes the drift out.
+
+    Args:
+        probes: per-energy probes (mode, py, px) on each energy's own grid.
+        pixel_sizes_m: (E,) each energy's object pixel in m.
+        reference: index of the energy whose pixel is the unit (the common grid's).
+
+    Returns:
+        (y, x) shifts in pixels of the reference energy's grid, zero at ``reference``.
+    """
+    out = []
+    for p in probes:
+        power = np.sum(np.abs(np.asarray(p)) ** 2, axis=tuple(range(np.ndim(p) - 2)))
+        total = power.sum()
+        if not total > 0:
+            raise ValueError("probes: a probe carries no intensity; its centroid is undefined")
+        out.append(
+            [
+                float(np.sum(power.sum(axis=1 - axis) * np.arange(power.shape[axis])) / total)
+                for axis in (0, 1)
+            ]
+        )
+    centroids = np.asarray(out) * (np.asarray(pixel_sizes_m) / pixel_sizes_m[reference])[:, None]
+    return centroids - centroids[reference]
+
+
 def _valid(lit: np.ndarray, erosion_px: int = 2) -> np.ndarray:
     from scipy import ndimage
 
@@ -1318,6 +1362,7 @@ def run_spectroptycho(
         return bin_to_detector_pixel(a, factor)
 
     valid_out = coarse(valid.astype(np.float64)) > 1.0 - 1e-6
+    result_probes = [np.asarray(m.probe) for m in models]
     result = SpectroPtychoResult(
         optical_density=coarse(od * valid) * valid_out,
         phase=coarse(phase * valid) * valid_out,
@@ -1325,9 +1370,10 @@ def run_spectroptycho(
         pixel_size_m=grid.target_pixel * factor,
         pixel_sizes_m=pixel_sizes,
         valid_mask=valid_out,
-        offsets_px=grid.offsets / factor,
+        offsets_px=(grid.offsets - beam_shifts(result_probes, pixel_sizes, ref)) / factor,
+        registration_offsets_px=grid.offsets / factor,
         objects=[np.asarray(m.object) for m in models],
-        probes=[np.asarray(m.probe) for m in models],
+        probes=result_probes,
         final_loss=losses,
         timings=times,
     )
