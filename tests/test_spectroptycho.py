@@ -545,6 +545,32 @@ def test_pixel_spectra_model_equals_the_species_model_on_its_spectra():
                        **{**leaves, "positions": leaves["positions"][:2]})  # fmt: skip
 
 
+@pytest.mark.parametrize("model", ["pixels", "species"])
+def test_spectral_models_model_sub_pixel_positions_like_ptycho2d(model):
+    # subpixel="fourier": every energy's frames are Ptycho2D's with the same transmission,
+    # probe and positions (patch at the integer position, probe moved by the rest)
+    from diffptycho.models import PixelSpectra2D, Ptycho2D
+
+    od, phase, leaves = _pixel_scene()
+    if model == "pixels":
+        maps = (jnp.asarray(od, jnp.float32), jnp.asarray(phase, jnp.float32))
+        kind = PixelSpectra2D
+    else:
+        spec, _ = vanadium_reference_spectra(np.asarray(leaves["energies_ev"], np.float64))
+        t = jnp.asarray(4e-7 * od[:1] / od.max(), jnp.float32)
+        maps = (t, jnp.asarray(np.stack([spec["VO2"]], 1), jnp.complex64))
+        kind = SpectroPtycho2D
+    made = {s: kind(*maps, **leaves, subpixel=s) for s in ("bilinear", "fourier")}
+    frames = np.asarray(made["fourier"]())
+    for e, t in enumerate(made["fourier"].transmission()):
+        one = Ptycho2D(t, leaves["probe"][e], leaves["positions"][e], subpixel="fourier")
+        np.testing.assert_allclose(frames[e], np.asarray(one()), rtol=1e-4, atol=1e-6)
+    # off the integer grid the two models differ (the positions are fractional)
+    assert np.max(np.abs(frames - np.asarray(made["bilinear"]()))) > 1e-3 * frames.max()
+    with pytest.raises(ValueError, match="subpixel"):
+        PixelSpectra2D(jnp.asarray(od), jnp.asarray(phase), **leaves, subpixel="cubic")
+
+
 def test_pixel_spectra_gradients_float64():
     import jax
     from jax.test_util import check_grads

@@ -149,6 +149,7 @@ class SpectroPtycho2D(eqx.Module):
         propagator: far field by default.
         grid: (energy, 4) similarity parameters (shift_y_px, shift_x_px, 0, log_scale) from
             the common grid to each energy's object grid, or None.
+        subpixel: how sub-pixel positions are modelled (static), as in :class:`Ptycho2D`.
     """
 
     thickness: Float[Array, "species H W"]
@@ -159,8 +160,10 @@ class SpectroPtycho2D(eqx.Module):
     background: Float[Array, "energy py px"] | None = None
     propagator: AbstractPropagator = FarField()
     grid: Float[Array, "energy 4"] | None = None
+    subpixel: str = eqx.field(static=True, default="bilinear")
 
     def __check_init__(self):
+        scan.check_subpixel(self.subpixel)
         n_e, n_s = self.spectra.shape
         if self.thickness.shape[0] != n_s:
             raise ValueError(
@@ -191,6 +194,7 @@ class SpectroPtycho2D(eqx.Module):
             self.propagator,
             self.background,
             indices,
+            self.subpixel,
         )
 
 
@@ -223,12 +227,14 @@ def _check_spectral(n_e: int, grid, energies_ev, probe, positions, background) -
             raise ValueError(f"{name}: leading axis {arr.shape[0]} != {n_e} energies")
 
 
-def _spectral_frames(transmission, probe, positions, propagator, background, indices):
+def _spectral_frames(
+    transmission, probe, positions, propagator, background, indices, subpixel="bilinear"
+):
     """Expected intensities (energy, b, py, px) of frames ``indices`` at every energy."""
     pos = positions if indices is None else positions[:, indices]
 
     def one(t, p, x, b):
-        return scan_intensities(t, p, x, propagator, b)
+        return scan_intensities(t, p, x, propagator, b, subpixel=subpixel)
 
     if background is None:
         return jax.vmap(lambda t, p, x: one(t, p, x, None))(transmission, probe, pos)
@@ -256,6 +262,7 @@ class PixelSpectra2D(eqx.Module):
         propagator: far field by default.
         grid: (energy, 4) similarity parameters (shift_y_px, shift_x_px, 0, log_scale) from
             the common grid to each energy's object grid, or None.
+        subpixel: how sub-pixel positions are modelled (static), as in :class:`Ptycho2D`.
     """
 
     optical_density: Float[Array, "energy H W"]
@@ -266,8 +273,10 @@ class PixelSpectra2D(eqx.Module):
     background: Float[Array, "energy py px"] | None = None
     propagator: AbstractPropagator = FarField()
     grid: Float[Array, "energy 4"] | None = None
+    subpixel: str = eqx.field(static=True, default="bilinear")
 
     def __check_init__(self):
+        scan.check_subpixel(self.subpixel)
         if self.optical_density.ndim != 3 or self.phase.shape != self.optical_density.shape:
             raise ValueError(
                 f"optical_density {self.optical_density.shape} and phase {self.phase.shape}: "
@@ -294,6 +303,7 @@ class PixelSpectra2D(eqx.Module):
             self.propagator,
             self.background,
             indices,
+            self.subpixel,
         )
 
 

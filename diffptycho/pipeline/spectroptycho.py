@@ -153,8 +153,8 @@ class SpectroPtychoSettings:
             exact for a band-limited probe that fits its frame. On the V K-edge simulation
             with 32-pixel frames (seed 3, 10⁸ photons, KK) μt error 0.035 → 0.023; with
             16-pixel frames, where 2 % of the probe's power reaches the frame's outer 2
-            pixels and wraps around, it is worse (0.042 → 0.058). Not with LSQML, position
-            refinement or the joint mode (which stays bilinear).
+            pixels and wraps around, it is worse (0.042 → 0.058). Not with LSQML or position
+            refinement; the joint mode models its frames the same way.
     """
 
     engine: str = "raar"
@@ -1182,6 +1182,7 @@ def _joint(models, scans, grid: _Grid, spectra, start, settings, progress) -> tu
         thickness=jnp.asarray(_centre_pad(start, shape), jnp.float32),
         spectra=jnp.asarray(spectra, jnp.complex64),
         **leaves,
+        subpixel=settings.subpixel,
     )
     return _joint_fit(
         model,
@@ -1238,6 +1239,7 @@ def _joint_spectra(models, scans, grid: _Grid, od, phase, valid, settings, progr
         optical_density=jnp.asarray(_centre_pad(od, shape), jnp.float32),
         phase=jnp.asarray(_centre_pad(phase, shape), jnp.float32),
         **leaves,
+        subpixel=settings.subpixel,
     )
     penalty = None
     if settings.kk:
