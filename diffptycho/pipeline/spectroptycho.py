@@ -960,11 +960,14 @@ def beam_shifts(
         (y, x) shifts in pixels of the reference energy's grid, zero at ``reference``.
     """
     out = []
-    for p in probes:
+    for e, p in enumerate(probes):
         power = np.sum(np.abs(np.asarray(p)) ** 2, axis=tuple(range(np.ndim(p) - 2)))
         total = power.sum()
         if not total > 0:
-            raise ValueError("probes: a probe carries no intensity; its centroid is undefined")
+            raise ValueError(
+                f"probes[{e}]: the probe carries no intensity (or is not finite); its centroid "
+                "is undefined"
+            )
         out.append(
             [
                 float(np.sum(power.sum(axis=1 - axis) * np.arange(power.shape[axis])) / total)
