@@ -936,8 +936,9 @@ def test_beam_shifts_take_a_probe_drift_out_of_the_registration_offsets():
     np.testing.assert_allclose(found[1], d, atol=0.05)
     np.testing.assert_allclose(beams[1], d, atol=0.01)
     np.testing.assert_allclose((found - beams)[1], 0.0, atol=0.05)
-    # each probe's centroid (here 16 + d px on its own grid) in the reference energy's pixels
+    # measured from each probe's centre (its origin), in the reference energy's pixels: a
+    # pixel half as large halves the shift (from the array's corner it would be 8 px off)
     scaled = sp.beam_shifts([np.asarray(m.probe) for m in models], np.array([20e-9, 10e-9]), 0)
-    np.testing.assert_allclose(scaled[1], 0.5 * (16.0 + d) - 16.0, atol=0.01)
+    np.testing.assert_allclose(scaled[1], 0.5 * d, atol=0.01)
     with pytest.raises(ValueError, match="no intensity"):
         sp.beam_shifts([np.zeros((1, 4, 4))], np.array([1.0]), 0)

@@ -968,10 +968,10 @@ def beam_shifts(
                 f"probes[{e}]: the probe carries no intensity (or is not finite); its centroid "
                 "is undefined"
             )
-        out.append(
+        out.append(  # from the array centre, the probe's origin (pixel (py // 2, px // 2))
             [
-                float(np.sum(power.sum(axis=1 - axis) * np.arange(power.shape[axis])) / total)
-                for axis in (0, 1)
+                float(np.sum(power.sum(axis=1 - axis) * (np.arange(n) - n // 2)) / total)
+                for axis, n in enumerate(power.shape)
             ]
         )
     centroids = np.asarray(out) * (np.asarray(pixel_sizes_m) / pixel_sizes_m[reference])[:, None]
