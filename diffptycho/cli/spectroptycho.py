@@ -7,7 +7,8 @@
 
 A thin front-end of :func:`~diffptycho.pipeline.spectroptycho.run_spectroptycho`. OUT.h5
 holds ``optical_density`` and ``phase`` (energy, y, x) on one grid, ``energies_ev``,
-``pixel_size_m``, ``valid_mask``, ``offsets_px`` (energy, 2) and, with references,
+``pixel_size_m``, ``valid_mask``, ``offsets_px`` (energy, 2: the sample against the beam),
+``registration_offsets_px`` (the objects' shifts onto the grid) and, with references,
 ``thickness`` (species, y, x) in m and ``species``. It feeds ``chem xanes-fit`` and
 ``chem cluster`` directly.
 """
