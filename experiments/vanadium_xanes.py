@@ -70,6 +70,10 @@ def simulate_stack(
     return e, mu_t, phase, truth
 
 
+MIN_STABILITY = 0.9
+"""Fewer clusters than the elbow's while a partition is unstable under resampled noise."""
+
+
 def analyse(e, mu_t, phase, truth, *, min_snr=5.0, seed=0, lcf=True, noise_aware=True):
     """Fit, descriptors, densities, elbow + k-means (and LCF, PCA): results and metrics.
 
@@ -77,7 +81,9 @@ def analyse(e, mu_t, phase, truth, *, min_snr=5.0, seed=0, lcf=True, noise_aware
     optionally ``purity`` (largest species fraction of each pixel's thickness), which adds the
     edge RMS (eV) and ARI over pixels ≥ 90 % one species (``rms_pure``, ``ari_pure``).
     ``noise_aware``: refine the k-means partition with the per-pixel noise model
-    (``cluster_descriptors(snr=…)``); False gives plain k-means labels. ``unmixed``: the
+    (``cluster_descriptors(snr=…)``) and step k down from the elbow's while the partition
+    is unstable under resampled noise (``min_stability``); False gives plain k-means labels
+    and the elbow's k. ``unmixed``: the
     clusters' absorber fractions with mixed pixels split (``clustering.unmixed_fractions``).
     """
     mu_t32 = mu_t.astype(np.float32)
@@ -102,6 +108,7 @@ def analyse(e, mu_t, phase, truth, *, min_snr=5.0, seed=0, lcf=True, noise_aware
         mask=strong,
         sample_weight=np.where(strong, snr, 0.0) ** 2,
         snr=np.where(strong, snr, 1.0) if noise_aware else None,
+        min_stability=MIN_STABILITY if noise_aware else None,
         seed=seed,
     )
     unmixed = clustering.unmixed_fractions(  # mixed pixels split between the species

@@ -101,6 +101,8 @@ def test_cluster_elbow_in_place_and_given_k_elsewhere(fitted, tmp_path):
     np.testing.assert_allclose(norm[:, :5], 0.0, atol=0.05)  # flat pre-edge at 0
     np.testing.assert_allclose(norm[:, -5:], 1.0, atol=0.1)  # post-edge at the jump
     assert res["elbow/k"].tolist() == list(range(1, 9))
+    assert res["elbow/stability_k"].tolist() == [3] and res["elbow/stability"][0] >= 0.9
+    assert res["provenance"]["config"]["cluster"]["min_stability"] == 0.9
     assert "edge_energy_ev" in res and res["units"]["edge_energy_ev"] == "eV"
     pngs = sorted(os.listdir(figs))
     assert "xanes_clusters.png" in pngs and "xanes_elbow.png" in pngs and len(pngs) >= 4
@@ -109,6 +111,13 @@ def test_cluster_elbow_in_place_and_given_k_elsewhere(fitted, tmp_path):
     plain = read_results(nearest)
     assert plain["provenance"]["config"]["cluster"]["assignment"] == "nearest"
     assert adjusted_rand_index(domain[use], plain["cluster_labels"][use]) >= 0.9
+    assert plain["elbow/stability_k"].size == 0  # the stability check needs the noise model
+
+
+def test_cluster_min_stability_must_be_a_fraction(fitted, capsys):
+    with pytest.raises(SystemExit):
+        run(["cluster", fitted[0], "--min-stability", "1.5"])
+    assert "argument --min-stability: 1.5 must be in [0, 1]" in capsys.readouterr().err
 
 
 def test_errors_name_file_and_dataset(tmp_path, fitted):

@@ -242,6 +242,51 @@ def test_cluster_descriptors_noise_aware_on_maps(rng):
         cluster_descriptors(maps, k=3, snr=np.where(np.arange(900) == 5, 0.0, 1.0).reshape(30, 30))
 
 
+def test_noise_stability_keeps_true_clusters_and_flags_a_noise_split(rng):
+    """Two far clusters and a majority cluster whose thin points are noisy: the true k
+    reproduces itself under a fresh noise draw, a fourth cluster (a split of the noisy
+    majority) does not; clean separated clusters score 1."""
+    truth = np.repeat(np.arange(3), [640, 80, 80])
+    snr = np.exp(rng.uniform(np.log(5.0), np.log(200.0), truth.size))
+    std = np.sqrt(0.01 + np.array([9.0, 900.0]) / snr[:, None] ** 2)  # a_f + b_f/SNR²
+    x = np.array([[0.0, 0.0], [3.0, 1.0], [6.0, 2.0]])[truth] + std * rng.normal(size=(800, 2))
+    z = clustering.standardize(x)[0]
+    part, s3 = clustering.noise_stability(z, 3, snr, sample_weight=snr**2)
+    _, s4 = clustering.noise_stability(z, 4, snr, sample_weight=snr**2)
+    # measured over six draws: 0.99-1.00 and 0.56-0.66
+    assert s3 > 0.95 and s4 < 0.8
+    assert adjusted_rand_index(truth, part.labels) > 0.95
+    clean, _ = blobs(rng, [[0, 0], [1, 1]], n=50)
+    assert clustering.noise_stability(clean, 2, np.full(100, 100.0))[1] == 1.0
+    with pytest.raises(ValueError, match="n_resamples=0"):
+        clustering.noise_stability(z, 3, snr, n_resamples=0)
+
+
+def test_min_stability_corrects_the_elbow_on_descriptors_from_frames():
+    """Descriptors of phantom 5 reconstructed from simulated frames with the probe retrieved
+    (``tests/data/make_vanadium_descriptors_fixture.py``): the elbow picks k = 4, splitting
+    the majority species (80 % of the pixels) along its thin pixels' noisy pre-edge ratio;
+    stepping down while the partition is unstable under resampled noise finds the 3 species.
+    """
+    import pathlib
+
+    a = np.load(pathlib.Path(__file__).parent / "data" / "vanadium_descriptors_seed5.npz")
+    maps = {f: a[f] for f in ("edge_energy_ev", "pre_edge_ratio")}
+    snr, inside = a["snr"], a["domain"] >= 0
+    elbow = cluster_descriptors(maps, sample_weight=snr**2, snr=snr)
+    stable = cluster_descriptors(maps, sample_weight=snr**2, snr=snr, min_stability=0.9)
+    ari = [adjusted_rand_index(a["domain"][inside], c.labels[inside]) for c in (elbow, stable)]
+    # measured: k 4 → 3, ARI 0.35 → 1.00, stability {4: 0.61, 3: 0.96}
+    assert (elbow.k, stable.k) == (4, 3) and elbow.stability == {}
+    assert ari[0] < 0.6 and ari[1] > 0.95
+    assert stable.stability[4] < 0.9 <= stable.stability[3]
+    given = cluster_descriptors(maps, k=4, sample_weight=snr**2, snr=snr, min_stability=0.9)
+    assert given.k == 4  # a given k is kept
+    for bad in ({"min_stability": 0.9, "snr": None}, {"min_stability": 1.5, "snr": snr}):
+        with pytest.raises(ValueError, match="min_stability="):
+            cluster_descriptors(maps, **bad)
+
+
 def test_unmixed_fractions_split_mixed_pixels_exactly(rng):
     """Noiseless pure and 50/50 pixels: the split recovers the true shares exactly, while
     counting each mixed pixel wholly for one cluster does not."""

@@ -16,6 +16,13 @@ noise), assigning each point to the centre of the smallest variance-weighted dis
 maximum-likelihood (hard) assignment of a Gaussian mixture with known heteroscedastic
 measurement noise (Bovy, Hogg & Roweis, Ann. Appl. Stat. 5, 1657 (2011), "extreme
 deconvolution"). The model is shared by all clusters, so no log-determinant term enters.
+
+The elbow counts clusters by how much each split lowers the inertia, and a broad cluster whose
+spread is noise (thin pixels of one species) lowers it when split too. :func:`noise_stability`
+asks instead whether a partition survives a fresh draw of that noise: it adds noise of the
+fitted measurement variance to every point, partitions again and scores the agreement (ARI).
+A split of one noisy cluster moves with the draw; clusters apart by more than their noise do not
+(resampling stability, Lange, Roth, Braun & Buhmann, Neural Comput. 16, 1299 (2004)).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ __all__ = [
     "elbow_k",
     "kmeans",
     "noise_aware_assign",
+    "noise_stability",
     "standardize",
 ]
 
@@ -255,6 +263,62 @@ def noise_aware_assign(x, centers, snr, *, max_iter: int = 50) -> NoiseAwareResu
         labels = new
     coef, var = _noise_model((x - c[labels]) ** 2, inv_snr2)
     return NoiseAwareResult(labels, c, var, coef, n_iter)
+
+
+def noise_stability(
+    x,
+    k: int,
+    snr,
+    *,
+    sample_weight=None,
+    n_resamples: int = 16,
+    n_init: int = 10,
+    seed: int = 0,
+) -> tuple[NoiseAwareResult, float]:
+    """A noise-aware k-partition and its stability under a fresh draw of the noise.
+
+    Partitions ``x`` by :func:`kmeans` + :func:`noise_aware_assign`, then ``n_resamples``
+    times adds Gaussian noise of the fitted measurement variance b_f/SNR² to every point (not
+    the spread a_f within a cluster: that is signal), partitions the perturbed points the same
+    way (new k-means restarts) and scores the agreement with the first partition by the
+    adjusted Rand index. Simulated V K-edge descriptor maps (eight phantoms reconstructed
+    from frames, raw and SVD, and 12 noisy-map cases): the true k = 3 scores 0.94–1.00 in all
+    28; the elbow's spurious k = 4 (one species' thin pixels split) 0.64 and 0.84.
+
+    Args:
+        x: features (n, d), finite (standardised).
+        k: number of clusters.
+        snr: (n,) positive signal-to-noise ratio of each point.
+        sample_weight: (n,) k-means weights, or None.
+        n_resamples: number of noise draws.
+        n_init: k-means restarts per partition.
+        seed: random seed (noise draws and restarts).
+
+    Returns:
+        ``(partition, stability)``: the noise-aware partition of ``x`` and the median ARI
+        over the draws (1: every draw reproduces it).
+
+    Raises:
+        ValueError: bad ``x``, ``snr`` or ``k``, or ``n_resamples`` < 1.
+    """
+    x = check_features(x)
+    if isinstance(n_resamples, bool) or int(n_resamples) != n_resamples or n_resamples < 1:
+        raise ValueError(f"n_resamples={n_resamples!r}: expected a positive integer")
+
+    def partition(points, restart_seed):
+        start = kmeans(points, k, n_init=n_init, seed=restart_seed, sample_weight=sample_weight)
+        return noise_aware_assign(points, start.centers, snr)
+
+    base = partition(x, seed)
+    rng = np.random.default_rng(seed)
+    scale = np.sqrt(base.coefficients[:, 1] / np.asarray(snr, np.float64)[:, None] ** 2)
+    scores = [
+        adjusted_rand_index(
+            base.labels, partition(x + rng.standard_normal(x.shape) * scale, seed + r + 1).labels
+        )
+        for r in range(int(n_resamples))
+    ]
+    return base, float(np.median(scores))
 
 
 def elbow_curve(x, k_max: int = 8, **kwargs) -> tuple[np.ndarray, np.ndarray]:

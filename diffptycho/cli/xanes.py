@@ -20,6 +20,18 @@ import numpy as np
 
 from diffptycho.cli.ptycho import positive_int
 
+
+def _unit_interval(text: str) -> float:
+    """``argparse`` type: a number in [0, 1], with a message naming the value otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1]")
+    return value
+
+
 __all__ = ["add_parsers", "cmd_cluster", "cmd_xanes_fit", "read_stack"]
 
 
@@ -76,6 +88,14 @@ def add_parsers(chem_subparsers) -> None:
         default="noise-aware",
         help="final labels: refined with a per-pixel noise model of each descriptor, variance "
         "a + b/(jump/σ)², fitted to the data (default), or the nearest k-means centre",
+    )
+    c.add_argument(
+        "--min-stability",
+        type=_unit_interval,
+        default=0.9,
+        help="with the elbow and noise-aware labels: fewer clusters than the elbow's while "
+        "the partition reproduces itself under resampled descriptor noise with a median ARI "
+        "below this (default 0.9; 0 keeps the elbow's k)",
     )
     c.add_argument("--output", "-o", help="write here instead of updating RESULTS in place")
     c.add_argument("--figures", metavar="DIR", help="write PNG figures into DIR")
@@ -249,6 +269,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         mask=strong,
         sample_weight=np.where(strong, snr, 0.0) ** 2 if args.weighting == "snr2" else None,
         snr=np.where(strong, np.maximum(snr, 1e-3), 1.0) if aware else None,  # 1e-3: no weight
+        min_stability=args.min_stability if aware and args.min_stability > 0 else None,
         n_init=args.n_init,
         seed=args.seed,
     )
@@ -259,6 +280,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         "cluster_pixel_fractions": clustering.cluster_fractions(ca.labels, ca.k),
         "elbow/k": ca.ks,
         "elbow/inertia": ca.inertias,
+        "elbow/stability_k": np.array(sorted(ca.stability), dtype=np.int64),
+        "elbow/stability": np.array([ca.stability[k] for k in sorted(ca.stability)]),
     }
     mean = norm = None
     if "mu_t" in res:
@@ -306,6 +329,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             "min_snr": args.min_snr,
             "weighting": args.weighting,
             "assignment": args.assignment,
+            "min_stability": args.min_stability,
             "seed": args.seed,
             "weights": "n_absorber" if weights is not None else "pixels",
         },
