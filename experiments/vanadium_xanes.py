@@ -72,6 +72,8 @@ def simulate_stack(
 
 MIN_STABILITY = 0.9
 """Fewer clusters than the elbow's while a partition is unstable under resampled noise."""
+MIN_MIXING_CHI2 = 10.0
+"""Split a pixel between the species only where the mixture fits it better by this χ²."""
 
 
 def analyse(e, mu_t, phase, truth, *, min_snr=5.0, seed=0, lcf=True, noise_aware=True):
@@ -119,6 +121,7 @@ def analyse(e, mu_t, phase, truth, *, min_snr=5.0, seed=0, lcf=True, noise_aware
         fit.params[1],
         np.where(valid, dens["n_absorber"], np.nan),
         snr=np.where(valid, snr, np.nan),
+        min_mixing_chi2=MIN_MIXING_CHI2,
     )
     both = (ca.labels >= 0) & inside
     nv_rel = (dens["n_absorber"] - truth["n_v"])[valid & inside] / truth["n_v"][valid & inside]

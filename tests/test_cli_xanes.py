@@ -103,6 +103,7 @@ def test_cluster_elbow_in_place_and_given_k_elsewhere(fitted, tmp_path):
     assert res["elbow/k"].tolist() == list(range(1, 9))
     assert res["elbow/stability_k"].tolist() == [3] and res["elbow/stability"][0] >= 0.9
     assert res["provenance"]["config"]["cluster"]["min_stability"] == 0.9
+    assert res["provenance"]["config"]["cluster"]["min_mixing_chi2"] == 10.0
     assert "edge_energy_ev" in res and res["units"]["edge_energy_ev"] == "eV"
     pngs = sorted(os.listdir(figs))
     assert "xanes_clusters.png" in pngs and "xanes_elbow.png" in pngs and len(pngs) >= 4
@@ -114,10 +115,13 @@ def test_cluster_elbow_in_place_and_given_k_elsewhere(fitted, tmp_path):
     assert plain["elbow/stability_k"].size == 0  # the stability check needs the noise model
 
 
-def test_cluster_min_stability_must_be_a_fraction(fitted, capsys):
+def test_cluster_thresholds_are_checked(fitted, capsys):
     with pytest.raises(SystemExit):
         run(["cluster", fitted[0], "--min-stability", "1.5"])
     assert "argument --min-stability: 1.5 must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(["cluster", fitted[0], "--min-mixing-chi2", "-1"])
+    assert "argument --min-mixing-chi2: -1.0 must be a finite number ≥ 0" in capsys.readouterr().err
 
 
 def test_errors_name_file_and_dataset(tmp_path, fitted):

@@ -313,6 +313,42 @@ def test_unmixed_fractions_split_mixed_pixels_exactly(rng):
     no_core = clustering.unmixed_fractions(mu_t, labels, 3, background, jump, n_v)
     np.testing.assert_allclose(no_core.fractions, truth, atol=1e-6)  # shares sum to 1 anyway
     assert np.max(np.abs(no_core.endmembers[1] - shapes[1])) > 0.01  # its mean holds the mix
+    # the mixing test: at σ = 1e-3 the thinnest 50/50 pixels (SNR 5-15) fit species 1 within
+    # the noise (Δχ² ≤ 10) and stay whole, the others split exactly; at σ = 1e-5 all split
+    tested = [
+        clustering.unmixed_fractions(
+            mu_t, labels, 3, background, jump, n_v, snr=jump / s, min_mixing_chi2=10.0
+        )
+        for s in (1e-3, 1e-5)
+    ]
+    got, snr_mixed = tested[0].shares[:, mixed], snr[mixed]
+    whole = np.isclose(got[1], 1.0)
+    np.testing.assert_allclose(got[:, ~whole], expected[:, ~whole], atol=1e-6)
+    assert 0 < whole.sum() < whole.size and snr_mixed[whole].max() < snr_mixed[~whole].min()
+    np.testing.assert_allclose(tested[1].fractions, truth, atol=1e-6)
+
+
+def test_unmixed_fractions_mixing_test_keeps_noise_out_of_the_fractions(rng):
+    """Pure pixels only, 85 % of the absorber in species 0, noisy thin pixels: NNLS shares
+    cannot go negative, so noise leaks absorber into the other species; splitting only
+    where the mixture fits significantly better (Δχ² > 10) does not."""
+    e = np.linspace(5420.0, 5540.0, 40)
+    shapes = np.stack([0.5 * (1 + np.tanh((e - c) / 2.0)) for c in (5478.0, 5481.0, 5484.0)])
+    labels = np.repeat([0, 1, 2], [850, 75, 75])
+    jump = np.exp(rng.uniform(np.log(0.005), np.log(0.1), labels.size))
+    sigma = 2e-3  # OD noise per energy: SNR 2.5-50
+    mu_t = jump * shapes[labels].T + rng.normal(0.0, sigma, (e.size, labels.size))
+    truth = np.bincount(labels, jump) / jump.sum()
+    args = (mu_t, labels, 3, np.zeros(labels.size), jump, jump)
+    split = clustering.unmixed_fractions(*args, snr=jump / sigma)
+    tested = clustering.unmixed_fractions(*args, snr=jump / sigma, min_mixing_chi2=10.0)
+    err = [np.max(np.abs(r.fractions - truth)) for r in (split, tested)]
+    # measured: 0.044 → 0.001
+    assert err[0] > 0.02 and err[1] < 0.01
+    with pytest.raises(ValueError, match="min_mixing_chi2=10.0: expected"):
+        clustering.unmixed_fractions(*args, min_mixing_chi2=10.0)
+    with pytest.raises(ValueError, match="min_mixing_chi2=-1.0: expected"):
+        clustering.unmixed_fractions(*args, snr=jump / sigma, min_mixing_chi2=-1.0)
 
 
 def test_unmixed_fractions_errors():

