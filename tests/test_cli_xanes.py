@@ -113,6 +113,12 @@ def test_cluster_elbow_in_place_and_given_k_elsewhere(fitted, tmp_path):
     assert plain["provenance"]["config"]["cluster"]["assignment"] == "nearest"
     assert adjusted_rand_index(domain[use], plain["cluster_labels"][use]) >= 0.9
     assert plain["elbow/stability_k"].size == 0  # the stability check needs the noise model
+    assert plain["provenance"]["config"]["cluster"]["min_stability"] is None
+    off = str(tmp_path / "off.h5")
+    assert run(["cluster", out, "--min-stability", "0", "--min-mixing-chi2", "0", "-o", off]) == 0
+    res_off = read_results(off)
+    assert res_off["elbow/stability_k"].size == 0
+    assert res_off["provenance"]["config"]["cluster"]["min_mixing_chi2"] == 0.0
 
 
 def test_cluster_thresholds_are_checked(fitted, capsys):

@@ -258,8 +258,9 @@ def test_noise_stability_keeps_true_clusters_and_flags_a_noise_split(rng):
     assert adjusted_rand_index(truth, part.labels) > 0.95
     clean, _ = blobs(rng, [[0, 0], [1, 1]], n=50)
     assert clustering.noise_stability(clean, 2, np.full(100, 100.0))[1] == 1.0
-    with pytest.raises(ValueError, match="n_resamples=0"):
-        clustering.noise_stability(z, 3, snr, n_resamples=0)
+    for bad in (0, True, float("nan"), 8.0):
+        with pytest.raises(ValueError, match="n_resamples="):
+            clustering.noise_stability(z, 3, snr, n_resamples=bad)
 
 
 def test_min_stability_corrects_the_elbow_on_descriptors_from_frames():
@@ -282,7 +283,12 @@ def test_min_stability_corrects_the_elbow_on_descriptors_from_frames():
     assert stable.stability[4] < 0.9 <= stable.stability[3]
     given = cluster_descriptors(maps, k=4, sample_weight=snr**2, snr=snr, min_stability=0.9)
     assert given.k == 4  # a given k is kept
-    for bad in ({"min_stability": 0.9, "snr": None}, {"min_stability": 1.5, "snr": snr}):
+    for bad in (
+        {"min_stability": 0.9, "snr": None},
+        {"min_stability": 1.5, "snr": snr},
+        {"min_stability": True, "snr": snr},
+        {"min_stability": "0.9", "snr": snr},
+    ):
         with pytest.raises(ValueError, match="min_stability="):
             cluster_descriptors(maps, **bad)
 
@@ -349,6 +355,16 @@ def test_unmixed_fractions_mixing_test_keeps_noise_out_of_the_fractions(rng):
         clustering.unmixed_fractions(*args, min_mixing_chi2=10.0)
     with pytest.raises(ValueError, match="min_mixing_chi2=-1.0: expected"):
         clustering.unmixed_fractions(*args, snr=jump / sigma, min_mixing_chi2=-1.0)
+    for bad in (True, "10", float("inf")):
+        with pytest.raises(ValueError, match="min_mixing_chi2="):
+            clustering.unmixed_fractions(*args, snr=jump / sigma, min_mixing_chi2=bad)
+    # float labels work; a pixel without a finite SNR has no evidence of a mixture: kept whole
+    no_snr = np.where(np.arange(labels.size) < 425, np.nan, jump / sigma)
+    res = clustering.unmixed_fractions(
+        mu_t, labels.astype(float), 3, *args[3:], snr=no_snr, min_mixing_chi2=10.0
+    )
+    whole = np.arange(labels.size) < 425
+    np.testing.assert_array_equal(res.shares[0, whole], 1.0)
 
 
 def test_unmixed_fractions_errors():

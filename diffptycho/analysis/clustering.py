@@ -9,6 +9,7 @@ density), probability densities of descriptors, mean spectra. PCA of spectra is 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -133,6 +134,11 @@ def cluster_mean_spectra(spectra, labels, k: int) -> tuple[np.ndarray, np.ndarra
     return mean, std
 
 
+def _is_real(value) -> bool:
+    """A real number that is not a bool (thresholds given as True or "10" are refused)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 @dataclasses.dataclass(frozen=True)
 class UnmixedFractions:
     """Result of :func:`unmixed_fractions`.
@@ -181,8 +187,9 @@ def unmixed_fractions(
         weights: absorber per pixel (…), e.g. N_V in atoms/m²; NaN pixels are left out.
         snr: (…) Δμt/σ choosing each cluster's core; None: every pixel of the cluster.
         min_mixing_chi2: with ``snr``, split a pixel only where the mixture fits its
-            normalised spectrum better than its own cluster's endmember by more than this
-            χ² (σ = 1/SNR per energy in edge-normalised units); elsewhere the pixel counts
+            normalised spectrum better than its own cluster's endmember (best non-negative
+            scale of each) by more than this χ² (σ = 1/SNR per energy in edge-normalised
+            units); elsewhere, and where the SNR is not finite and positive, the pixel counts
             wholly for its cluster. NNLS weights cannot go negative, so on a pure but noisy
             pixel the noise leaks absorber into the other species; the test keeps that
             leak out of the fractions, at a price: a thin mixed pixel that its own cluster's
@@ -199,7 +206,9 @@ def unmixed_fractions(
     """
     from scipy.optimize import nnls
 
-    if min_mixing_chi2 is not None and (snr is None or not min_mixing_chi2 >= 0):
+    if min_mixing_chi2 is not None and (
+        snr is None or not _is_real(min_mixing_chi2) or not 0 <= min_mixing_chi2 < np.inf
+    ):
         raise ValueError(f"min_mixing_chi2={min_mixing_chi2!r}: expected a χ² ≥ 0, with snr given")
 
     y = np.asarray(spectra, float)
@@ -229,9 +238,12 @@ def unmixed_fractions(
     for i in np.flatnonzero(use):
         coef, misfit = nnls(ends.T, norm[:, i])
         if min_mixing_chi2 is not None:  # a pure pixel of its own cluster, unless shown mixed
-            pure = np.sum((norm[:, i] - ends[lab[i]]) ** 2)
-            if (pure - misfit**2) * quality[i] ** 2 <= min_mixing_chi2:
-                coef = np.eye(k)[lab[i]]
+            own = ends[int(lab[i])]
+            scale = max(float(own @ norm[:, i]) / float(own @ own), 0.0)  # best scale ≥ 0
+            pure = np.sum((norm[:, i] - scale * own) ** 2)
+            q = quality[i]
+            if not (np.isfinite(q) and q > 0) or (pure - misfit**2) * q**2 <= min_mixing_chi2:
+                coef = np.eye(k)[int(lab[i])]  # no finite SNR: no evidence of a mixture
         if coef.sum() > 0:
             shares[:, i] = coef / coef.sum()
     ok = np.all(np.isfinite(shares), axis=0)
@@ -348,11 +360,12 @@ def cluster_descriptors(
         min_stability: with ``snr`` and k chosen by the elbow, step down from the elbow's k
             to the largest k whose partition reproduces itself under resampled descriptor
             noise with a median ARI ≥ this (:func:`~diffptycho.analysis.kmeans.noise_stability`;
-            the elbow's k when none does). The elbow splits a species whose thin pixels
-            spread its descriptors; such a split moves with the noise. V K-edge maps from
-            simulated frames, probe retrieved (eight phantoms, raw and SVD): 0.9 turned the
-            two k = 4 of one phantom into 3 (ARI 0.37 / 0.43 → 1.00) and kept every other
-            k. None: the elbow alone.
+            the elbow's k when none does: no smaller k is better supported then). The elbow
+            splits a species whose thin pixels spread its descriptors; such a split moves
+            with the noise. V K-edge maps from simulated frames, probe retrieved (eight
+            phantoms, raw and SVD): 0.9 turned the two k = 4 of one phantom into 3 (ARI
+            0.37 / 0.43 → 1.00) and kept every other k. Costs 17 × ``n_init`` k-means runs
+            per k tried. None: the elbow alone.
         n_init: k-means restarts.
         seed: random seed.
 
@@ -364,7 +377,9 @@ def cluster_descriptors(
         raise ValueError(f"features: {missing or 'none'} not among {sorted(descriptors)}")
     maps = np.stack([np.asarray(descriptors[f], float) for f in features], axis=-1)
     use = np.all(np.isfinite(maps), axis=-1)
-    if min_stability is not None and (snr is None or not 0.0 < min_stability <= 1.0):
+    if min_stability is not None and (
+        snr is None or not _is_real(min_stability) or not 0.0 < min_stability <= 1.0
+    ):
         raise ValueError(
             f"min_stability={min_stability!r}: expected a median ARI in (0, 1], with snr given"
         )

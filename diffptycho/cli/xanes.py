@@ -20,6 +20,8 @@ import numpy as np
 
 from diffptycho.cli.ptycho import positive_int
 
+__all__ = ["add_parsers", "cmd_cluster", "cmd_xanes_fit", "read_stack"]
+
 
 def _nonnegative(text: str) -> float:
     """``argparse`` type: a finite number ≥ 0, with a message naming the value otherwise."""
@@ -41,9 +43,6 @@ def _unit_interval(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{value} must be in [0, 1]")
     return value
-
-
-__all__ = ["add_parsers", "cmd_cluster", "cmd_xanes_fit", "read_stack"]
 
 
 def add_parsers(chem_subparsers) -> None:
@@ -104,9 +103,9 @@ def add_parsers(chem_subparsers) -> None:
         "--min-stability",
         type=_unit_interval,
         default=0.9,
-        help="with the elbow and noise-aware labels: fewer clusters than the elbow's while "
-        "the partition reproduces itself under resampled descriptor noise with a median ARI "
-        "below this (default 0.9; 0 keeps the elbow's k)",
+        help="with the elbow and noise-aware labels: step k down from the elbow's while the "
+        "partition's median ARI under resampled descriptor noise is below this (default 0.9; "
+        "0 keeps the elbow's k; 17 x --n-init k-means runs per k tried)",
     )
     c.add_argument(
         "--min-mixing-chi2",
@@ -279,6 +278,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     strong = snr >= args.min_snr
     aware = args.assignment == "noise-aware"
     weights = res.get("n_absorber")
+    stability = args.min_stability if aware and args.k is None and args.min_stability else None
     ca = clustering.cluster_descriptors(
         {f: res[f] for f in args.features},
         args.features,
@@ -288,7 +288,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         mask=strong,
         sample_weight=np.where(strong, snr, 0.0) ** 2 if args.weighting == "snr2" else None,
         snr=np.where(strong, np.maximum(snr, 1e-3), 1.0) if aware else None,  # 1e-3: no weight
-        min_stability=args.min_stability if aware and args.min_stability > 0 else None,
+        min_stability=stability,
         n_init=args.n_init,
         seed=args.seed,
     )
@@ -349,7 +349,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             "min_snr": args.min_snr,
             "weighting": args.weighting,
             "assignment": args.assignment,
-            "min_stability": args.min_stability,
+            "min_stability": stability,
             "min_mixing_chi2": args.min_mixing_chi2,
             "seed": args.seed,
             "weights": "n_absorber" if weights is not None else "pixels",
