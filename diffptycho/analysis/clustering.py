@@ -195,7 +195,7 @@ def unmixed_fractions(
             leak out of the fractions, at a price: a thin mixed pixel that its own cluster's
             endmember fits within the noise stays whole. V K-edge maps from simulated frames
             (phantom 5, probe known / retrieved): split-fraction error 0.022 / 0.023 →
-            0.010 / 0.006 at 10, the noiseless maps unchanged. None: split every pixel.
+            0.008 / 0.004 at 10, the noiseless maps unchanged. None: split every pixel.
 
     Returns:
         :class:`UnmixedFractions`.
