@@ -304,8 +304,8 @@ class ClusterAnalysis:
         centers: cluster centres (k, d) in the descriptors' own units.
         features: names of the descriptors used.
         fractions: share of each cluster, weighted as asked.
-        stability: noise-resampling stability (median ARI) of each k tried below the elbow
-            (``{k: stability}``; empty unless ``min_stability`` was given).
+        stability: noise-resampling stability (median ARI) of each k tried, from the
+            elbow's k down (``{k: stability}``; empty unless ``min_stability`` was applied).
     """
 
     labels: np.ndarray

@@ -44,7 +44,16 @@ import numpy as np
 
 from diffptycho.cli.checkpointing import add_checkpoint_arguments, checkpoint_for, interrupted
 
-__all__ = ["add_parser", "positive_float", "positive_int", "read_scan", "run", "wants_stream"]
+__all__ = [
+    "add_parser",
+    "nonnegative_float",
+    "positive_float",
+    "positive_int",
+    "read_scan",
+    "run",
+    "unit_interval",
+    "wants_stream",
+]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -149,12 +158,26 @@ def _int_at_least(text: str, low: int) -> int:
 
 def positive_float(text: str) -> float:
     """``argparse`` type: a finite number > 0, with a message naming the value otherwise."""
+    return _float_where(text, lambda v: np.isfinite(v) and v > 0, "a finite number > 0")
+
+
+def nonnegative_float(text: str) -> float:
+    """``argparse`` type: a finite number ≥ 0, with a message naming the value otherwise."""
+    return _float_where(text, lambda v: np.isfinite(v) and v >= 0, "a finite number ≥ 0")
+
+
+def unit_interval(text: str) -> float:
+    """``argparse`` type: a number in [0, 1], with a message naming the value otherwise."""
+    return _float_where(text, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+
+
+def _float_where(text: str, ok, expected: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (np.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{value} must be a finite number > 0")
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{value} must be {expected}")
     return value
 
 

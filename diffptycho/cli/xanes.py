@@ -18,31 +18,9 @@ import time
 
 import numpy as np
 
-from diffptycho.cli.ptycho import positive_int
+from diffptycho.cli.ptycho import nonnegative_float, positive_int, unit_interval
 
 __all__ = ["add_parsers", "cmd_cluster", "cmd_xanes_fit", "read_stack"]
-
-
-def _nonnegative(text: str) -> float:
-    """``argparse`` type: a finite number ≥ 0, with a message naming the value otherwise."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (np.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{value} must be a finite number ≥ 0")
-    return value
-
-
-def _unit_interval(text: str) -> float:
-    """``argparse`` type: a number in [0, 1], with a message naming the value otherwise."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1]")
-    return value
 
 
 def add_parsers(chem_subparsers) -> None:
@@ -101,7 +79,7 @@ def add_parsers(chem_subparsers) -> None:
     )
     c.add_argument(
         "--min-stability",
-        type=_unit_interval,
+        type=unit_interval,
         default=0.9,
         help="with the elbow and noise-aware labels: step k down from the elbow's while the "
         "partition's median ARI under resampled descriptor noise is below this (default 0.9; "
@@ -109,7 +87,7 @@ def add_parsers(chem_subparsers) -> None:
     )
     c.add_argument(
         "--min-mixing-chi2",
-        type=_nonnegative,
+        type=nonnegative_float,
         default=10.0,
         help="cluster_unmixed_fractions: split a pixel between the species only where the "
         "mixture fits its normalised spectrum better than its own cluster's by more than "
